@@ -1,0 +1,380 @@
+#!/usr/bin/env bash
+# Run a real single-node Apache Kafka broker (KRaft, combined broker+controller)
+# without Docker: the broker jars come from Maven Central (see pom.xml next to
+# this script) and are cached, so only the first start needs the network.
+#
+# Usage: deploy/kafka/kafka.sh {start|stop [--clean]|status|libs|topics [ARGS]|tool CLASS [ARGS]|logs [N]|env}
+#
+# Environment (all optional):
+#   RIPPLE_KAFKA_LIBS             jar cache   (default $HOME/.cache/ripple/kafka-3.9-libs)
+#   RIPPLE_KAFKA_DATA             data dir    (default <repo root>/.kafka-data)
+#   RIPPLE_KAFKA_PORT             client port (default 9092)
+#   RIPPLE_KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
+#   RIPPLE_KAFKA_HEAP             JVM heap flags (default "-Xmx512m -Xms256m")
+#   RIPPLE_KAFKA_START_TIMEOUT    seconds to wait for the broker (default 90)
+#   RIPPLE_KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 30)
+#   RIPPLE_KAFKA_CLEAN=1          make `stop` delete the data dir (same as --clean)
+#   RIPPLE_KAFKA_EXTRA_CONFIG     extra server.properties lines (newline separated)
+#   JAVA                          java binary (default: java on PATH)
+#   MVN                           maven binary (default: mvn on PATH)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+POM="$SCRIPT_DIR/pom.xml"
+
+HOME_DIR="${HOME:-/root}"
+LIBS="${RIPPLE_KAFKA_LIBS:-$HOME_DIR/.cache/ripple/kafka-3.9-libs}"
+DATA="${RIPPLE_KAFKA_DATA:-$REPO_ROOT/.kafka-data}"
+PORT="${RIPPLE_KAFKA_PORT:-9092}"
+CPORT="${RIPPLE_KAFKA_CONTROLLER_PORT:-9093}"
+HEAP="${RIPPLE_KAFKA_HEAP:--Xmx512m -Xms256m}"
+START_TIMEOUT="${RIPPLE_KAFKA_START_TIMEOUT:-90}"
+STOP_TIMEOUT="${RIPPLE_KAFKA_STOP_TIMEOUT:-30}"
+JAVA="${JAVA:-java}"
+MVN="${MVN:-mvn}"
+HOST=127.0.0.1
+BOOTSTRAP="$HOST:$PORT"
+
+PID_FILE="$DATA/kafka.pid"
+CONFIG="$DATA/server.properties"
+LOG4J="$DATA/log4j.properties"
+TOOLS_LOG4J="$DATA/tools-log4j.properties"
+CLIENT_CONFIG="$DATA/client.properties"
+LOG_DIR="$DATA/logs"               # broker's own log files (server.log, ...)
+KRAFT_DIR="$DATA/kraft-combined-logs"  # topic data + KRaft metadata log
+CONSOLE_OUT="$DATA/kafka.out"      # stdout/stderr of the JVM
+STAMP_NAME=".ripple-pom.sha256"
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+}
+
+need_java() {
+  command -v "$JAVA" >/dev/null 2>&1 \
+    || die "java not found (install a JDK/JRE >= 11, e.g. apt-get install -y openjdk-17-jre-headless)"
+}
+
+case "$PORT$CPORT" in *[!0-9]*) die "ports must be numeric (got PORT=$PORT CONTROLLER_PORT=$CPORT)";; esac
+[ "$PORT" != "$CPORT" ] || die "RIPPLE_KAFKA_PORT and RIPPLE_KAFKA_CONTROLLER_PORT must differ"
+
+# ---------------------------------------------------------------- jars ----
+
+pom_hash() { sha256sum "$POM" | cut -d' ' -f1; }
+
+libs_ok() {
+  [ -f "$LIBS/$STAMP_NAME" ] && [ "$(cat "$LIBS/$STAMP_NAME")" = "$(pom_hash)" ] \
+    && compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null
+}
+
+resolve_libs() {
+  libs_ok && return 0
+  mkdir -p "$(dirname "$LIBS")"
+  # Serialise concurrent resolutions (two `start`s at once) on a lock file.
+  exec 8>"$LIBS.lock"
+  if command -v flock >/dev/null 2>&1; then flock 8; fi
+  if libs_ok; then exec 8>&-; return 0; fi
+  command -v "$MVN" >/dev/null 2>&1 \
+    || die "maven not found and no cached jars in $LIBS (install it: apt-get install -y maven)"
+  log "resolving Kafka broker jars with Maven into $LIBS (first run only) ..."
+  local tmp="$LIBS.tmp.$$"
+  rm -rf "$tmp"
+  local mvn_log="$LIBS.mvn.log"
+  if ! "$MVN" -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp" </dev/null >"$mvn_log" 2>&1; then
+    cat "$mvn_log" >&2
+    rm -rf "$tmp"
+    die "maven could not resolve the Kafka jars (output above, also in $mvn_log)"
+  fi
+  rm -f "$mvn_log"
+  compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || { rm -rf "$tmp"; die "maven produced no kafka_2.13 jar"; }
+  pom_hash >"$tmp/$STAMP_NAME"
+  rm -rf "$LIBS"
+  mv "$tmp" "$LIBS"
+  exec 8>&-
+  log "jars ready: $(find "$LIBS" -maxdepth 1 -name '*.jar' | wc -l) files in $LIBS"
+}
+
+# Run a Kafka CLI class from the cached jars (quiet logging on stderr).
+run_tool() {
+  need_java
+  resolve_libs
+  if [ ! -f "$TOOLS_LOG4J" ] || [ ! -f "$CLIENT_CONFIG" ]; then write_tool_files; fi
+  "$JAVA" -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dlog4j.configuration="file:$TOOLS_LOG4J" -cp "$LIBS/*" "$@"
+}
+
+# -------------------------------------------------------------- config ----
+
+ensure_config() {
+  mkdir -p "$DATA" "$LOG_DIR" "$KRAFT_DIR"
+  # Makes git ignore the data dir wherever it lives, whatever .gitignore says.
+  [ -f "$DATA/.gitignore" ] || printf '*\n' >"$DATA/.gitignore"
+
+  cat >"$CONFIG" <<EOF
+# Generated by deploy/kafka/kafka.sh -- edits are overwritten on every start.
+# Single node, KRaft combined mode (broker + controller in one JVM).
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$HOST:$CPORT
+controller.listener.names=CONTROLLER
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+
+log.dirs=$KRAFT_DIR
+
+# One broker: every replication factor / ISR is 1.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+min.insync.replicas=1
+default.replication.factor=1
+num.partitions=1
+auto.create.topics.enable=true
+delete.topic.enable=true
+group.initial.rebalance.delay.ms=0
+
+# Small footprint, suitable for tests and local development.
+num.network.threads=3
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.segment.bytes=16777216
+log.retention.hours=24
+log.retention.bytes=268435456
+log.retention.check.interval.ms=60000
+log.cleaner.dedupe.buffer.size=8388608
+log.cleaner.threads=1
+socket.send.buffer.bytes=102400
+socket.receive.buffer.bytes=102400
+socket.request.max.bytes=104857600
+EOF
+  if [ -n "${RIPPLE_KAFKA_EXTRA_CONFIG:-}" ]; then
+    printf '\n# RIPPLE_KAFKA_EXTRA_CONFIG\n%s\n' "$RIPPLE_KAFKA_EXTRA_CONFIG" >>"$CONFIG"
+  fi
+
+  cat >"$LOG4J" <<'EOF'
+# Generated by deploy/kafka/kafka.sh. Broker logs go to ${kafka.logs.dir}.
+log4j.rootLogger=INFO, kafkaAppender
+
+log4j.appender.kafkaAppender=org.apache.log4j.RollingFileAppender
+log4j.appender.kafkaAppender.File=${kafka.logs.dir}/server.log
+log4j.appender.kafkaAppender.MaxFileSize=20MB
+log4j.appender.kafkaAppender.MaxBackupIndex=3
+log4j.appender.kafkaAppender.layout=org.apache.log4j.PatternLayout
+log4j.appender.kafkaAppender.layout.ConversionPattern=[%d] %p %m (%c)%n
+
+log4j.appender.controllerAppender=org.apache.log4j.RollingFileAppender
+log4j.appender.controllerAppender.File=${kafka.logs.dir}/controller.log
+log4j.appender.controllerAppender.MaxFileSize=20MB
+log4j.appender.controllerAppender.MaxBackupIndex=2
+log4j.appender.controllerAppender.layout=org.apache.log4j.PatternLayout
+log4j.appender.controllerAppender.layout.ConversionPattern=[%d] %p %m (%c)%n
+
+log4j.logger.org.apache.kafka=INFO
+log4j.logger.kafka=INFO
+log4j.logger.kafka.controller=INFO, controllerAppender
+log4j.additivity.kafka.controller=false
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.authorizer.logger=WARN
+EOF
+  write_tool_files
+}
+
+write_tool_files() {
+  mkdir -p "$DATA"
+  [ -f "$DATA/.gitignore" ] || printf '*\n' >"$DATA/.gitignore"
+  cat >"$TOOLS_LOG4J" <<'EOF'
+# Generated by deploy/kafka/kafka.sh. CLI tools: warnings only, on stderr.
+log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.appender.stderr.Target=System.err
+EOF
+
+  cat >"$CLIENT_CONFIG" <<'EOF'
+# Generated by deploy/kafka/kafka.sh. Short timeouts for the readiness probe.
+request.timeout.ms=5000
+default.api.timeout.ms=8000
+EOF
+}
+
+is_formatted() { [ -f "$KRAFT_DIR/meta.properties" ]; }
+
+format_storage() {
+  is_formatted && return 0
+  local cid
+  cid="$("$JAVA" -cp "$LIBS/*" -Dlog4j.configuration="file:$TOOLS_LOG4J" kafka.tools.StorageTool random-uuid </dev/null | tail -n1)"
+  [ -n "$cid" ] || die "could not generate a cluster id"
+  log "formatting storage in $KRAFT_DIR (cluster id $cid)"
+  "$JAVA" -cp "$LIBS/*" -Dlog4j.configuration="file:$TOOLS_LOG4J" \
+    kafka.tools.StorageTool format --ignore-formatted -t "$cid" -c "$CONFIG" </dev/null >&2 \
+    || die "kafka storage format failed"
+}
+
+# ------------------------------------------------------------- process ----
+
+port_open() {  # port_open PORT
+  timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
+}
+
+read_pid() { if [ -f "$PID_FILE" ]; then tr -dc '0-9' <"$PID_FILE"; fi; }
+
+# True if PID is alive and is a Kafka broker started with our config file.
+is_our_broker() {
+  local pid="$1"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $CONFIG"
+}
+
+running_pid() {
+  local pid
+  pid="$(read_pid)"
+  if is_our_broker "$pid"; then echo "$pid"; return 0; fi
+  return 1
+}
+
+metadata_ok() {
+  run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
+    --command-config "$CLIENT_CONFIG" --list </dev/null >/dev/null 2>&1
+}
+
+show_logs() {
+  local n="${1:-50}"
+  for f in "$LOG_DIR/server.log" "$CONSOLE_OUT"; do
+    if [ -s "$f" ]; then
+      echo "----- last $n lines of $f -----" >&2
+      tail -n "$n" "$f" >&2
+    fi
+  done
+}
+
+cmd_start() {
+  need_java
+  local pid
+  if pid="$(running_pid)"; then
+    if port_open "$PORT"; then
+      echo "kafka already running (pid $pid) on $BOOTSTRAP"
+      return 0
+    fi
+    log "broker pid $pid is alive but port $PORT is not open yet; waiting for it"
+  else
+    rm -f "$PID_FILE"
+    if port_open "$PORT"; then
+      die "port $HOST:$PORT is already in use by another process (set RIPPLE_KAFKA_PORT)"
+    fi
+    if port_open "$CPORT"; then
+      die "controller port $HOST:$CPORT is already in use (set RIPPLE_KAFKA_CONTROLLER_PORT)"
+    fi
+    resolve_libs
+    ensure_config
+    format_storage
+
+    # The inner bash writes its own pid and then execs java, so the pid file
+    # holds the JVM's pid whether or not setsid had to fork.
+    local -a jvm_opts
+    read -r -a jvm_opts <<<"$HEAP"
+    jvm_opts+=(-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+      -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
+      -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+      "-Dlog4j.configuration=file:$LOG4J" "-Dkafka.logs.dir=$LOG_DIR")
+    : >"$CONSOLE_OUT"
+    # shellcheck disable=SC2016
+    nohup setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PID_FILE" \
+      "$JAVA" "${jvm_opts[@]}" -cp "$LIBS/*" kafka.Kafka "$CONFIG" \
+      </dev/null >>"$CONSOLE_OUT" 2>&1 &
+    local i=0
+    while [ ! -s "$PID_FILE" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    pid="$(read_pid)"
+    [ -n "$pid" ] || { show_logs 50; die "broker did not start (no pid)"; }
+    log "broker launched (pid $pid), waiting for $BOOTSTRAP ..."
+  fi
+
+  local deadline=$((SECONDS + START_TIMEOUT))
+  while [ $SECONDS -lt $deadline ]; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      rm -f "$PID_FILE"
+      show_logs 50
+      die "broker process exited during startup"
+    fi
+    if port_open "$PORT" && metadata_ok; then
+      echo "kafka up on $BOOTSTRAP"
+      return 0
+    fi
+    sleep 0.5
+  done
+  show_logs 50
+  log "broker not ready after ${START_TIMEOUT}s; stopping it"
+  cmd_stop >/dev/null 2>&1 || true
+  exit 1
+}
+
+cmd_stop() {
+  local clean="${RIPPLE_KAFKA_CLEAN:-0}"
+  [ "${1:-}" = "--clean" ] && clean=1
+  local pid
+  if pid="$(running_pid)"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + STOP_TIMEOUT))
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "broker (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    fi
+    echo "kafka stopped (pid $pid)"
+  else
+    echo "kafka not running"
+  fi
+  rm -f "$PID_FILE"
+  if [ "$clean" = 1 ] || [ "$clean" = true ]; then
+    case "$DATA" in
+      ""|/|"$HOME_DIR"|"$REPO_ROOT"|"$SCRIPT_DIR") die "refusing to delete data dir '$DATA'";;
+    esac
+    rm -rf "$DATA"
+    echo "removed $DATA"
+  fi
+}
+
+cmd_status() {
+  local pid
+  if pid="$(running_pid)" && port_open "$PORT"; then
+    echo "kafka running (pid $pid) on $BOOTSTRAP"
+    return 0
+  fi
+  if [ -n "${pid:-}" ]; then
+    echo "kafka starting (pid $pid), $BOOTSTRAP not accepting connections yet"
+  else
+    echo "kafka not running ($BOOTSTRAP)"
+  fi
+  return 1
+}
+
+cmd_topics() {
+  if [ $# -eq 0 ]; then set -- --list; fi
+  run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" "$@"
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  start)  cmd_start ;;
+  stop)   cmd_stop "$@" ;;
+  status) cmd_status ;;
+  libs)   need_java; resolve_libs; echo "$LIBS" ;;
+  topics) cmd_topics "$@" ;;
+  tool)   [ $# -ge 1 ] || die "usage: kafka.sh tool CLASS [ARGS...]"; run_tool "$@" ;;
+  logs)   show_logs "${1:-50}" 2>&1 ;;
+  env)    echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"; echo "RIPPLE_KAFKA_DATA=$DATA"; echo "RIPPLE_KAFKA_LIBS=$LIBS" ;;
+  -h|--help|help) usage ;;
+  *) usage >&2; exit 2 ;;
+esac

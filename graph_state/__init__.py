@@ -1,0 +1,25 @@
+"""Per-user behaviour graphs: structure, event application, codec and stores."""
+
+from graph_state.behavior import Behavior
+from graph_state.codec import CODEC_VERSION, decode, encode
+from graph_state.config import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig
+from graph_state.rocks_store import RocksOptions, RocksStore
+from graph_state.store import GraphStore, MemoryStore
+from graph_state.user_graph import GraphChange, UserGraph, event_key
+
+__all__ = [
+    "CODEC_VERSION",
+    "DEFAULT_ACTIONS",
+    "DEFAULT_ACTION_WEIGHTS",
+    "Behavior",
+    "GraphChange",
+    "GraphConfig",
+    "GraphStore",
+    "MemoryStore",
+    "RocksOptions",
+    "RocksStore",
+    "UserGraph",
+    "decode",
+    "encode",
+    "event_key",
+]

@@ -1,0 +1,18 @@
+"""Everything torch/PyG: graph tensors, the encoder, checkpoints and batched inference."""
+
+from operators.checkpoint import Checkpoint
+from operators.encoder import EncoderConfig, GraphEncoder
+from operators.inference import Embedder
+from operators.item_index import ItemIndex, stable_hash
+from operators.tensors import GraphBatch, graphs_to_batch
+
+__all__ = [
+    "Checkpoint",
+    "Embedder",
+    "EncoderConfig",
+    "GraphBatch",
+    "GraphEncoder",
+    "ItemIndex",
+    "graphs_to_batch",
+    "stable_hash",
+]

@@ -1,0 +1,213 @@
+"""The behaviour-event contract: schema, limits and validation with named rejection reasons."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+# Rejection reasons: stable label values (dead-letter records and metrics use them).
+MALFORMED_JSON = "malformed_json"
+INVALID_UTF8 = "invalid_utf8"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+EMPTY_FIELD = "empty_field"
+OVERSIZE_MESSAGE = "oversize_message"
+OVERSIZE_FIELD = "oversize_field"
+NON_FINITE = "non_finite_number"
+BAD_TIMESTAMP = "bad_timestamp"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+NEGATIVE_WEIGHT = "negative_weight"
+KEY_MISMATCH = "key_mismatch"
+UNKNOWN_ACTION = "unknown_action"
+BAD_FEATURES = "bad_features"
+REJECTION_REASONS: tuple[str, ...] = (
+    MALFORMED_JSON,
+    INVALID_UTF8,
+    NOT_AN_OBJECT,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    EMPTY_FIELD,
+    OVERSIZE_MESSAGE,
+    OVERSIZE_FIELD,
+    NON_FINITE,
+    BAD_TIMESTAMP,
+    TIMESTAMP_OUT_OF_RANGE,
+    NEGATIVE_WEIGHT,
+    KEY_MISMATCH,
+    UNKNOWN_ACTION,
+    BAD_FEATURES,
+)
+
+REQUIRED = ("event_id", "user_id", "item_id", "action", "ts")
+MAX_BYTES = {"event_id": 128, "user_id": 256, "item_id": 256, "action": 64}
+MAX_FEATURE_KEYS = 32
+MAX_FEATURES_BYTES = 4096
+
+
+class BehaviorEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One behaviour of one user, validated. ``ts`` is epoch seconds (UTC)."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+    weight: float | None = None
+    features: dict[str, Any] | None = None
+
+
+class _Wire(msgspec.Struct, frozen=True):
+    """The strict fast-path shape; anything it rejects is diagnosed field by field."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    action: str
+    ts: float | str
+    weight: float | None = None
+    features: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message was not applied; ``reason`` is one of ``REJECTION_REASONS``."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """What counts as valid beyond the types. Timestamps outside the range are rejected."""
+
+    max_message_bytes: int = 64 * 1024
+    min_ts: float = 31_536_000.0  # 1971-01-01: zero/negative clocks are bugs upstream
+    max_ts: float = 4_102_444_800.0  # 2100-01-01
+    actions: tuple[str, ...] = ("view", "click", "cart", "purchase", "rate", "other")
+    unknown_action: str = "map"
+    """``map``: count it and treat it as ``other``; ``reject``: dead-letter it."""
+
+
+_wire_decoder = msgspec.json.Decoder(_Wire)
+_any_decoder = msgspec.json.Decoder()
+
+
+def decode_event(
+    value: bytes, key: bytes | None = None, limits: EventLimits = EventLimits()
+) -> BehaviorEvent | Rejection:
+    """Validate one raw message. Size is checked before any parsing.
+
+    >>> decode_event(b'{"event_id":"e","user_id":"u","item_id":"i","action":"view","ts":1700000000}').user_id
+    'u'
+    >>> decode_event(b'{"event_id":"e"').reason
+    'malformed_json'
+    >>> decode_event(b'{"event_id":"e","user_id":"u","item_id":"i","action":"view","ts":1}').reason
+    'timestamp_out_of_range'
+    """
+    if len(value) > limits.max_message_bytes:
+        return Rejection(OVERSIZE_MESSAGE, f"message is {len(value)} bytes, the limit is {limits.max_message_bytes}")
+    try:
+        wire = _wire_decoder.decode(value)
+    except msgspec.ValidationError:
+        return _diagnose(value)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return _malformed(value, exc)
+    return _check(wire, key, limits)
+
+
+def _malformed(value: bytes, exc: Exception) -> Rejection:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Rejection(INVALID_UTF8, f"message is not valid UTF-8 at byte {err.start}")
+    return Rejection(MALFORMED_JSON, f"message is not valid JSON: {exc}")
+
+
+def _diagnose(value: bytes) -> Rejection:
+    try:
+        obj = _any_decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        # JSON itself is fine; a number overflows a float (e.g. 1e400 → inf).
+        return Rejection(NON_FINITE, f"a number is not finite: {exc}")
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return _malformed(value, exc)
+    if not isinstance(obj, dict):
+        return Rejection(NOT_AN_OBJECT, f"message must be a JSON object, got {type(obj).__name__}")
+    for name in REQUIRED:
+        if name not in obj or obj[name] is None:
+            return Rejection(MISSING_FIELD, f"required field '{name}' is missing")
+    for name in ("event_id", "user_id", "item_id", "action"):
+        if not isinstance(obj[name], str):
+            return Rejection(WRONG_TYPE, f"field '{name}' must be a string, got {type(obj[name]).__name__}")
+    ts = obj["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, (int, float, str)):
+        return Rejection(WRONG_TYPE, f"field 'ts' must be epoch seconds or an ISO-8601 string, got {type(ts).__name__}")
+    weight = obj.get("weight")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+        return Rejection(WRONG_TYPE, f"field 'weight' must be a number, got {type(weight).__name__}")
+    if obj.get("features") is not None and not isinstance(obj["features"], dict):
+        return Rejection(BAD_FEATURES, "field 'features' must be a JSON object")
+    return Rejection(WRONG_TYPE, "message does not match the event schema")
+
+
+def _parse_ts(ts: float | str) -> float | Rejection:
+    if isinstance(ts, str):
+        try:
+            parsed = datetime.fromisoformat(ts.strip())
+        except ValueError:
+            return Rejection(BAD_TIMESTAMP, f"field 'ts' is not ISO-8601: {ts[:40]!r}")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    return float(ts)
+
+
+def _check(wire: _Wire, key: bytes | None, limits: EventLimits) -> BehaviorEvent | Rejection:
+    for name, cap in MAX_BYTES.items():
+        text: str = getattr(wire, name)
+        if not text:
+            return Rejection(EMPTY_FIELD, f"field '{name}' is empty")
+        size = len(text.encode("utf-8")) if len(text) * 4 > cap else len(text)
+        if size > cap:
+            return Rejection(OVERSIZE_FIELD, f"field '{name}' is {size} bytes, the limit is {cap}")
+    ts = _parse_ts(wire.ts)
+    if isinstance(ts, Rejection):
+        return ts
+    if not math.isfinite(ts):
+        return Rejection(NON_FINITE, "field 'ts' is not a finite number")
+    if not limits.min_ts <= ts <= limits.max_ts:
+        return Rejection(TIMESTAMP_OUT_OF_RANGE, f"ts {ts!r} is outside [{limits.min_ts}, {limits.max_ts}]")
+    weight = wire.weight
+    if weight is not None:
+        if not math.isfinite(weight):
+            return Rejection(NON_FINITE, "field 'weight' is not a finite number")
+        if weight < 0:
+            return Rejection(NEGATIVE_WEIGHT, f"field 'weight' must be >= 0, got {weight}")
+    if wire.features is not None:
+        if len(wire.features) > MAX_FEATURE_KEYS:
+            return Rejection(BAD_FEATURES, f"'features' has {len(wire.features)} keys, the limit is {MAX_FEATURE_KEYS}")
+        if len(msgspec.json.encode(wire.features)) > MAX_FEATURES_BYTES:
+            return Rejection(BAD_FEATURES, f"'features' is larger than {MAX_FEATURES_BYTES} bytes")
+    # An unknown action under the "map" policy keeps its name; the graph treats it as "other".
+    if limits.unknown_action == "reject" and wire.action not in limits.actions:
+        return Rejection(UNKNOWN_ACTION, f"action {wire.action[:64]!r} is not one of {list(limits.actions)}")
+    if key is not None and key != wire.user_id.encode("utf-8"):
+        return Rejection(KEY_MISMATCH, "message key does not equal the event's user_id")
+    return BehaviorEvent(
+        event_id=wire.event_id,
+        user_id=wire.user_id,
+        item_id=wire.item_id,
+        action=wire.action,
+        ts=ts,
+        weight=weight,
+        features=wire.features,
+    )
+
+
+def encode_event(event: BehaviorEvent) -> bytes:
+    return msgspec.json.encode(event)

@@ -1,0 +1,141 @@
+"""The embedded runner: events from a file through the pipeline, embeddings to a JSONL file.
+
+Progress is committed per micro-batch: the state of the batch and the file's
+next line number go into RocksDB in one atomic write, *after* the batch's
+embeddings were flushed to the output. A run that stops anywhere can be
+started again with the same arguments and continues where it stopped; at worst
+the last batch's embeddings are written twice with the same state_version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+from tqdm import tqdm
+
+from graph_state import RocksStore
+from operators import Checkpoint, Embedder, EncoderConfig
+from stream_app.metrics import Metrics
+from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
+from stream_app.readers import count_lines, read_events
+from stream_app.records import RawRecord, json_encoder
+from stream_app.settings import Settings
+
+PROGRESS_PREFIX = "file-progress:"
+
+
+@dataclass
+class ReplaySummary:
+    """Counts of one run of the file runner."""
+
+    events: int = 0
+    skipped_lines: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    unknown_actions: int = 0
+    published: int = 0
+    users: set[str] = field(default_factory=set)
+    seconds: float = 0.0
+    model_version: str = ""
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def load_checkpoint(settings: Settings) -> Checkpoint:
+    """The checkpoint named by the settings, or the seeded default model."""
+    if settings.model_path:
+        return Checkpoint.load(settings.model_path)
+    return Checkpoint.seeded(EncoderConfig(actions=settings.actions), seed=settings.model_seed)
+
+
+def file_identity(path: str) -> str:
+    """Names a file's progress entry: its absolute path plus a digest of its first 64 KiB."""
+    h = hashlib.sha256(os.path.abspath(path).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(65536))
+    return h.hexdigest()[:24]
+
+
+def batched(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    it = iter(records)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def replay(
+    events_path: str,
+    fmt: str,
+    out_path: str,
+    settings: Settings,
+    dead_letter_path: str | None = None,
+    append: bool = False,
+    from_start: bool = False,
+    progress: bool | None = None,
+    metrics: Metrics | None = None,
+) -> ReplaySummary:
+    """Run a file through the pipeline; see the module docstring for the commit order."""
+    checkpoint = load_checkpoint(settings)
+    store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
+    try:
+        pipeline = Pipeline(store, Embedder(checkpoint), settings.event_limits(), metrics)
+        progress_key = PROGRESS_PREFIX + file_identity(events_path)
+        done = store.get_meta(progress_key)
+        start_line = 0 if (from_start or done is None) else int(done)
+        summary = ReplaySummary(skipped_lines=start_line, model_version=checkpoint.model_version)
+        total = count_lines(events_path, fmt)
+        mode = "ab" if append else "wb"
+        started = time.perf_counter()
+        with (
+            open(out_path, mode) as out,
+            open(dead_letter_path, mode) if dead_letter_path else open(os.devnull, "wb") as dlq,
+            tqdm(total=total, initial=start_line, unit="ev", disable=None if progress is None else not progress) as bar,
+        ):
+            for chunk in batched(read_events(events_path, fmt, start_line), settings.batch_size):
+                result = pipeline.process(chunk)
+                for emb in result.embeddings:
+                    out.write(json_encoder.encode(emb) + b"\n")
+                    summary.users.add(emb.user_id)
+                for dead in result.dead_letters:
+                    dlq.write(json_encoder.encode(dead) + b"\n")
+                out.flush()
+                dlq.flush()
+                pipeline.commit(result, {progress_key: str(chunk[-1].offset + 1).encode()})
+                pipeline.observe_published(result)
+                summary.events += len(chunk)
+                summary.outcomes.update(result.outcomes)
+                summary.rejected.update(result.rejected)
+                summary.unknown_actions += result.unknown_actions
+                summary.published += len(result.embeddings)
+                bar.update(chunk[-1].offset + 1 - bar.n)
+        summary.seconds = time.perf_counter() - started
+        return summary
+    finally:
+        store.close()
+
+
+def summary_rows(summary: ReplaySummary) -> list[tuple[str, str]]:
+    rows = [
+        ("events read", f"{summary.events:,}"),
+        ("applied", f"{summary.outcomes[APPLIED]:,}"),
+        ("duplicates ignored", f"{summary.outcomes[DUPLICATE]:,}"),
+        ("rejected", f"{summary.outcomes[REJECTED]:,}"),
+    ]
+    rows += [(f"  rejected: {reason}", f"{n:,}") for reason, n in sorted(summary.rejected.items())]
+    rows += [
+        ("unknown actions (as 'other')", f"{summary.unknown_actions:,}"),
+        ("users updated", f"{len(summary.users):,}"),
+        ("embeddings published", f"{summary.published:,}"),
+        ("lines skipped (already done)", f"{summary.skipped_lines:,}"),
+        ("model version", summary.model_version),
+        ("seconds", f"{summary.seconds:.2f}"),
+        ("events/s", f"{summary.events_per_second:,.0f}"),
+    ]
+    return rows

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the pipeline, on an explicit registry (never the global one in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Metrics:
+    """All Ripple metrics. Names follow Prometheus conventions (``_total``, ``_seconds``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "ripple_events_processed_total",
+            "Events by outcome (applied, duplicate, rejected).",
+            ["outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "ripple_dead_letters_total", "Messages dead-lettered, by reason.", ["reason"], registry=r
+        )
+        self.unknown_actions = Counter(
+            "ripple_unknown_actions_total",
+            "Events whose action is outside the vocabulary (treated as 'other').",
+            registry=r,
+        )
+        self.published = Counter("ripple_embeddings_published_total", "User embeddings published.", registry=r)
+        self.batch_size = Histogram("ripple_batch_size", "Events per micro-batch.", buckets=BATCH_BUCKETS, registry=r)
+        self.embed_seconds = Histogram(
+            "ripple_embed_seconds",
+            "Time of the batched GCN forward per micro-batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "ripple_batch_seconds", "Time to process one micro-batch end to end.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.latency = Histogram(
+            "ripple_event_to_publish_seconds",
+            "From the event entering Kafka (record timestamp) to its embedding being published.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.users = Gauge("ripple_users_in_state", "Users with a graph in this worker's state.", registry=r)
+        self.model_info = Gauge("ripple_model_info", "The serving model (value 1).", ["model_version"], registry=r)
+
+    def set_model(self, model_version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model_version=model_version).set(1)

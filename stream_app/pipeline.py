@@ -1,0 +1,168 @@
+"""The processing pipeline shared by the Faust agent and the file runner.
+
+For one micro-batch, in this order:
+
+1. decode and validate every message; invalid ones become dead letters;
+2. load the graphs of all users in the batch, apply their events in arrival order;
+3. run one batched forward for every user whose graph changed;
+4. hand back the embeddings to publish — the caller publishes, then calls
+   :meth:`Pipeline.commit` so the new state is stored only after its output left.
+
+A user whose events in the batch were all duplicates is republished only when
+one of them is the user's latest applied event: that is a redelivery after a
+crash between commit and publish, and publishing the same (user_id,
+state_version) again closes the gap without ever publishing a different vector.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from graph_state import GraphStore, UserGraph
+from operators import Embedder
+from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
+from stream_app.metrics import Metrics
+from stream_app.records import DeadLetter, RawRecord, UserEmbedding
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+REJECTED = "rejected"
+E_ACTIONS = (
+    "the model was trained with actions {model} but the settings define {settings}; "
+    "set RIPPLE_ACTIONS to the model's actions or retrain the model."
+)
+
+
+@dataclass
+class BatchResult:
+    """What one micro-batch produced; ``graphs`` are the changed, not yet stored, states."""
+
+    embeddings: list[UserEmbedding] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    graphs: dict[str, UserGraph] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    unknown_actions: int = 0
+    new_users: int = 0
+    earliest_ts: dict[str, float] = field(default_factory=dict)
+    """Per published user: the earliest record timestamp behind its update (latency)."""
+
+
+class Pipeline:
+    """decode → apply → embed → (caller publishes) → commit; knows nothing of Kafka or files."""
+
+    def __init__(
+        self,
+        store: GraphStore,
+        embedder: Embedder,
+        limits: EventLimits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.limits = limits or EventLimits(actions=store.config.actions)
+        self.metrics = metrics
+        if tuple(embedder.checkpoint.config.actions) != tuple(store.config.actions):
+            raise ValueError(E_ACTIONS.format(model=embedder.checkpoint.config.actions, settings=store.config.actions))
+        if metrics is not None:
+            metrics.set_model(embedder.model_version)
+
+    def decode(self, records: Sequence[RawRecord], result: BatchResult) -> list[tuple[RawRecord, BehaviorEvent]]:
+        valid: list[tuple[RawRecord, BehaviorEvent]] = []
+        for record in records:
+            decoded = decode_event(record.value, record.key, self.limits)
+            if isinstance(decoded, Rejection):
+                result.dead_letters.append(DeadLetter.of(record, decoded.reason, decoded.detail))
+                result.rejected[decoded.reason] += 1
+                result.outcomes[REJECTED] += 1
+            else:
+                valid.append((record, decoded))
+        return valid
+
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        started = time.perf_counter()
+        result = BatchResult()
+        valid = self.decode(records, result)
+        users = list(dict.fromkeys(event.user_id for _, event in valid))
+        graphs = self.store.get_many(users)
+        config = self.store.config
+        to_publish: dict[str, UserGraph] = {}
+        for record, event in valid:
+            graph = graphs.get(event.user_id)
+            if graph is None:
+                graph = graphs[event.user_id] = UserGraph(config)
+                result.new_users += 1
+            change = graph.apply(event)
+            if change.duplicate:
+                result.outcomes[DUPLICATE] += 1
+                if event.event_id == graph.last_event_id:
+                    to_publish[event.user_id] = graph
+                continue
+            result.outcomes[APPLIED] += 1
+            if event.action not in config.actions:
+                result.unknown_actions += 1
+            result.graphs[event.user_id] = graph
+            to_publish[event.user_id] = graph
+            if record.timestamp is not None:
+                first = result.earliest_ts.get(event.user_id)
+                if first is None or record.timestamp < first:
+                    result.earliest_ts[event.user_id] = record.timestamp
+        embed_started = time.perf_counter()
+        result.embeddings = self.embed(to_publish)
+        if self.metrics is not None:
+            self._observe(result, len(records), started, embed_started)
+        return result
+
+    def embed(self, graphs: Mapping[str, UserGraph]) -> list[UserEmbedding]:
+        """One batched forward over the given users' graphs."""
+        if not graphs:
+            return []
+        vectors = self.embedder.embed_many(list(graphs.values()))
+        now = time.time()
+        version = self.embedder.model_version
+        return [
+            UserEmbedding(
+                user_id=uid,
+                embedding=vec.tolist(),
+                model_version=version,
+                state_version=g.state_version,
+                last_event_id=g.last_event_id,
+                event_ts=g.last_ts,
+                computed_at=now,
+                n_nodes=g.n_nodes,
+            )
+            for (uid, g), vec in zip(graphs.items(), vectors, strict=True)
+        ]
+
+    def commit(self, result: BatchResult, meta: Mapping[str, bytes] | None = None) -> None:
+        """Store the batch's changed graphs (and runner metadata) atomically."""
+        if result.graphs or meta:
+            self.store.put_many(result.graphs, meta)
+
+    def observe_published(self, result: BatchResult, now: float | None = None) -> None:
+        """Record event-to-publish latency once the caller has published the batch."""
+        if self.metrics is None:
+            return
+        now = time.time() if now is None else now
+        for ts in result.earliest_ts.values():
+            self.metrics.latency.observe(max(0.0, now - ts))
+        self.metrics.published.inc(len(result.embeddings))
+
+    def _observe(self, result: BatchResult, n: int, started: float, embed_started: float) -> None:
+        m = self.metrics
+        assert m is not None
+        m.batch_size.observe(n)
+        for outcome, count in result.outcomes.items():
+            m.events.labels(outcome=outcome).inc(count)
+        for reason, count in result.rejected.items():
+            m.dead_letters.labels(reason=reason).inc(count)
+        if result.unknown_actions:
+            m.unknown_actions.inc(result.unknown_actions)
+        if result.new_users:
+            m.users.inc(result.new_users)
+        now = time.perf_counter()
+        m.embed_seconds.observe(now - embed_started)
+        m.batch_seconds.observe(now - started)

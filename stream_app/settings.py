@@ -1,0 +1,177 @@
+"""One settings object for every entry point, built from ``RIPPLE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_type_hints
+
+from graph_state import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig, RocksOptions
+from stream_app.events import EventLimits
+
+ENV_PREFIX = "RIPPLE_"
+E_BAD_ENV = "environment variable {name}={value!r} is not a valid {kind}: {cause}. Fix or unset it."
+E_INVALID = "invalid setting {name}={value!r}: {why}"
+
+
+def _doc(text: str, default: Any) -> Any:
+    if callable(default) and not isinstance(default, type):
+        return field(default_factory=default, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of Ripple. Each field ``x`` is read from ``RIPPLE_X``.
+
+    >>> Settings.from_env({"RIPPLE_BATCH_SIZE": "64", "RIPPLE_MAX_NODES": "200"}).batch_size
+    64
+    """
+
+    # Kafka and Faust
+    broker: str = _doc(
+        "Kafka bootstrap servers, Faust style (kafka://host:port[;host:port]).", "kafka://127.0.0.1:9092"
+    )
+    app_id: str = _doc("Faust application id (consumer group, changelog topic prefix).", "ripple")
+    input_topic: str = _doc("Topic of behaviour events (JSON, key = user_id).", "ripple-events")
+    output_topic: str = _doc("Topic the user embeddings are published to (key = user_id).", "ripple-embeddings")
+    dead_letter_topic: str = _doc("Topic for rejected messages with their reason.", "ripple-dead-letter")
+    deletion_topic: str = _doc("Topic of user deletion requests (key = user_id).", "ripple-deletions")
+    partitions: int = _doc("Partitions of the input topic and the state table.", 4)
+    replication_factor: int = _doc("Replication factor of topics Ripple creates.", 1)
+    standby_replicas: int = _doc("Faust standby replicas per table partition.", 0)
+    processing_guarantee: str = _doc("Faust processing guarantee: at_least_once or exactly_once.", "at_least_once")
+    kafka_security_protocol: str = _doc("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "PLAINTEXT")
+    kafka_sasl_mechanism: str = _doc("SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when SASL is used.", "")
+    kafka_sasl_username: str = _doc("SASL user name.", "")
+    kafka_sasl_password: str = _doc("SASL password.", "")
+    kafka_ssl_cafile: str = _doc("CA bundle for SSL.", "")
+    kafka_ssl_certfile: str = _doc("Client certificate for SSL.", "")
+    kafka_ssl_keyfile: str = _doc("Client key for SSL.", "")
+    # Micro-batching
+    batch_size: int = _doc("Most events per micro-batch.", 256)
+    batch_within_s: float = _doc("Longest wait for a micro-batch to fill, in seconds.", 0.05)
+    # State
+    state_dir: str = _doc("Directory of RocksDB state (Faust tables / embedded runner).", "./ripple-state")
+    rocksdb_block_cache_mb: int = _doc("RocksDB block cache per database, MiB.", 16)
+    rocksdb_write_buffer_mb: int = _doc("RocksDB write buffer (memtable) size, MiB.", 8)
+    rocksdb_max_write_buffers: int = _doc("RocksDB memtables kept per database.", 2)
+    rocksdb_max_open_files: int = _doc("RocksDB open file limit per database.", 256)
+    # Graph
+    max_nodes: int = _doc("Distinct items kept in a user's window.", 50)
+    decay_seconds: float = _doc("Time constant of the transition-weight decay by gap between behaviours.", 3600.0)
+    dedupe_ring: int = _doc("Recent event ids remembered per user for idempotent replay.", 256)
+    actions: tuple[str, ...] = _doc("Comma-separated action vocabulary (must include 'other').", DEFAULT_ACTIONS)
+    action_weights: dict[str, float] = _doc(
+        "Comma-separated action=weight pairs for transition edges.", lambda: dict(DEFAULT_ACTION_WEIGHTS)
+    )
+    unknown_action: str = _doc("'map' unknown actions to 'other' (counted) or 'reject' them.", "map")
+    # Input limits
+    max_message_bytes: int = _doc("Largest accepted message; larger ones are dead-lettered before parsing.", 65536)
+    min_ts: float = _doc("Earliest accepted event time (epoch seconds).", 31_536_000.0)
+    max_ts: float = _doc("Latest accepted event time (epoch seconds).", 4_102_444_800.0)
+    # Model
+    model_path: str = _doc("Model checkpoint; empty = the seeded default model.", "")
+    model_seed: int = _doc("Seed of the default model when no checkpoint is given.", 0)
+    # Web
+    web_host: str = _doc("Address the web server (views, /metrics) binds to.", "127.0.0.1")
+    web_port: int = _doc("Port of the web server.", 6066)
+    log_level: str = _doc("Log level of the worker.", "info")
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("partitions", self.partitions >= 1, "must be at least 1"),
+            ("batch_size", 1 <= self.batch_size <= 100_000, "must be between 1 and 100000"),
+            ("batch_within_s", 0 < self.batch_within_s <= 60, "must be in (0, 60] seconds"),
+            ("unknown_action", self.unknown_action in ("map", "reject"), "must be 'map' or 'reject'"),
+            (
+                "processing_guarantee",
+                self.processing_guarantee in ("at_least_once", "exactly_once"),
+                "must be at_least_once or exactly_once",
+            ),
+            ("max_message_bytes", 256 <= self.max_message_bytes <= 16 << 20, "must be between 256 B and 16 MiB"),
+            ("web_port", 0 <= self.web_port <= 65535, "must be a TCP port"),
+            ("min_ts", self.min_ts < self.max_ts, "must be below max_ts"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(E_INVALID.format(name=name, value=getattr(self, name), why=why))
+        self.graph_config()  # validates window, actions, decay and ring with their own messages
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``RIPPLE_*`` variables, then explicit overrides (e.g. CLI flags)."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in environ:
+                values[f.name] = _parse(name, environ[name], hints[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, doc) for every setting."""
+        rows = []
+        for f in fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            if isinstance(default, tuple):
+                default = ",".join(default)
+            elif isinstance(default, dict):
+                default = ",".join(f"{k}={v}" for k, v in default.items())
+            rows.append((ENV_PREFIX + f.name.upper(), str(default), f.metadata["doc"]))
+        return rows
+
+    def graph_config(self) -> GraphConfig:
+        return GraphConfig(
+            max_nodes=self.max_nodes,
+            actions=self.actions,
+            action_weights=self.action_weights,
+            decay_seconds=self.decay_seconds,
+            dedupe_ring=self.dedupe_ring,
+        )
+
+    def event_limits(self) -> EventLimits:
+        return EventLimits(
+            max_message_bytes=self.max_message_bytes,
+            min_ts=self.min_ts,
+            max_ts=self.max_ts,
+            actions=self.actions,
+            unknown_action=self.unknown_action,
+        )
+
+    def rocks_options(self) -> RocksOptions:
+        return RocksOptions(
+            block_cache_mb=self.rocksdb_block_cache_mb,
+            write_buffer_mb=self.rocksdb_write_buffer_mb,
+            max_write_buffers=self.rocksdb_max_write_buffers,
+            max_open_files=self.rocksdb_max_open_files,
+        )
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError("expected true/false")
+            return raw.lower() in ("1", "true", "yes")
+        if kind == tuple[str, ...]:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind == dict[str, float]:
+            pairs = (part.split("=", 1) for part in raw.split(",") if part.strip())
+            return {k.strip(): float(v) for k, v in pairs}
+        return raw
+    except ValueError as exc:
+        raise ValueError(
+            E_BAD_ENV.format(name=name, value=raw, kind=getattr(kind, "__name__", kind), cause=exc)
+        ) from exc
