@@ -23,10 +23,13 @@ if [ "${1:-}" = "--print-venv" ]; then
   exit 0
 fi
 
+mkdir -p "$(dirname "$venv")"
+# One builder at a time: concurrent runs (two checkouts, parallel make) wait here.
+exec 9>"$venv.lock"
+flock 9
 if [ ! -f "$venv/.ripple-complete" ]; then
   echo "bootstrap: creating $venv (first time on this machine or new pins; torch is large, this takes minutes)" >&2
   rm -rf "$venv"
-  mkdir -p "$(dirname "$venv")"
   "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
   mapfile -t dep_list <<<"$deps"

@@ -2,6 +2,7 @@
 
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig, GraphEncoder
+from operators.incremental import IncrementalPolicy, UserDelta
 from operators.inference import Embedder
 from operators.item_index import ItemIndex, stable_hash
 from operators.tensors import GraphBatch, graphs_to_batch
@@ -12,7 +13,9 @@ __all__ = [
     "EncoderConfig",
     "GraphBatch",
     "GraphEncoder",
+    "IncrementalPolicy",
     "ItemIndex",
+    "UserDelta",
     "graphs_to_batch",
     "stable_hash",
 ]

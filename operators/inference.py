@@ -9,6 +9,7 @@ import torch
 
 from graph_state import UserGraph
 from operators.checkpoint import Checkpoint
+from operators.incremental import IncrementalEncoder, IncrementalPolicy, UserDelta
 from operators.tensors import graphs_to_batch
 
 
@@ -23,9 +24,10 @@ class Embedder:
     (2, 64)
     """
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: Checkpoint, policy: IncrementalPolicy | None = None) -> None:
         self.checkpoint = checkpoint
         self.checkpoint.encoder.eval()
+        self.incremental = IncrementalEncoder(checkpoint, policy)
 
     @property
     def model_version(self) -> str:
@@ -42,6 +44,14 @@ class Embedder:
         batch = graphs_to_batch(graphs, self.checkpoint.index)
         with torch.inference_mode():
             return self.checkpoint.encoder(batch).numpy()
+
+    def embed_changed(self, graphs: Sequence[UserGraph], deltas: Sequence[UserDelta | None]) -> np.ndarray:
+        """Like :meth:`embed_many`, recomputing only what each delta can have changed.
+
+        Reads and refreshes each graph's per-node layer cache; a graph whose cache
+        does not belong to ``delta.base_version`` of this model is recomputed fully.
+        """
+        return self.incremental.embed_many(graphs, deltas)
 
     def embed_one(self, graph: UserGraph) -> np.ndarray:
         return self.embed_many([graph])[0]

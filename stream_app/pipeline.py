@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from graph_state import GraphStore, UserGraph
-from operators import Embedder
+from operators import Embedder, UserDelta
 from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
 from stream_app.metrics import Metrics
 from stream_app.records import DeadLetter, RawRecord, UserEmbedding
@@ -90,12 +90,15 @@ class Pipeline:
         graphs = self.store.get_many(users)
         config = self.store.config
         to_publish: dict[str, UserGraph] = {}
+        base = {uid: g.state_version for uid, g in graphs.items()}
+        changed: dict[str, set[int]] = {}
         for record, event in valid:
             graph = graphs.get(event.user_id)
             if graph is None:
                 graph = graphs[event.user_id] = UserGraph(config)
                 result.new_users += 1
             change = graph.apply(event)
+            changed.setdefault(event.user_id, set()).update(change.nodes)
             if change.duplicate:
                 result.outcomes[DUPLICATE] += 1
                 if event.event_id == graph.last_event_id:
@@ -111,16 +114,20 @@ class Pipeline:
                 if first is None or record.timestamp < first:
                     result.earliest_ts[event.user_id] = record.timestamp
         embed_started = time.perf_counter()
-        result.embeddings = self.embed(to_publish)
+        deltas = {uid: UserDelta(base[uid], frozenset(changed[uid])) for uid in to_publish if uid in base}
+        result.embeddings = self.embed(to_publish, deltas)
         if self.metrics is not None:
             self._observe(result, len(records), started, embed_started)
         return result
 
-    def embed(self, graphs: Mapping[str, UserGraph]) -> list[UserEmbedding]:
-        """One batched forward over the given users' graphs."""
+    def embed(
+        self, graphs: Mapping[str, UserGraph], deltas: Mapping[str, UserDelta] | None = None
+    ) -> list[UserEmbedding]:
+        """One batched forward over the given users' graphs (incremental where a delta allows)."""
         if not graphs:
             return []
-        vectors = self.embedder.embed_many(list(graphs.values()))
+        deltas = deltas or {}
+        vectors = self.embedder.embed_changed(list(graphs.values()), [deltas.get(uid) for uid in graphs])
         now = time.time()
         version = self.embedder.model_version
         return [
