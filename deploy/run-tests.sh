@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test command of README and CI: set up the environment, start the real Kafka broker,
+# The test command of README and CI: set up the environment (venv, Prometheus), start the real Kafka broker,
 # run lint and the whole test suite (unit, doctests, integration), stop the broker.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 venv=$(bash deploy/bootstrap.sh)
 export PATH="$venv/bin:$PATH"
+bash deploy/prometheus/install.sh  # prometheus + promtool for the observability tests; no-op once present
 
 "$venv/bin/ruff" check .
 "$venv/bin/mypy"

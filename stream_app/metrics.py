@@ -47,6 +47,13 @@ class Metrics:
         )
         self.users = Gauge("ripple_users_in_state", "Users with a graph in this worker's state.", registry=r)
         self.model_info = Gauge("ripple_model_info", "The serving model (value 1).", ["model_version"], registry=r)
+        # Faust/aiokafka export no lag: the worker sets this from the consumer's highwater and position.
+        self.consumer_lag = Gauge(
+            "ripple_consumer_lag",
+            "Input-topic messages not yet consumed (highwater - position), per assigned partition.",
+            ["partition"],
+            registry=r,
+        )
 
     def set_model(self, model_version: str) -> None:
         self.model_info.clear()
