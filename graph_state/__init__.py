@@ -4,7 +4,7 @@ from graph_state.behavior import Behavior
 from graph_state.codec import CODEC_VERSION, decode, encode
 from graph_state.config import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig
 from graph_state.rocks_store import RocksOptions, RocksStore
-from graph_state.store import GraphStore, MemoryStore
+from graph_state.store import CachedStore, GraphStore, MemoryStore
 from graph_state.user_graph import GraphChange, UserGraph, event_key
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_ACTIONS",
     "DEFAULT_ACTION_WEIGHTS",
     "Behavior",
+    "CachedStore",
     "GraphChange",
     "GraphConfig",
     "GraphStore",

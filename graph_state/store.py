@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
@@ -65,3 +66,71 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+class CachedStore:
+    """A write-through LRU of decoded graphs in front of another store.
+
+    Decoding is the largest per-event cost after the forward pass, and active
+    users come back within seconds, so keeping their decoded graphs saves it.
+    Valid only while this process is the store's single writer, and only if every
+    batch whose graphs were mutated is committed — otherwise call :meth:`clear`.
+
+    >>> store = CachedStore(MemoryStore(GraphConfig()), capacity=1)
+    >>> store.put_many({"a": UserGraph(GraphConfig()), "b": UserGraph(GraphConfig())})
+    >>> len(store), sorted(store.get_many(["a", "b"]))
+    (1, ['a', 'b'])
+    """
+
+    def __init__(self, inner: GraphStore, capacity: int = 4096) -> None:
+        self.inner = inner
+        self.config = inner.config
+        self.capacity = capacity
+        self._lru: OrderedDict[str, UserGraph] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def get_many(self, user_ids: Iterable[str]) -> dict[str, UserGraph]:
+        found: dict[str, UserGraph] = {}
+        missing: list[str] = []
+        for uid in user_ids:
+            graph = self._lru.get(uid)
+            if graph is None:
+                missing.append(uid)
+            else:
+                self._lru.move_to_end(uid)
+                found[uid] = graph
+        if missing:
+            loaded = self.inner.get_many(missing)
+            found.update(loaded)
+            self._remember(loaded)
+        return found
+
+    def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
+        self.inner.put_many(graphs, meta)
+        self._remember(graphs)
+
+    def _remember(self, graphs: Mapping[str, UserGraph]) -> None:
+        for uid, graph in graphs.items():
+            self._lru[uid] = graph
+            self._lru.move_to_end(uid)
+        while len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+
+    def delete(self, user_id: str) -> bool:
+        self._lru.pop(user_id, None)
+        return self.inner.delete(user_id)
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self.inner.get_meta(name)
+
+    def user_ids(self) -> Iterator[str]:
+        return self.inner.user_ids()
+
+    def clear(self) -> None:
+        self._lru.clear()
+
+    def close(self) -> None:
+        self.clear()
+        self.inner.close()

@@ -77,10 +77,8 @@ class UserGraph:
 
     def __post_init__(self) -> None:
         self._slot_of = {item: slot for slot, item in enumerate(self.item_ids)}
-        self._in_edges: list[set[int]] = [set() for _ in self.item_ids]
-        for src, targets in enumerate(self.out_edges):
-            for dst in targets:
-                self._in_edges[dst].add(src)
+        # Reverse adjacency is built on first use: most applies never need it.
+        self._in_edges_cache: list[set[int]] | None = None
         size = self.config.dedupe_ring
         if len(self.ring) > size or (self.ring_pos and len(self.ring) < size):
             # A changed ring size: keep the newest ids, oldest first.
@@ -108,6 +106,16 @@ class UserGraph:
         built from the live graph.
         """
         return [(src, dst, w) for src, targets in enumerate(self.out_edges) for dst, w in targets.items()]
+
+    @property
+    def _in_edges(self) -> list[set[int]]:
+        if self._in_edges_cache is None:
+            ins: list[set[int]] = [set() for _ in self.item_ids]
+            for src, targets in enumerate(self.out_edges):
+                for dst in targets:
+                    ins[dst].add(src)
+            self._in_edges_cache = ins
+        return self._in_edges_cache
 
     def in_neighbors(self, slot: int) -> set[int]:
         return self._in_edges[slot]
@@ -156,7 +164,8 @@ class UserGraph:
             gap = max(0.0, ts - self.last_ts)
             targets = self.out_edges[prev]
             targets[slot] = targets.get(slot, 0.0) + weight * math.exp(-gap / cfg.decay_seconds)
-            self._in_edges[slot].add(prev)
+            if self._in_edges_cache is not None:
+                self._in_edges_cache[slot].add(prev)
             edges.add((prev, slot))
             nodes.add(prev)
 
@@ -177,7 +186,8 @@ class UserGraph:
         self.action_mask.append(0)
         self.weight_sum.append(0.0)
         self.out_edges.append({})
-        self._in_edges.append(set())
+        if self._in_edges_cache is not None:
+            self._in_edges_cache.append(set())
         self._slot_of[item_id] = slot
         return slot
 

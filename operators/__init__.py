@@ -3,7 +3,7 @@
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig, GraphEncoder
 from operators.incremental import IncrementalPolicy, UserDelta
-from operators.inference import Embedder
+from operators.inference import Embedder, set_threads
 from operators.item_index import ItemIndex, stable_hash
 from operators.tensors import GraphBatch, graphs_to_batch
 
@@ -17,5 +17,6 @@ __all__ = [
     "ItemIndex",
     "UserDelta",
     "graphs_to_batch",
+    "set_threads",
     "stable_hash",
 ]

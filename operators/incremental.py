@@ -18,6 +18,7 @@ take the batched full forward instead — that choice is the measured rule
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from torch_geometric.utils import scatter
 
 from graph_state import UserGraph
 from operators.checkpoint import Checkpoint
+from operators.item_index import ItemIndex
 from operators.tensors import RECENCY_BUCKETS, GraphBatch, graphs_to_batch
 
 CACHE_LAYOUT = 1
@@ -197,13 +199,15 @@ class IncrementalEncoder:
             self.stats["total_nodes"] += g.n_nodes
         return user.numpy()
 
-    def _inputs(self, graphs: Sequence[UserGraph], nodes: Sequence[list[int]], index) -> torch.Tensor:
+    def _inputs(self, graphs: Sequence[UserGraph], nodes: Sequence[list[int]], index: ItemIndex) -> torch.Tensor:
         enc = self.checkpoint.encoder
-        rows, actions, counts = [], [], []
+        rows: list[int] = []
+        actions: list[int] = []
+        counts: list[float] = []
         for g, ns in zip(graphs, nodes, strict=True):
             rows.extend(index.row(g.item_ids[n]) for n in ns)
             actions.extend(g.last_action[n] for n in ns)
-            counts.extend(np.log1p(g.counts[n]) for n in ns)
+            counts.extend(math.log1p(g.counts[n]) for n in ns)
         partial = GraphBatch(
             item_rows=torch.tensor(rows, dtype=torch.long),
             actions=torch.tensor(actions, dtype=torch.long),

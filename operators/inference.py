@@ -13,6 +13,17 @@ from operators.incremental import IncrementalEncoder, IncrementalPolicy, UserDel
 from operators.tensors import graphs_to_batch
 
 
+def set_threads(n: int) -> None:
+    """Torch intra-op threads for inference.
+
+    Micro-batch tensors are small: on 2 cores, 2 threads make a scatter of a few
+    thousand rows 50x slower than 1 thread once anything else runs (measured in
+    docs/benchmarks.md), so the runners default to 1.
+    """
+    if n >= 1 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 class Embedder:
     """Runs a checkpoint's encoder over user graphs, never tracking gradients.
 

@@ -19,8 +19,8 @@ from itertools import islice
 
 from tqdm import tqdm
 
-from graph_state import RocksStore
-from operators import Checkpoint, Embedder, EncoderConfig
+from graph_state import CachedStore, GraphStore, RocksStore
+from operators import Checkpoint, Embedder, EncoderConfig, set_threads
 from stream_app.metrics import Metrics
 from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
 from stream_app.readers import count_lines, read_events
@@ -82,10 +82,15 @@ def replay(
     metrics: Metrics | None = None,
 ) -> ReplaySummary:
     """Run a file through the pipeline; see the module docstring for the commit order."""
+    set_threads(settings.torch_threads)
     checkpoint = load_checkpoint(settings)
-    store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
+    store: GraphStore = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
+    if settings.graph_cache_users > 0:
+        store = CachedStore(store, settings.graph_cache_users)
     try:
-        pipeline = Pipeline(store, Embedder(checkpoint), settings.event_limits(), metrics)
+        pipeline = Pipeline(
+            store, Embedder(checkpoint, settings.incremental_policy()), settings.event_limits(), metrics
+        )
         progress_key = PROGRESS_PREFIX + file_identity(events_path)
         done = store.get_meta(progress_key)
         start_line = 0 if (from_start or done is None) else int(done)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 from graph_state import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig, RocksOptions
+from operators import IncrementalPolicy
 from stream_app.events import EventLimits
 
 ENV_PREFIX = "RIPPLE_"
@@ -42,6 +43,7 @@ class Settings:
     replication_factor: int = _doc("Replication factor of topics Ripple creates.", 1)
     standby_replicas: int = _doc("Faust standby replicas per table partition.", 0)
     processing_guarantee: str = _doc("Faust processing guarantee: at_least_once or exactly_once.", "at_least_once")
+    commit_interval_s: float = _doc("How often the worker commits consumer offsets, in seconds.", 2.8)
     kafka_security_protocol: str = _doc("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "PLAINTEXT")
     kafka_sasl_mechanism: str = _doc("SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when SASL is used.", "")
     kafka_sasl_username: str = _doc("SASL user name.", "")
@@ -58,6 +60,7 @@ class Settings:
     rocksdb_write_buffer_mb: int = _doc("RocksDB write buffer (memtable) size, MiB.", 8)
     rocksdb_max_write_buffers: int = _doc("RocksDB memtables kept per database.", 2)
     rocksdb_max_open_files: int = _doc("RocksDB open file limit per database.", 256)
+    graph_cache_users: int = _doc("Decoded user graphs kept in memory (write-through LRU); 0 disables.", 4096)
     # Graph
     max_nodes: int = _doc("Distinct items kept in a user's window.", 50)
     decay_seconds: float = _doc("Time constant of the transition-weight decay by gap between behaviours.", 3600.0)
@@ -74,6 +77,10 @@ class Settings:
     # Model
     model_path: str = _doc("Model checkpoint; empty = the seeded default model.", "")
     model_seed: int = _doc("Seed of the default model when no checkpoint is given.", 0)
+    incremental: bool = _doc("Recompute only the L-hop neighbourhood of changed nodes when a cache allows.", True)
+    incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully.", 8)
+    incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)
+    torch_threads: int = _doc("Torch threads for inference (1 is fastest for micro-batches; 0 = torch default).", 1)
     # Web
     web_host: str = _doc("Address the web server (views, /metrics) binds to.", "127.0.0.1")
     web_port: int = _doc("Port of the web server.", 6066)
@@ -84,6 +91,7 @@ class Settings:
             ("partitions", self.partitions >= 1, "must be at least 1"),
             ("batch_size", 1 <= self.batch_size <= 100_000, "must be between 1 and 100000"),
             ("batch_within_s", 0 < self.batch_within_s <= 60, "must be in (0, 60] seconds"),
+            ("commit_interval_s", 0 < self.commit_interval_s <= 600, "must be in (0, 600] seconds"),
             ("unknown_action", self.unknown_action in ("map", "reject"), "must be 'map' or 'reject'"),
             (
                 "processing_guarantee",
@@ -144,6 +152,11 @@ class Settings:
             max_ts=self.max_ts,
             actions=self.actions,
             unknown_action=self.unknown_action,
+        )
+
+    def incremental_policy(self) -> IncrementalPolicy:
+        return IncrementalPolicy(
+            enabled=self.incremental, full_share=self.incremental_full_share, min_nodes=self.incremental_min_nodes
         )
 
     def rocks_options(self) -> RocksOptions:
