@@ -65,15 +65,21 @@ def _unpack(code: str, raw: bytes) -> list:
     return arr.tolist()
 
 
-def encode(graph: UserGraph) -> bytes:
-    """Serialise a graph (its config is not stored; it comes from settings)."""
+def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
+    """Serialise a graph (its config is not stored; it comes from settings).
+
+    ``include_cache=False`` drops the per-node layer cache: it is derived data,
+    often larger than the graph, and a graph stored without it is simply
+    recomputed in full the next time it is embedded.
+    """
     src: list[int] = []
     dst: list[int] = []
     weight: list[float] = []
-    for s, d, w in graph.edges():
-        src.append(s)
-        dst.append(d)
-        weight.append(w)
+    for s, targets in enumerate(graph.out_edges):
+        if targets:
+            src.extend([s] * len(targets))
+            dst.extend(targets.keys())
+            weight.extend(targets.values())
     record = _Record(
         state_version=graph.state_version,
         last_slot=graph.last_slot,
@@ -91,8 +97,8 @@ def encode(graph: UserGraph) -> bytes:
         edge_weight=_pack("d", weight),
         ring=_pack("q", graph.ring),
         ring_pos=graph.ring_pos,
-        cache_key=graph.cache_key,
-        cache=graph.cache,
+        cache_key=graph.cache_key if include_cache else "",
+        cache=graph.cache if include_cache else b"",
     )
     return bytes((CODEC_VERSION,)) + _encoder.encode(record)
 

@@ -34,6 +34,10 @@ class RocksOptions:
     max_open_files: int = 256
     sync_writes: bool = False
     """fsync the WAL on every batch; off by default (the WAL still survives a process crash)."""
+    persist_cache_every: int = 32
+    """Write a graph's per-node layer cache only when its state_version is a multiple of this
+    (0 = never). The cache can be 10x the graph; between persisted versions it lives in memory
+    (see ``CachedStore``) and a graph read back without a current cache is recomputed in full."""
 
     def build(self) -> Options:
         opts = Options(raw_mode=True)
@@ -82,8 +86,10 @@ class RocksStore:
 
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
         batch = WriteBatch(raw_mode=True)
+        every = self.options.persist_cache_every
         for uid, graph in graphs.items():
-            batch.put(_USER + uid.encode("utf-8"), encode(graph))
+            with_cache = every > 0 and graph.state_version % every == 0
+            batch.put(_USER + uid.encode("utf-8"), encode(graph, include_cache=with_cache))
         for name, value in (meta or {}).items():
             batch.put(_META + name.encode("utf-8"), value)
         self._db.write(batch, self._write_opts)

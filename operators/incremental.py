@@ -49,8 +49,9 @@ class IncrementalPolicy:
     enabled: bool = True
     full_share: float = 0.5
     """Recompute a user fully when ``|A_L|`` exceeds this share of its nodes."""
-    min_nodes: int = 8
-    """Graphs this small are recomputed fully (batched full forward is cheaper)."""
+    min_nodes: int = 64
+    """Graphs this small are recomputed fully: below ~64 nodes the batched full forward is
+    cheaper than the per-user bookkeeping of the incremental path (bench/history_length.py)."""
 
 
 def cache_key(checkpoint: Checkpoint, state_version: int) -> str:

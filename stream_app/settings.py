@@ -78,7 +78,7 @@ class Settings:
     model_path: str = _doc("Model checkpoint; empty = the seeded default model.", "")
     model_seed: int = _doc("Seed of the default model when no checkpoint is given.", 0)
     incremental: bool = _doc("Recompute only the L-hop neighbourhood of changed nodes when a cache allows.", True)
-    incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully.", 8)
+    incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully (measured rule).", 64)
     incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)
     torch_threads: int = _doc("Torch threads for inference (1 is fastest for micro-batches; 0 = torch default).", 1)
     # Web

@@ -98,3 +98,22 @@ def test_rocks_store_persists_and_reports_lock(tmp_path):
     again = RocksStore(tmp_path / "db", cfg)
     assert encode(again.get_many(["u1"])["u1"]) == encode(g)
     again.close()
+
+
+def test_rocks_store_persists_the_layer_cache_only_every_n_versions(tmp_path):
+    from graph_state import RocksOptions
+
+    cfg = GraphConfig()
+    store = RocksStore(tmp_path / "db", cfg, RocksOptions(persist_cache_every=2))
+    g = UserGraph(cfg)
+    g.apply(Ev("1", "a"))
+    g.cache_key, g.cache = "model@1", b"\x01" * 8
+    store.put_many({"u": g})
+    assert store.get_many(["u"])["u"].cache == b""  # version 1: derived data not written
+    g.apply(Ev("2", "b"))
+    g.cache_key = "model@2"
+    store.put_many({"u": g})
+    back = store.get_many(["u"])["u"]
+    assert (back.cache_key, back.cache) == ("model@2", b"\x01" * 8)
+    assert encode(back, include_cache=False) == encode(g, include_cache=False)
+    store.close()
