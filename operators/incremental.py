@@ -29,7 +29,7 @@ from torch_geometric.utils import scatter
 from graph_state import UserGraph
 from operators.checkpoint import Checkpoint
 from operators.item_index import ItemIndex
-from operators.tensors import RECENCY_BUCKETS, GraphBatch, graphs_to_batch
+from operators.tensors import GraphBatch, graphs_to_batch, recency_buckets
 
 CACHE_LAYOUT = 1
 
@@ -73,14 +73,6 @@ def affected_sets(graph: UserGraph, changed: frozenset[int] | set[int], layers: 
         current = grown
         out.append(set(current))
     return out
-
-
-def recency_buckets(graph: UserGraph) -> np.ndarray:
-    ago = graph.state_version - np.asarray(graph.last_seq, dtype=np.int64)
-    buckets = np.zeros_like(ago)
-    positive = ago > 0
-    buckets[positive] = np.floor(np.log2(ago[positive])).astype(np.int64) + 1
-    return np.minimum(buckets, RECENCY_BUCKETS - 1)
 
 
 class IncrementalEncoder:
@@ -276,7 +268,9 @@ def _readout_batch(graphs: Sequence[UserGraph]) -> GraphBatch:
     sizes = [g.n_nodes for g in graphs]
     ptr = np.concatenate([[0], np.cumsum(sizes)])
     batch = np.repeat(np.arange(len(graphs)), sizes)
-    recency = np.concatenate([recency_buckets(g) for g in graphs])
+    recency = recency_buckets(
+        np.concatenate([g.state_version - np.asarray(g.last_seq, dtype=np.int64) for g in graphs])
+    )
     last = np.asarray([g.last_slot for g in graphs]) + ptr[:-1]
     empty = torch.zeros(0, dtype=torch.long)
     return GraphBatch(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from graph_state import UserGraph
@@ -45,45 +45,57 @@ class GraphBatch:
 E_EMPTY_GRAPH = "user graph {index} has no nodes; only users with at least one applied event can be embedded."
 
 
+def recency_buckets(events_ago: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`recency_bucket` (``frexp`` exponent = bit length, exactly)."""
+    _, exponent = np.frexp(np.maximum(events_ago, 0).astype(np.float64))
+    return np.minimum(exponent, RECENCY_BUCKETS - 1).astype(np.int64)
+
+
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
-    """Concatenate graphs, offsetting node ids; one pass, no per-graph tensors."""
+    """Concatenate graphs, offsetting node ids; Python only gathers, numpy does the arithmetic."""
     rows: list[int] = []
     actions: list[int] = []
-    counts: list[float] = []
-    recency: list[int] = []
+    counts: list[int] = []
+    last_seq: list[int] = []
     src: list[int] = []
     dst: list[int] = []
     weights: list[float] = []
-    batch: list[int] = []
+    sizes: list[int] = []
+    n_edges: list[int] = []
+    versions: list[int] = []
     last: list[int] = []
-    ptr = [0]
-    offset = 0
     for g_idx, g in enumerate(graphs):
         n = g.n_nodes
         if n == 0 or g.last_slot < 0:
             raise ValueError(E_EMPTY_GRAPH.format(index=g_idx))
         rows.extend(index.rows(g.item_ids))
         actions.extend(g.last_action)
-        counts.extend(math.log1p(c) for c in g.counts)
-        version = g.state_version
-        recency.extend(recency_bucket(version - s) for s in g.last_seq)
+        counts.extend(g.counts)
+        last_seq.extend(g.last_seq)
+        before = len(src)
         for s, targets in enumerate(g.out_edges):
-            for d, w in targets.items():
-                src.append(s + offset)
-                dst.append(d + offset)
-                weights.append(w)
-        batch.extend([g_idx] * n)
-        last.append(g.last_slot + offset)
-        offset += n
-        ptr.append(offset)
+            if targets:
+                src.extend([s] * len(targets))
+                dst.extend(targets.keys())
+                weights.extend(targets.values())
+        n_edges.append(len(src) - before)
+        sizes.append(n)
+        versions.append(g.state_version)
+        last.append(g.last_slot)
+    size_arr = np.asarray(sizes, dtype=np.int64)
+    ptr = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(size_arr, out=ptr[1:])
+    edge_offset = np.repeat(ptr[:-1], n_edges)
+    edge_index = np.stack([np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)]) + edge_offset
+    ago = np.repeat(np.asarray(versions, dtype=np.int64), size_arr) - np.asarray(last_seq, dtype=np.int64)
     return GraphBatch(
         item_rows=torch.tensor(rows, dtype=torch.long),
         actions=torch.tensor(actions, dtype=torch.long),
-        log_counts=torch.tensor(counts, dtype=torch.float32),
-        recency=torch.tensor(recency, dtype=torch.long),
-        edge_index=torch.tensor([src, dst], dtype=torch.long).view(2, -1),
+        log_counts=torch.from_numpy(np.log1p(np.asarray(counts, dtype=np.float32))),
+        recency=torch.from_numpy(recency_buckets(ago)),
+        edge_index=torch.from_numpy(edge_index.reshape(2, -1)),
         edge_weight=torch.tensor(weights, dtype=torch.float32),
-        batch=torch.tensor(batch, dtype=torch.long),
-        last_node=torch.tensor(last, dtype=torch.long),
-        ptr=torch.tensor(ptr, dtype=torch.long),
+        batch=torch.from_numpy(np.repeat(np.arange(len(sizes), dtype=np.int64), size_arr)),
+        last_node=torch.from_numpy(np.asarray(last, dtype=np.int64) + ptr[:-1]),
+        ptr=torch.from_numpy(ptr),
     )
