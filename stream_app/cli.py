@@ -103,6 +103,9 @@ def show_settings() -> None:
     Console().print(table)
 
 
+from stream_app import kafka_cli as _kafka_cli  # noqa: E402, F401  (registers worker, produce, tail)
+
+
 def main() -> None:
     try:
         app()

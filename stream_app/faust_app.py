@@ -1,0 +1,200 @@
+"""The Faust worker: behaviour events in, user embeddings and dead letters out, graphs in a RocksDB table.
+
+Per micro-batch (``take_events(batch_size, within=batch_within_s)``), in this order:
+
+1. turn the batch's events into :class:`RawRecord` s (raw bytes, key, partition,
+   offset, Kafka record timestamp);
+2. route every user of the batch to its partition (:meth:`TableStore.routing`) and
+   run :meth:`Pipeline.process` — the same class the file runner calls;
+3. publish one ``UserEmbedding`` per touched user (key ``user_id``) and every dead
+   letter (key = the message's own key), and wait until the broker has them;
+4. :meth:`Pipeline.commit` stores the changed graphs in the table (RocksDB + changelog);
+5. leaving the batch acks its events; Faust commits their offsets later, after
+   flushing the producer.
+
+A stop anywhere before 5 redelivers the batch: already stored users see duplicates
+and republish the same ``(user_id, state_version)``, the others are applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faust
+from faust.types import EventT, TopicT
+
+from operators import Embedder, set_threads
+from stream_app.file_runner import load_checkpoint
+from stream_app.kafka_connection import faust_credentials
+from stream_app.metrics import Metrics
+from stream_app.pipeline import BatchResult, Pipeline
+from stream_app.records import RawRecord, json_encoder
+from stream_app.settings import Settings
+from stream_app.table_store import TableStore
+
+TABLE_NAME = "user-graphs"
+LAG_INTERVAL_S = 2.0
+
+
+@dataclass
+class StreamWorker:
+    """Everything one worker process holds: the Faust app, its topics and table, the pipeline."""
+
+    settings: Settings
+    app: faust.App
+    events: TopicT
+    embeddings: TopicT
+    dead_letters: TopicT
+    table: faust.Table
+    store: TableStore
+    pipeline: Pipeline
+    metrics: Metrics
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.settings.app_id}-{TABLE_NAME}-changelog"
+
+    async def process_batch(self, events: Sequence[EventT]) -> BatchResult:
+        """Steps 1-4 of the module docstring for one micro-batch."""
+        records = [to_record(event) for event in events]
+        with self.store.routing(events):
+            result = self.pipeline.process(records)
+            await self.publish(result)
+            self.pipeline.commit(result)
+        self.pipeline.observe_published(result)
+        return result
+
+    async def publish(self, result: BatchResult) -> None:
+        pending = []
+        for emb in result.embeddings:
+            pending.append(await self.embeddings.send(key=emb.user_id.encode("utf-8"), value=json_encoder.encode(emb)))
+        for dead in result.dead_letters:
+            key = None if dead.key_base64 is None else base64.b64decode(dead.key_base64)
+            pending.append(await self.dead_letters.send(key=key, value=json_encoder.encode(dead)))
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def report_lag(self) -> None:
+        """Set ``ripple_consumer_lag`` (highwater - position) for each assigned input partition."""
+        consumer = self.app.consumer
+        lags: dict[int, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.input_topic:
+                continue
+            highwater = consumer.highwater(tp)
+            position = await consumer.position(tp)
+            if highwater is not None and position is not None:
+                lags[tp.partition] = max(0, highwater - position)
+        self.metrics.consumer_lag.clear()  # partitions revoked since the last report disappear
+        for partition, lag in lags.items():
+            self.metrics.consumer_lag.labels(partition=str(partition)).set(lag)
+
+    def recount_users(self) -> None:
+        """Set the users gauge from the local table (after start and rebalances)."""
+        self.metrics.users.set(self.store.count())
+
+
+def to_record(event: EventT) -> RawRecord:
+    message = event.message
+    value = message.value
+    return RawRecord(
+        value=value if isinstance(value, bytes) else b"" if value is None else bytes(value),
+        key=message.key if isinstance(message.key, bytes) or message.key is None else bytes(message.key),
+        source=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp=message.timestamp,
+    )
+
+
+def rocksdb_options(settings: Settings) -> dict[str, int | str]:
+    """Faust RocksDB store options: small, explicit (Faust's default block cache is 2 GiB per partition)."""
+    return {
+        "driver": "rocksdict",
+        "block_cache_size": settings.rocksdb_block_cache_mb << 20,
+        "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
+        "max_write_buffer_number": settings.rocksdb_max_write_buffers,
+        "max_open_files": settings.rocksdb_max_open_files,
+        "target_file_size_base": 16 << 20,
+    }
+
+
+def advertised_host(web_host: str) -> str:
+    """The host other workers reach this one at (``table_route``): the bind address unless it is a wildcard."""
+    return socket.gethostname() if web_host in ("0.0.0.0", "::", "") else web_host
+
+
+def build_app(settings: Settings) -> faust.App:
+    os.makedirs(settings.state_dir, exist_ok=True)
+    host = advertised_host(settings.web_host)
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker,
+        broker_credentials=faust_credentials(settings),
+        store="rocksdb://",
+        datadir=os.path.join(os.path.abspath(settings.state_dir), settings.app_id),
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        table_standby_replicas=settings.standby_replicas,
+        processing_guarantee=settings.processing_guarantee,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=host,
+        web_port=settings.web_port,
+        canonical_url=f"http://{host}:{settings.web_port}",
+    )
+
+
+def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.App | None = None) -> StreamWorker:
+    """The app with its topics, table, agent and web views; nothing connects until it starts."""
+    from stream_app.web import add_views
+
+    set_threads(settings.torch_threads)
+    metrics = metrics or Metrics()
+    app = app or build_app(settings)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events = app.topic(settings.input_topic, partitions=settings.partitions, **raw)
+    embeddings = app.topic(settings.output_topic, **raw)
+    dead_letters = app.topic(settings.dead_letter_topic, **raw)
+    table = app.Table(
+        TABLE_NAME,
+        partitions=settings.partitions,
+        help="User behaviour graphs (graph_state codec), one RocksDB per partition.",
+        options=rocksdb_options(settings),
+        key_type=bytes,  # bytes key and value types make Faust use the raw serializer
+        value_type=bytes,
+    )
+    store = TableStore(table, settings.graph_config())
+    pipeline = Pipeline(store, Embedder(load_checkpoint(settings)), settings.event_limits(), metrics)
+    worker = StreamWorker(settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics)
+
+    @app.agent(events, name="embed-events")
+    async def embed_events(stream: faust.StreamT) -> None:
+        generation = None
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            if app.consumer_generation_id != generation:
+                generation = app.consumer_generation_id
+                worker.recount_users()
+            await worker.process_batch(batch)
+
+    @app.timer(LAG_INTERVAL_S)
+    async def report_lag() -> None:
+        await worker.report_lag()
+
+    add_views(worker)
+    return worker
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the worker until SIGINT/SIGTERM (never parses ``sys.argv``: all options come from ``settings``)."""
+    worker = build_worker(settings)
+    faust.Worker(worker.app, loglevel=settings.log_level).execute_from_commandline()

@@ -1,0 +1,195 @@
+"""The Kafka commands of ``ripple``: ``worker`` (the Faust worker), ``produce`` (file → input topic), ``tail``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from tqdm import tqdm
+
+from stream_app.cli import EventFormat, app, console, fail, print_table
+from stream_app.settings import Settings
+
+E_NO_TOPIC_DATA = "no message arrived on {topic!r} within {timeout:g}s."
+
+
+@dataclass
+class ProduceSummary:
+    """What ``produce`` sent."""
+
+    messages: int = 0
+    keyless: int = 0
+    seconds: float = 0.0
+    partitions: Counter[int] = field(default_factory=Counter)
+
+
+def produce_events(
+    events_path: str,
+    fmt: str,
+    settings: Settings,
+    rate: float | None = None,
+    progress: bool | None = None,
+) -> ProduceSummary:
+    """Send every event of a file to the input topic, keyed by ``user_id``, in file order.
+
+    Lines without a readable ``user_id`` are sent unchanged without a key, so the
+    worker dead-letters them exactly as the file runner would. ``rate`` caps the
+    messages per second (``None``: as fast as the broker takes them).
+    """
+    from kafka import KafkaProducer
+
+    from stream_app.kafka_connection import client_config, ensure_topics
+    from stream_app.keys import message_key
+    from stream_app.readers import count_lines, read_events
+
+    ensure_topics(settings)
+    # Idempotence keeps each partition in send order even when a batch is retried (per-user order is the contract).
+    producer = KafkaProducer(
+        **client_config(settings), linger_ms=5, acks="all", enable_idempotence=True, max_request_size=16 << 20
+    )
+    summary = ProduceSummary()
+    started = time.perf_counter()
+    futures = []
+    try:
+        total = count_lines(events_path, fmt)
+        with tqdm(total=total, unit="ev", disable=None if progress is None else not progress) as bar:
+            for record in read_events(events_path, fmt):
+                key = message_key(record.value)
+                summary.keyless += key is None
+                futures.append(producer.send(settings.input_topic, key=key, value=record.value))
+                summary.messages += 1
+                bar.update(1)
+                if rate:
+                    ahead = started + summary.messages / rate - time.perf_counter()
+                    if ahead > 0:
+                        time.sleep(ahead)
+                if len(futures) >= 10_000:
+                    summary.partitions.update(f.get(timeout=60).partition for f in futures)
+                    futures.clear()
+            producer.flush()
+            summary.partitions.update(f.get(timeout=60).partition for f in futures)
+    finally:
+        producer.close(timeout=10)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def settings_from(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+@app.command()
+def worker(
+    broker: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers (kafka://host:port).")] = None,
+    app_id: Annotated[Optional[str], typer.Option(help="Faust app id = consumer group.")] = None,
+    state: Annotated[Optional[Path], typer.Option(help="RocksDB state directory.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: seeded model).")] = None,
+    partitions: Annotated[Optional[int], typer.Option(help="Partitions of the input topic and table.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Most events per micro-batch.")] = None,
+    web_host: Annotated[Optional[str], typer.Option(help="Address of the web server.")] = None,
+    web_port: Annotated[Optional[int], typer.Option(help="Port of the web server.")] = None,
+) -> None:
+    """Run the streaming worker: input topic → embeddings topic, until Ctrl-C / SIGTERM.
+
+    All other settings come from RIPPLE_* variables (`ripple settings`).
+    """
+    from stream_app.faust_app import run_worker
+    from stream_app.kafka_connection import ensure_topics
+
+    settings = settings_from(
+        broker=broker,
+        app_id=app_id,
+        state_dir=str(state) if state else None,
+        model_path=str(model) if model else None,
+        partitions=partitions,
+        batch_size=batch_size,
+        web_host=web_host,
+        web_port=web_port,
+    )
+    try:
+        ensure_topics(settings)
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    console.print(
+        f"worker [bold]{settings.app_id}[/]: {settings.input_topic} → {settings.output_topic} "
+        f"(dead letters: {settings.dead_letter_topic}), web on http://{settings.web_host}:{settings.web_port}"
+    )
+    run_worker(settings)
+
+
+@app.command()
+def produce(
+    events: Annotated[Path, typer.Option(help="Event file to send, in file order.", exists=True, dir_okay=False)],
+    format: Annotated[EventFormat, typer.Option("--format", help="Format of --events.")] = EventFormat.jsonl,
+    rate: Annotated[Optional[float], typer.Option(help="Messages per second (default: as fast as possible).")] = None,
+    topic: Annotated[Optional[str], typer.Option(help="Input topic (default RIPPLE_INPUT_TOPIC).")] = None,
+    broker: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+) -> None:
+    """Replay an event file into the input topic (key = user_id), with a progress bar."""
+    settings = settings_from(input_topic=topic, broker=broker)
+    try:
+        summary = produce_events(str(events), format.value, settings, rate=rate)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return
+    rows = [
+        ("messages", f"{summary.messages:,}"),
+        ("without key (no user_id)", f"{summary.keyless:,}"),
+        ("partitions used", ", ".join(f"{p}: {n:,}" for p, n in sorted(summary.partitions.items()))),
+        ("seconds", f"{summary.seconds:.2f}"),
+    ]
+    print_table(f"produced {events.name} → {settings.input_topic}", rows)
+
+
+@app.command()
+def tail(
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message instead of new ones.")] = False,
+    max: Annotated[Optional[int], typer.Option("--max", help="Stop after this many messages.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop after this many seconds without a message.")] = None,
+    dead_letters: Annotated[bool, typer.Option(help="Tail the dead-letter topic instead.")] = False,
+    topic: Annotated[Optional[str], typer.Option(help="Topic to read (default: the embeddings topic).")] = None,
+    broker: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+) -> None:
+    """Print embeddings (or dead letters) from the output topic, one JSON object per line."""
+    from kafka import KafkaConsumer
+    from kafka.errors import NoBrokersAvailable
+
+    from stream_app.kafka_connection import E_NO_BROKER, client_config
+
+    settings = settings_from(broker=broker)
+    name = topic or (settings.dead_letter_topic if dead_letters else settings.output_topic)
+    config = client_config(settings)
+    try:
+        consumer = KafkaConsumer(
+            name,
+            **config,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"),
+        )
+    except NoBrokersAvailable as exc:
+        fail(E_NO_BROKER.format(servers=config["bootstrap_servers"], cause=exc))
+        return
+    seen = 0
+    try:
+        for message in consumer:
+            value = message.value
+            sys.stdout.write(("null" if value is None else value.decode("utf-8", errors="replace")) + "\n")
+            sys.stdout.flush()
+            seen += 1
+            if max is not None and seen >= max:
+                break
+    finally:
+        consumer.close()
+    if seen == 0 and timeout:
+        console.print(E_NO_TOPIC_DATA.format(topic=name, timeout=timeout))

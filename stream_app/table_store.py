@@ -1,0 +1,150 @@
+"""A :class:`GraphStore` over a Faust table that keeps every user in its own partition.
+
+Why this exists: Faust's RocksDB store and the table's changelog pick the
+partition of a write (and of a local read) from the *current event*, a context
+variable that stream iteration sets. Inside a ``take_events()`` micro-batch
+that is whatever event was set last, so a batch mixing partitions would write
+users of partition 0 into partition 3's database and changelog, and lose them
+at the next rebalance. The pipeline reads and writes many users per batch, so
+this adapter makes the current event truthful for each user:
+
+1. before a batch, :meth:`TableStore.routing` maps every user of the batch to an
+   event that arrived on that user's partition (key = ``user_id``; key-less
+   messages by their ``user_id`` field);
+2. every read and write groups the users by partition and runs each group with
+   that partition's event as the current event — exactly what Faust's own stream
+   iteration does for a single event — so the store, the changelog record and
+   the key index all use the partition the user's events came from;
+3. outside a batch (web views) reads run with no current event, and Faust looks
+   the key up in every local partition database.
+
+Writes are atomic per user, not per batch: a batch cut short is redelivered
+(at-least-once), and the graphs' ``event_id`` rings turn the already stored part
+into duplicates.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from faust.streams import _current_event
+from faust.types import EventT
+
+from graph_state import GraphConfig, UserGraph, decode, encode
+from stream_app.keys import user_of_message
+
+E_UNROUTED = (
+    "user {user!r} is written outside its batch's routing (no event of this batch belongs to it); "
+    "wrap Pipeline.process/commit in TableStore.routing(events) with the batch's events."
+)
+E_META = (
+    "the Faust table store keeps no runner metadata: Kafka consumer offsets are the worker's progress; "
+    "call Pipeline.commit(result) without meta."
+)
+
+
+@contextmanager
+def acting_as(event: EventT | None) -> Iterator[None]:
+    """Run the block with ``event`` as Faust's current event (``None``: no event)."""
+    token = _current_event.set(None if event is None else weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class TableStore:
+    """The Faust table of user graphs (key: ``user_id`` bytes, value: codec bytes) as a GraphStore.
+
+    >>> from types import SimpleNamespace
+    >>> class Event(SimpleNamespace): ...  # stands in for a faust.Event
+    >>> store = TableStore({}, GraphConfig())  # a dict stands in for the Faust table
+    >>> batch = [Event(message=Event(partition=2, key=b"u1", value=b"{}"))]
+    >>> with store.routing(batch):
+    ...     store.put_many({"u1": UserGraph(GraphConfig())})
+    ...     store.partition_of("u1")
+    2
+    >>> sorted(store.user_ids()), store.partition_of("u1")
+    (['u1'], None)
+    """
+
+    def __init__(self, table: MutableMapping[Any, Any], config: GraphConfig) -> None:
+        self.table = table
+        self.config = config
+        self._routes: dict[str, EventT] = {}
+
+    @contextmanager
+    def routing(self, events: Sequence[EventT]) -> Iterator[None]:
+        """Route the users of these events to their events' partitions for the block's duration."""
+        routes: dict[str, EventT] = {}
+        for event in events:
+            message = event.message
+            user = user_of_message(message.key, message.value or b"")
+            if user is not None:
+                routes[user] = event
+        previous, self._routes = self._routes, routes
+        try:
+            yield
+        finally:
+            self._routes = previous
+
+    def partition_of(self, user_id: str) -> int | None:
+        """The partition the current batch routes this user to (``None`` outside a batch)."""
+        event = self._routes.get(user_id)
+        return None if event is None else event.message.partition
+
+    def _by_partition(self, user_ids: Iterable[str], write: bool) -> list[tuple[EventT | None, list[str]]]:
+        groups: dict[int | None, tuple[EventT | None, list[str]]] = {}
+        for uid in user_ids:
+            event = self._routes.get(uid)
+            if event is None and write:
+                raise RuntimeError(E_UNROUTED.format(user=uid))
+            partition = None if event is None else event.message.partition
+            if partition not in groups:
+                groups[partition] = (event, [])
+            groups[partition][1].append(uid)
+        return list(groups.values())
+
+    def get_many(self, user_ids: Iterable[str]) -> dict[str, UserGraph]:
+        found: dict[str, UserGraph] = {}
+        for event, ids in self._by_partition(user_ids, write=False):
+            with acting_as(event):
+                for uid in ids:
+                    raw = self.table.get(uid.encode("utf-8"))
+                    if raw is not None:
+                        found[uid] = decode(raw, self.config)
+        return found
+
+    def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
+        if meta:
+            raise ValueError(E_META)
+        for event, ids in self._by_partition(graphs, write=True):
+            with acting_as(event):
+                for uid in ids:
+                    self.table[uid.encode("utf-8")] = encode(graphs[uid])
+
+    def delete(self, user_id: str) -> bool:
+        ((event, _),) = self._by_partition([user_id], write=True)
+        key = user_id.encode("utf-8")
+        with acting_as(event):
+            if self.table.get(key) is None:
+                return False
+            del self.table[key]
+            return True
+
+    def get_meta(self, name: str) -> bytes | None:
+        return None
+
+    def user_ids(self) -> Iterator[str]:
+        for key in list(self.table.keys()):
+            yield key.decode("utf-8") if isinstance(key, bytes) else str(key)
+
+    def count(self) -> int:
+        """Users in this worker's local partitions (walks the keys; call it rarely)."""
+        return sum(1 for _ in self.table.keys())
+
+    def close(self) -> None:
+        """Nothing to do: the Faust app owns the table."""

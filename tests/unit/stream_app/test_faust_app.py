@@ -1,0 +1,50 @@
+"""The worker's Faust app is built from Settings alone (no broker needed to build it)."""
+
+from __future__ import annotations
+
+import faust
+from faust.types import Message
+
+from stream_app.faust_app import TABLE_NAME, build_worker, to_record
+from stream_app.kafka_connection import bootstrap_servers, client_config
+from stream_app.settings import Settings
+
+
+def test_the_app_follows_the_settings(tmp_path):
+    settings = Settings.from_env(
+        {
+            "RIPPLE_APP_ID": "unit-app",
+            "RIPPLE_PARTITIONS": "6",
+            "RIPPLE_STATE_DIR": str(tmp_path),
+            "RIPPLE_WEB_PORT": "6999",
+            "RIPPLE_ROCKSDB_BLOCK_CACHE_MB": "4",
+            "RIPPLE_INPUT_TOPIC": "in-x",
+        }
+    )
+    worker = build_worker(settings)
+    conf = worker.app.conf
+    assert conf.id == "unit-app" and conf.web_port == 6999 and conf.web_bind == "127.0.0.1"
+    assert worker.events.partitions == 6 and worker.table.partitions == 6
+    assert worker.events.get_topic_name() == "in-x"
+    assert worker.changelog_topic == f"unit-app-{TABLE_NAME}-changelog" == worker.table.changelog_topic.get_topic_name()
+    # Small explicit RocksDB options, never Faust's 2 GiB block cache default.
+    options = worker.table.data.rocksdb_options
+    assert options.block_cache_size == 4 << 20 and options.use_rocksdict
+    assert str(conf.tabledir).startswith(str(tmp_path))
+    assert worker.pipeline.store is worker.store
+
+
+def test_a_kafka_message_becomes_a_raw_record():
+    message = Message(
+        topic="t", partition=3, offset=17, timestamp=1_767_225_600.5, timestamp_type=0,
+        headers=[], key=b"u1", value=b'{"x": 1}', checksum=None,
+    )  # fmt: skip
+    record = to_record(faust.Event(None, b"u1", b'{"x": 1}', {}, message))
+    assert (record.key, record.value, record.partition, record.offset) == (b"u1", b'{"x": 1}', 3, 17)
+    assert record.timestamp == 1_767_225_600.5 and record.source == "t"
+
+
+def test_kafka_python_clients_get_short_bootstrap_timeouts():
+    config = client_config(Settings.from_env({"RIPPLE_BROKER": "kafka://a:1;kafka://b:2"}))
+    assert config["bootstrap_servers"] == ["a:1", "b:2"] == bootstrap_servers("a:1,b:2")
+    assert config["api_version_auto_timeout_ms"] <= 5000
