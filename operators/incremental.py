@@ -144,8 +144,12 @@ class IncrementalEncoder:
         user, _ = enc.readout(h, b)
         stacked = torch.stack(states).numpy()  # [L, N, d]
         ptr = b.ptr.tolist()
+        keep_from = self.policy.min_nodes if self.policy.enabled and self.supported else None
         for i, graph in enumerate(graphs):
-            self._store(graph, stacked[:, ptr[i] : ptr[i + 1]])
+            if keep_from is not None and graph.n_nodes >= keep_from:
+                self._store(graph, stacked[:, ptr[i] : ptr[i + 1]])
+            elif graph.cache:
+                graph.cache_key, graph.cache = "", b""  # too small to ever be recomputed incrementally
             self.stats["recomputed_nodes"] += graph.n_nodes
             self.stats["total_nodes"] += graph.n_nodes
         return user.numpy()

@@ -34,26 +34,30 @@ class ItemIndex:
         self._rows = {item: i for i, item in enumerate(self.vocab)}
         if len(self._rows) != len(self.vocab):
             raise ValueError("the item vocabulary has duplicate ids; deduplicate it before building the index.")
-        self._cache: dict[str, int] = {}
+        self._cache: dict[str, int] = dict(self._rows)
+        """Every row resolved so far, vocabulary first; hashed rows are added on first use."""
 
     @property
     def n_rows(self) -> int:
         return len(self.vocab) + self.hash_buckets
 
     def row(self, item_id: str) -> int:
-        row = self._rows.get(item_id)
-        if row is not None:
-            return row
         row = self._cache.get(item_id)
         if row is None:
-            row = len(self.vocab) + stable_hash(item_id) % self.hash_buckets
-            if len(self._cache) > 1_000_000:
-                self._cache.clear()
+            row = self._rows.get(item_id)
+            if row is None:
+                row = len(self.vocab) + stable_hash(item_id) % self.hash_buckets
+            if len(self._cache) > 1_000_000 + len(self._rows):
+                self._cache = dict(self._rows)
             self._cache[item_id] = row
         return row
 
     def rows(self, item_ids: Sequence[str]) -> list[int]:
-        return [self.row(item) for item in item_ids]
+        cache = self._cache
+        try:
+            return [cache[item] for item in item_ids]
+        except KeyError:
+            return [self.row(item) for item in item_ids]
 
     def is_known(self, item_id: str) -> bool:
         return item_id in self._rows
