@@ -19,7 +19,7 @@ MODELS = [Checkpoint.seeded(EncoderConfig(dim=16, layers=layers), seed=layers) f
 def full_layers(graph: UserGraph, ckpt: Checkpoint) -> np.ndarray:
     fresh = decode(encode(graph), graph.config)
     fresh.cache_key, fresh.cache = "", b""
-    vec = Embedder(ckpt).embed_changed([fresh], [None])
+    vec = Embedder(ckpt, ALWAYS).embed_changed([fresh], [None])
     return vec[0], np.frombuffer(fresh.cache, dtype=np.float32)
 
 
