@@ -102,7 +102,6 @@ def worker(
 
     All other settings come from RIPPLE_* variables (`ripple settings`).
     """
-    from stream_app.faust_app import run_worker
     from stream_app.kafka_connection import ensure_topics
 
     settings = settings_from(
@@ -119,6 +118,8 @@ def worker(
         ensure_topics(settings)
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
+    from stream_app.faust_app import run_worker  # torch and Faust load only once the broker answered
+
     console.print(
         f"worker [bold]{settings.app_id}[/]: {settings.input_topic} → {settings.output_topic} "
         f"(dead letters: {settings.dead_letter_topic}), web on http://{settings.web_host}:{settings.web_port}"

@@ -106,20 +106,12 @@ def run(tmp_path_factory) -> Run:
         metrics_before = worker.get("/metrics")[1].decode()
 
         # A few more events through the CLI: counters must move, views must follow the topic.
-        extra = [
-            json.dumps(
-                {
-                    "event_id": f"x{n}",
-                    "user_id": f"u{n}",
-                    "item_id": f"i{n + 7}",
-                    "action": "click",
-                    "ts": 1_767_300_000 + n,
-                }
-            ).encode()
-            for n in range(5)
-        ] + [b"{not json"]
-        extra_path = write_jsonl(tmp / "extra.jsonl", extra)
-        result = CliRunner().invoke(cli_app, ["produce", "--events", extra_path], env=env)
+        # As CSV, to go through `ripple produce --format csv` (rows mapped to the JSON contract, key = user_id).
+        extra = [b"event_id,user_id,item_id,action,ts"]
+        extra += [f"x{n},u{n},i{n + 7},click,{1_767_300_000 + n}".encode() for n in range(5)]
+        extra += [b"not,a,valid,row"]
+        extra_path = write_jsonl(tmp / "extra.csv", extra)
+        result = CliRunner().invoke(cli_app, ["produce", "--events", extra_path, "--format", "csv"], env=env)
         assert result.exit_code == 0, result.output
         extra_users = {f"u{n}" for n in range(5)}
         before = latest_by_user(out.embeddings())
@@ -146,7 +138,7 @@ def run(tmp_path_factory) -> Run:
         tail = CliRunner().invoke(cli_app, ["tail", "--from-beginning", "--max", "3", "--timeout", "5"], env=env)
         assert tail.exit_code == 0, tail.output
         inputs = TopicReader(broker, settings.input_topic)
-        inputs.until(lambda r: len(r.messages) >= len(lines) + len(extra), timeout=20)
+        inputs.until(lambda r: len(r.messages) >= len(lines) + len(extra) - 1, timeout=20)  # minus the header
         inputs.close()
     finally:
         code = worker.stop()
