@@ -29,7 +29,6 @@ from stream_app.kafka_cli import produce_events
 from stream_app.records import DeadLetter, UserEmbedding
 from stream_app.settings import Settings
 from tests.conftest import write_jsonl
-from tests.integration.conftest import broker_address, broker_up
 from tests.integration.streaming import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 
 PARTITIONS = 4
@@ -79,10 +78,7 @@ def lag_samples(text: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Run:
-    broker = broker_address()
-    if not broker_up(broker):
-        pytest.skip(f"no Kafka broker on {broker}")
+def run(tmp_path_factory, broker) -> Run:
     import uuid
 
     name = uuid.uuid4().hex[:10]

@@ -77,6 +77,17 @@ def test_a_mixed_batch_writes_each_user_to_its_own_partition(table):
     assert sorted((p, k) for p, k, _ in table.sent) == sorted((p, uid.encode()) for uid, p in users.items())
 
 
+def test_without_routing_faust_puts_a_mixed_batch_into_the_last_events_partition(table):
+    """The pitfall TableStore exists for (DESIGN.md), shown on Faust's own store."""
+    app = table.app
+    batch = [event(app, p, f"v{p}".encode()) for p in range(PARTITIONS)]
+    with acting_as(batch[-1]):
+        for ev in batch:
+            table[ev.message.key] = b"state"
+    assert local_keys(table, PARTITIONS - 1) == {ev.message.key for ev in batch}
+    assert {p for p, _, _ in table.sent} == {PARTITIONS - 1}
+
+
 def test_reads_use_the_users_partition_and_find_users_outside_a_batch(table):
     app = table.app
     store = TableStore(table, GraphConfig())
