@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import faust
 from faust.types import EventT, TopicT
 
+from graph_state import CachedStore
 from operators import Embedder, set_threads
 from stream_app.file_runner import load_checkpoint
 from stream_app.kafka_connection import faust_credentials
@@ -54,6 +55,8 @@ class StreamWorker:
     store: TableStore
     pipeline: Pipeline
     metrics: Metrics
+    cache: CachedStore | None = None
+    """Decoded graphs of active users in front of the table (``RIPPLE_GRAPH_CACHE_USERS``)."""
 
     @property
     def changelog_topic(self) -> str:
@@ -62,12 +65,26 @@ class StreamWorker:
     async def process_batch(self, events: Sequence[EventT]) -> BatchResult:
         """Steps 1-4 of the module docstring for one micro-batch."""
         records = [to_record(event) for event in events]
-        with self.store.routing(events):
-            result = self.pipeline.process(records)
-            await self.publish(result)
-            self.pipeline.commit(result)
+        try:
+            with self.store.routing(events):
+                result = self.pipeline.process(records)
+                await self.publish(result)
+                self.pipeline.commit(result)
+        except BaseException:
+            # process() mutates cached graphs in place; uncommitted, they must not outlive the batch.
+            self.forget_cached()
+            raise
         self.pipeline.observe_published(result)
         return result
+
+    def forget_cached(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+
+    def on_assignment_changed(self) -> None:
+        """After a rebalance: partitions may have been updated elsewhere meanwhile; recount the local users."""
+        self.forget_cached()
+        self.recount_users()
 
     async def publish(self, result: BatchResult) -> None:
         pending = []
@@ -174,8 +191,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
         value_type=bytes,
     )
     store = TableStore(table, settings.graph_config())
-    pipeline = Pipeline(store, Embedder(load_checkpoint(settings)), settings.event_limits(), metrics)
-    worker = StreamWorker(settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics)
+    cache = CachedStore(store, settings.graph_cache_users) if settings.graph_cache_users > 0 else None
+    embedder = Embedder(load_checkpoint(settings))
+    pipeline = Pipeline(store if cache is None else cache, embedder, settings.event_limits(), metrics)
+    worker = StreamWorker(settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache)
 
     @app.agent(events, name="embed-events")
     async def embed_events(stream: faust.StreamT) -> None:
@@ -183,7 +202,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             if app.consumer_generation_id != generation:
                 generation = app.consumer_generation_id
-                worker.recount_users()
+                worker.on_assignment_changed()
             await worker.process_batch(batch)
 
     @app.timer(LAG_INTERVAL_S)

@@ -31,7 +31,8 @@ def test_the_app_follows_the_settings(tmp_path):
     options = worker.table.data.rocksdb_options
     assert options.block_cache_size == 4 << 20 and options.use_rocksdict
     assert str(conf.tabledir).startswith(str(tmp_path))
-    assert worker.pipeline.store is worker.store
+    assert worker.cache is not None and worker.pipeline.store is worker.cache and worker.cache.inner is worker.store
+    assert build_worker(settings.with_overrides(graph_cache_users=0)).pipeline.store is not None
 
 
 def test_a_kafka_message_becomes_a_raw_record():
