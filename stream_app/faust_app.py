@@ -162,6 +162,10 @@ def build_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
         processing_guarantee=settings.processing_guarantee,
         broker_commit_interval=settings.commit_interval_s,
+        # Without linger every embedding and changelog record became its own produce request:
+        # a quarter of the worker's time went to socket writes (py-spy, docs/benchmarks.md).
+        producer_linger=settings.producer_linger_s,
+        producer_max_batch_size=settings.producer_max_batch_bytes,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_bind=settings.web_host,

@@ -51,6 +51,10 @@ class Settings:
     kafka_ssl_cafile: str = _doc("CA bundle for SSL.", "")
     kafka_ssl_certfile: str = _doc("Client certificate for SSL.", "")
     kafka_ssl_keyfile: str = _doc("Client key for SSL.", "")
+    producer_linger_s: float = _doc(
+        "How long the Kafka producer lingers to batch embeddings and changelog records (seconds).", 0.005
+    )
+    producer_max_batch_bytes: int = _doc("Largest Kafka producer batch per partition, bytes.", 1 << 20)
     # Micro-batching
     batch_size: int = _doc("Most events per micro-batch.", 256)
     batch_within_s: float = _doc("Longest wait for a micro-batch to fill, in seconds.", 0.05)

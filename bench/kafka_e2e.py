@@ -1,0 +1,159 @@
+"""Kafka end to end: sustained events/s of one worker, then event-to-embedding latency at
+25/50/80 % of that rate — the real broker, the real worker process, a real consumer.
+
+1. ``--backlog`` events are produced before the worker starts; the sustained rate is the
+   number of events over the time from the worker's first to its last embedding.
+2. For each load level, events are produced at that fraction of the sustained rate for
+   ``--seconds``, each carrying ``ts`` = its send time; a consumer of the embeddings topic
+   takes ``receive time - event_ts`` of every embedding (``event_ts`` is the ``ts`` of the
+   newest event behind it) — what a ranking service reading the topic would see.
+
+    bash deploy/kafka/kafka.sh start
+    python bench/kafka_e2e.py --backlog 60000 --seconds 20 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import msgspec
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer
+
+from bench.report import markdown, median, record, show
+from stream_app.generate import GeneratorSpec, generate_events
+from stream_app.kafka_connection import ensure_topics
+from stream_app.records import UserEmbedding
+from stream_app.settings import Settings
+from tests.integration.streaming import WorkerProcess, worker_env
+
+_decode_embedding = msgspec.json.Decoder(UserEmbedding)
+
+
+class Collector(threading.Thread):
+    """Consumes the embeddings topic, remembering (receive time, embedding event_ts)."""
+
+    def __init__(self, broker: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=broker,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+            request_timeout_ms=30_000,
+        )
+        self.seen: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for records in self.consumer.poll(timeout_ms=50).values():
+                now = time.time()
+                for rec in records:
+                    self.seen.append((now, _decode_embedding.decode(rec.value).event_ts))
+        self.consumer.close()
+
+
+def events(n: int, seed: int, stamp: bool) -> list[tuple[bytes, dict]]:
+    out = []
+    for line in generate_events(GeneratorSpec(users=5000, items=20000, events=n, seed=seed)):
+        obj = msgspec.json.decode(line)
+        out.append((obj["user_id"].encode(), obj))
+    return out
+
+
+def produce_paced(producer: KafkaProducer, topic: str, items: list[tuple[bytes, dict]], rate: float) -> None:
+    started = time.perf_counter()
+    for n, (key, obj) in enumerate(items):
+        due = started + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        obj["ts"] = time.time()
+        producer.send(topic, key=key, value=msgspec.json.encode(obj))
+    producer.flush()
+
+
+def one_run(broker: str, backlog: int, seconds: float, levels: list[float], seed: int) -> dict:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp())
+    env = worker_env(broker, name, tmp / "state", batch_size=256, log_level="warning", commit_interval_s=1.0)
+    ensure_topics(Settings.from_env(env))
+    producer = KafkaProducer(bootstrap_servers=broker, linger_ms=5, acks=1)
+    for key, obj in events(backlog, seed, stamp=False):
+        producer.send(env["RIPPLE_INPUT_TOPIC"], key=key, value=msgspec.json.encode(obj))
+    producer.flush()
+    collector = Collector(broker, env["RIPPLE_OUTPUT_TOPIC"])
+    collector.start()
+    worker = WorkerProcess(env, tmp / "worker.log").start()
+    result: dict = {}
+    try:
+        worker.wait_healthy(120)
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            _, body = worker.get("/metrics")
+            done = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in body.decode().splitlines()
+                if line.startswith("ripple_events_processed_total{")
+            )
+            if done >= backlog:
+                break
+            time.sleep(0.5)
+        times = [t for t, _ in collector.seen]
+        rate = backlog / (max(times) - min(times))
+        result["rate"] = rate
+        for level in levels:
+            start_mark = time.time()
+            batch = events(int(rate * level * seconds), seed + int(level * 100), stamp=True)
+            produce_paced(producer, env["RIPPLE_INPUT_TOPIC"], batch, rate * level)
+            time.sleep(2.0)
+            lat = [t - ts for t, ts in collector.seen if ts >= start_mark]
+            result[level] = np.percentile(np.asarray(lat) * 1e3, [50, 95, 99]).tolist() if lat else [float("nan")] * 3
+    finally:
+        worker.stop()
+        collector.stop.set()
+        collector.join(5)
+        producer.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", default=os.environ.get("RIPPLE_TEST_BROKER", "127.0.0.1:9092"))
+    parser.add_argument("--backlog", type=int, default=60_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    levels = [0.25, 0.5, 0.8]
+    runs = [one_run(args.broker, args.backlog, args.seconds, levels, seed=r) for r in range(args.repeats)]
+    rate = median([r["rate"] for r in runs])
+    header = ["load", "events/s offered", "p50 ms", "p95 ms", "p99 ms"]
+    rows = [["sustained (backlog)", f"{rate:,.0f}", "", "", ""]]
+    for level in levels:
+        p = [median([r[level][i] for r in runs]) for i in range(3)]
+        rows.append([f"{level:.0%} of sustained", f"{rate * level:,.0f}", f"{p[0]:.0f}", f"{p[1]:.0f}", f"{p[2]:.0f}"])
+    title = "Kafka end to end: one worker, 4 partitions, batch 256"
+    show(title, header, rows)
+    if not args.no_record:
+        note = (
+            f"Medians of {args.repeats} runs (each with a fresh topic, group and state); sustained = {args.backlog:,} "
+            f"pre-produced events over first-to-last embedding; latency levels ran {args.seconds:.0f} s each, "
+            "measured by a consumer of the embeddings topic as receive time minus the newest event's send time. "
+            "Producer, broker, worker and consumer share the 2 cores."
+        )
+        record("kafka-e2e", title, markdown(header, rows) + "\n\n" + note)
+
+
+if __name__ == "__main__":
+    main()
