@@ -23,6 +23,7 @@ import msgspec
 from bench.report import markdown, median, record, show
 from graph_state import CachedStore, RocksStore, UserGraph
 from operators import Embedder, set_threads
+from stream_app.events import BehaviorEvent
 from stream_app.file_runner import load_checkpoint
 from stream_app.pipeline import Pipeline
 from stream_app.records import RawRecord
@@ -50,7 +51,8 @@ def measure(window: int, users: int, batches: int, incremental: bool, seed: int)
         for u in range(users):
             g = UserGraph(cfg)
             for n in range(int(window * 1.5)):
-                g.apply(msgspec.json.decode(event(u, n, rng.randrange(2 * window), BASE_TS + n).value, type=_Ev))
+                raw = event(u, n, rng.randrange(2 * window), BASE_TS + n).value
+                g.apply(msgspec.json.decode(raw, type=BehaviorEvent))
             graphs[f"u{u}"] = g
         store.put_many(graphs)
         step = int(window * 1.5)
@@ -65,15 +67,6 @@ def measure(window: int, users: int, batches: int, incremental: bool, seed: int)
         share = stats["recomputed_nodes"] / max(1, stats["total_nodes"])
         store.close()
     return median(timings), share
-
-
-class _Ev(msgspec.Struct):
-    event_id: str
-    user_id: str
-    item_id: str
-    action: str
-    ts: float
-    weight: float | None = None
 
 
 def main() -> None:
