@@ -178,6 +178,8 @@ def test_statefulset_matches_configmap_service_and_volumes(k8s):
     assert replicas <= settings.partitions, "workers beyond the partition count sit idle"
     assert settings.standby_replicas < replicas
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 30
+    # table_route redirects to the owner's advertised hostname: it must resolve from other pods.
+    assert pod["spec"]["setHostnameAsFQDN"] is True
 
 
 def test_statefulset_resources_have_requests_within_limits(k8s):
