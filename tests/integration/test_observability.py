@@ -148,6 +148,7 @@ def event_lines(seed: int, n: int) -> list[bytes]:
 @dataclass
 class Observed:
     prometheus: PrometheusServer
+    worker: WorkerProcess
     counts: tuple[float, float]  # ripple_events_processed_total after each wave
     sent: tuple[int, int]
 
@@ -171,7 +172,11 @@ def observed(broker, tmp_path_factory) -> Iterator[Observed]:
             assert check.returncode == 0, check.stdout + check.stderr
         prometheus = start_prometheus(config, tmp / "tsdb", tmp / "prometheus.log")
         p = prometheus
-        p.wait_for("the first scrape of the worker", lambda: p.value('sum(up{job="ripple"})') == 1)
+        try:
+            p.wait_for("the first scrape of the worker", lambda: p.value('sum(up{job="ripple"})') == 1)
+        except AssertionError as exc:
+            errors = [t.get("lastError") for t in p.api("targets")["activeTargets"]]
+            raise AssertionError(f"{exc}; scrape errors: {errors}") from None
 
         counts: list[float] = []
         sent: list[int] = []
@@ -191,7 +196,7 @@ def observed(broker, tmp_path_factory) -> Iterator[Observed]:
         # Lag is reported every few seconds; rules need a couple of evaluations over the new data.
         p.wait_for("the consumer lag gauge", lambda: bool(p.query("ripple_consumer_lag")), timeout=20)
         time.sleep(3)
-        yield Observed(p, (counts[0], counts[1]), (sent[0], sent[1]))
+        yield Observed(p, worker, (counts[0], counts[1]), (sent[0], sent[1]))
     finally:
         producer.close()
         if prometheus is not None:
@@ -250,3 +255,12 @@ def test_prometheus_loaded_and_evaluated_every_alert_rule(prometheus):
         assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
         if name in QUIET_ALERTS:
             assert rule["state"] == "inactive", f"{name} is {rule['state']}"
+
+
+def test_down_alert_expressions_fire_once_the_worker_stops(observed, prometheus):
+    """Last in this module: it stops the worker the other tests query."""
+    assert observed.worker.stop() == 0, observed.worker.log()
+    rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    for name in ("RippleWorkerDown", "RippleNoWorkerUp"):
+        expr = rules[name]
+        prometheus.wait_for(f"{name}'s expression to match", lambda e=expr: bool(prometheus.query(e)), timeout=15)
