@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.utils import scatter
 
@@ -14,6 +15,7 @@ from operators.tensors import RECENCY_BUCKETS, GraphBatch
 
 CONVS = ("gcn", "gat")
 E_CONV = "unknown conv {value!r}; choose one of {choices}."
+E_SCALE = "norm_scale must be in [0, 1000] and dropout in [0, 1) (got norm_scale={scale}, dropout={dropout})."
 E_DIM = "dim must be between 4 and 1024 and layers between 1 and 8 (got dim={dim}, layers={layers})."
 
 
@@ -28,12 +30,17 @@ class EncoderConfig:
     actions: tuple[str, ...] = DEFAULT_ACTIONS
     dropout: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    norm_scale: float = 0.0
+    """When > 0, item and user vectors are L2-normalised and the user vector is scaled by it,
+    so a score is ``norm_scale * cosine`` (NISER); 0 keeps plain dot products."""
 
     def __post_init__(self) -> None:
         if self.conv not in CONVS:
             raise ValueError(E_CONV.format(value=self.conv, choices=CONVS))
         if not (4 <= self.dim <= 1024 and 1 <= self.layers <= 8):
             raise ValueError(E_DIM.format(dim=self.dim, layers=self.layers))
+        if not (0.0 <= self.norm_scale <= 1000.0 and 0.0 <= self.dropout < 1.0):
+            raise ValueError(E_SCALE.format(scale=self.norm_scale, dropout=self.dropout))
         object.__setattr__(self, "actions", tuple(self.actions))
 
     def to_dict(self) -> dict:
@@ -99,7 +106,11 @@ class GraphEncoder(nn.Module):
         nn.init.zeros_(self.recency_emb.weight)
 
     def node_inputs(self, b: GraphBatch) -> torch.Tensor:
-        return self.item_emb(b.item_rows) + self.action_emb(b.actions) + b.log_counts.unsqueeze(-1) * self.count_vec
+        """Each node's input from its own fields only (item, last action, count)."""
+        items = self.item_emb(b.item_rows)
+        if self.config.norm_scale > 0:
+            items = F.normalize(items, dim=-1)
+        return items + self.action_emb(b.actions) + b.log_counts.unsqueeze(-1) * self.count_vec
 
     def node_states(self, b: GraphBatch) -> torch.Tensor:
         h = self.dropout(self.node_inputs(b))
@@ -114,6 +125,8 @@ class GraphEncoder(nn.Module):
         alpha = self.att_q(gate).squeeze(-1)
         summary = scatter(alpha.unsqueeze(-1) * h, b.batch, dim=0, dim_size=b.num_graphs, reduce="sum")
         user = self.out(torch.cat([h_last, self.dropout(summary)], dim=-1))
+        if self.config.norm_scale > 0:
+            user = self.config.norm_scale * F.normalize(user, dim=-1)
         return user, alpha
 
     def forward(self, b: GraphBatch) -> torch.Tensor:
@@ -122,4 +135,6 @@ class GraphEncoder(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         """Vectors that next-item scores are dot products with (tied to the input table)."""
+        if self.config.norm_scale > 0:
+            return F.normalize(self.item_emb.weight, dim=-1)
         return self.item_emb.weight

@@ -104,6 +104,7 @@ def show_settings() -> None:
 
 
 from stream_app import kafka_cli as _kafka_cli  # noqa: E402, F401  (registers worker, produce, tail)
+from stream_app import train_cli as _train_cli  # noqa: E402, F401  (registers train/evaluate)
 
 
 def main() -> None:
