@@ -13,7 +13,7 @@ from typing import Any
 
 from stream_app.settings import Settings
 
-CLIENT_TIMEOUTS = {"api_version_auto_timeout_ms": 5000, "request_timeout_ms": 15000}
+CLIENT_TIMEOUTS = {"api_version_auto_timeout_ms": 3000, "request_timeout_ms": 15000}
 E_NO_BROKER = (
     "cannot reach the Kafka broker at {servers} ({cause}); start one (bash deploy/kafka/kafka.sh start) "
     "or point RIPPLE_BROKER / --broker at a running broker."

@@ -49,3 +49,21 @@ def test_kafka_python_clients_get_short_bootstrap_timeouts():
     config = client_config(Settings.from_env({"RIPPLE_BROKER": "kafka://a:1;kafka://b:2"}))
     assert config["bootstrap_servers"] == ["a:1", "b:2"] == bootstrap_servers("a:1,b:2")
     assert config["api_version_auto_timeout_ms"] <= 5000
+
+
+def test_kafka_commands_fail_fast_and_clearly_without_a_broker(tmp_path):
+    import time
+
+    from typer.testing import CliRunner
+
+    from stream_app.cli import app as cli_app
+
+    events = tmp_path / "e.jsonl"
+    events.write_text('{"event_id": "1", "user_id": "u", "item_id": "i", "action": "view", "ts": 1767225600}\n')
+    env = {"RIPPLE_BROKER": "kafka://127.0.0.1:9"}  # nothing listens on the discard port
+    for args in (["produce", "--events", str(events)], ["tail", "--timeout", "1"], ["worker"]):
+        started = time.monotonic()
+        result = CliRunner().invoke(cli_app, args, env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert "cannot reach the Kafka broker" in result.output
+        assert time.monotonic() - started < 15, args  # not kafka-python's 30 s default
