@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,9 +35,8 @@ from operators.tensors import GraphBatch, graphs_to_batch, recency_buckets
 CACHE_LAYOUT = 1
 
 
-@dataclass(frozen=True)
-class UserDelta:
-    """What changed in one user's graph since its cache was written."""
+class UserDelta(NamedTuple):
+    """What changed in one user's graph since its cache was written (a tuple: one per user per batch)."""
 
     base_version: int
     """``state_version`` of the graph the cache must belong to."""
