@@ -83,10 +83,10 @@ def produce_paced(producer: KafkaProducer, topic: str, items: list[tuple[bytes, 
     producer.flush()
 
 
-def one_run(broker: str, backlog: int, seconds: float, levels: list[float], seed: int) -> dict:
+def one_run(broker: str, backlog: int, seconds: float, levels: list[float], seed: int, batch_size: int) -> dict:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp())
-    env = worker_env(broker, name, tmp / "state", batch_size=256, log_level="warning", commit_interval_s=1.0)
+    env = worker_env(broker, name, tmp / "state", batch_size=batch_size, log_level="warning", commit_interval_s=1.0)
     ensure_topics(Settings.from_env(env))
     producer = KafkaProducer(bootstrap_servers=broker, linger_ms=5, acks=1)
     for key, obj in events(backlog, seed, stamp=False):
@@ -133,17 +133,18 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=60_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     levels = [0.25, 0.5, 0.8]
-    runs = [one_run(args.broker, args.backlog, args.seconds, levels, seed=r) for r in range(args.repeats)]
+    runs = [one_run(args.broker, args.backlog, args.seconds, levels, r, args.batch_size) for r in range(args.repeats)]
     rate = median([r["rate"] for r in runs])
     header = ["load", "events/s offered", "p50 ms", "p95 ms", "p99 ms"]
     rows = [["sustained (backlog)", f"{rate:,.0f}", "", "", ""]]
     for level in levels:
         p = [median([r[level][i] for r in runs]) for i in range(3)]
         rows.append([f"{level:.0%} of sustained", f"{rate * level:,.0f}", f"{p[0]:.0f}", f"{p[1]:.0f}", f"{p[2]:.0f}"])
-    title = "Kafka end to end: one worker, 4 partitions, batch 256"
+    title = f"Kafka end to end: one worker, 4 partitions, batch {args.batch_size}"
     show(title, header, rows)
     if not args.no_record:
         note = (
