@@ -205,7 +205,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     )
     store = TableStore(table, settings.graph_config())
     cache = CachedStore(store, settings.graph_cache_users) if settings.graph_cache_users > 0 else None
-    embedder = Embedder(load_checkpoint(settings))
+    embedder = Embedder(load_checkpoint(settings), settings.incremental_policy())
     pipeline = Pipeline(store if cache is None else cache, embedder, settings.event_limits(), metrics)
     worker = StreamWorker(settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache)
 
