@@ -19,6 +19,7 @@ E_MAX_NODES = "max_nodes must be between 1 and 100000 (got {value}); set RIPPLE_
 E_ACTIONS = "the action vocabulary must contain 'other' and at most 62 actions (got {value})."
 E_DECAY = "decay_seconds must be a positive number (got {value})."
 E_RING = "dedupe_ring must be between 1 and 65536 (got {value})."
+E_LATENESS = "max_lateness_s must be >= 0 seconds (got {value}); use inf to accept any lateness."
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class GraphConfig:
     """Time constant of the decay applied to a transition by the gap between two behaviours."""
     dedupe_ring: int = 256
     """How many recent event ids per user are remembered for idempotent replay."""
+    max_lateness_s: float = math.inf
+    """Late-event policy: an event whose ``ts`` is more than this many seconds before the
+    user's previous applied event is refused (the pipeline dead-letters it as ``late_event``).
+    Accepted events always enter the graph in arrival order; a transition into an
+    out-of-order event counts as immediate (its gap is clipped at 0). The default accepts
+    any lateness, so unsorted historical logs (ml-100k) replay whole."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_nodes <= 100_000:
@@ -51,6 +58,8 @@ class GraphConfig:
             raise ValueError(E_DECAY.format(value=self.decay_seconds))
         if not 1 <= self.dedupe_ring <= 65536:
             raise ValueError(E_RING.format(value=self.dedupe_ring))
+        if not self.max_lateness_s >= 0:
+            raise ValueError(E_LATENESS.format(value=self.max_lateness_s))
         object.__setattr__(self, "_index", {a: i for i, a in enumerate(self.actions)})
         object.__setattr__(self, "_weights", [float(self.action_weights.get(a, 1.0)) for a in self.actions])
 

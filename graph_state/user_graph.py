@@ -33,6 +33,8 @@ class GraphChange:
     edges: frozenset[tuple[int, int]] = frozenset()
     evicted: str | None = None
     duplicate: bool = False
+    late_by: float = 0.0
+    """Seconds the refused event lay before the newest applied one (0 = not refused)."""
 
 
 @dataclass
@@ -135,9 +137,11 @@ class UserGraph:
         if key in self._ring_set:
             return GraphChange(duplicate=True)
         cfg = self.config
+        ts = float(event.ts)
+        if self.state_version and ts < self.last_ts - cfg.max_lateness_s:
+            return GraphChange(late_by=self.last_ts - ts)
         action = cfg.action_index(event.action)
         weight = cfg.action_weight(action) * (1.0 if event.weight is None else float(event.weight))
-        ts = float(event.ts)
         nodes: set[int] = set()
         edges: set[tuple[int, int]] = set()
         evicted: str | None = None

@@ -25,6 +25,8 @@ NEGATIVE_WEIGHT = "negative_weight"
 KEY_MISMATCH = "key_mismatch"
 UNKNOWN_ACTION = "unknown_action"
 BAD_FEATURES = "bad_features"
+LATE_EVENT = "late_event"
+"""Decided by the user's graph, not here: older than RIPPLE_MAX_LATENESS_S allows."""
 REJECTION_REASONS: tuple[str, ...] = (
     MALFORMED_JSON,
     INVALID_UTF8,
@@ -41,6 +43,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     KEY_MISMATCH,
     UNKNOWN_ACTION,
     BAD_FEATURES,
+    LATE_EVENT,
 )
 
 REQUIRED = ("event_id", "user_id", "item_id", "action", "ts")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from graph_state import GraphStore, UserGraph
 from operators import Embedder, UserDelta
-from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
+from stream_app.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
 from stream_app.metrics import Metrics
 from stream_app.records import DeadLetter, RawRecord, UserEmbedding
 
@@ -75,12 +75,16 @@ class Pipeline:
         for record in records:
             decoded = decode_event(record.value, record.key, self.limits)
             if isinstance(decoded, Rejection):
-                result.dead_letters.append(DeadLetter.of(record, decoded.reason, decoded.detail))
-                result.rejected[decoded.reason] += 1
-                result.outcomes[REJECTED] += 1
+                self._reject(result, record, decoded.reason, decoded.detail)
             else:
                 valid.append((record, decoded))
         return valid
+
+    @staticmethod
+    def _reject(result: BatchResult, record: RawRecord, reason: str, detail: str) -> None:
+        result.dead_letters.append(DeadLetter.of(record, reason, detail))
+        result.rejected[reason] += 1
+        result.outcomes[REJECTED] += 1
 
     def process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
@@ -98,6 +102,15 @@ class Pipeline:
                 graph = graphs[event.user_id] = UserGraph(config)
                 result.new_users += 1
             change = graph.apply(event)
+            if change.late_by:
+                self._reject(
+                    result,
+                    record,
+                    LATE_EVENT,
+                    f"event is {change.late_by:.0f} s older than the user's "
+                    f"previous one; RIPPLE_MAX_LATENESS_S allows {config.max_lateness_s:.0f} s",
+                )
+                continue
             changed.setdefault(event.user_id, set()).update(change.nodes)
             if change.duplicate:
                 result.outcomes[DUPLICATE] += 1

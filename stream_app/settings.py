@@ -69,6 +69,10 @@ class Settings:
     max_nodes: int = _doc("Distinct items kept in a user's window.", 50)
     decay_seconds: float = _doc("Time constant of the transition-weight decay by gap between behaviours.", 3600.0)
     dedupe_ring: int = _doc("Recent event ids remembered per user for idempotent replay.", 256)
+    max_lateness_s: float = _doc(
+        "Dead-letter events older than the user's previous event by more than this (seconds; inf = accept all).",
+        float("inf"),
+    )
     actions: tuple[str, ...] = _doc("Comma-separated action vocabulary (must include 'other').", DEFAULT_ACTIONS)
     action_weights: dict[str, float] = _doc(
         "Comma-separated action=weight pairs for transition edges.", lambda: dict(DEFAULT_ACTION_WEIGHTS)
@@ -147,6 +151,7 @@ class Settings:
             action_weights=self.action_weights,
             decay_seconds=self.decay_seconds,
             dedupe_ring=self.dedupe_ring,
+            max_lateness_s=self.max_lateness_s,
         )
 
     def event_limits(self) -> EventLimits:

@@ -87,3 +87,19 @@ def test_window_bound_and_consistency(events, max_nodes, ring):
     if events:
         assert g.item_ids[g.last_slot] == f"i{events[-1][0]}"
         assert min(g.recency()) == 0
+
+
+def test_late_event_policy_refuses_only_beyond_the_allowed_lateness():
+    g = build([Ev("1", "a", ts=BASE_TS + 1000)], max_lateness_s=600.0)
+    slightly_late = g.apply(Ev("2", "b", ts=BASE_TS + 500))  # 500 s late: accepted, in arrival order
+    assert not slightly_late.late_by and g.state_version == 2
+    ((src, dst, w),) = g.edges()
+    assert (g.item_ids[src], g.item_ids[dst], w) == ("a", "b", 1.0)  # negative gap clipped: no decay
+    too_late = g.apply(Ev("3", "c", ts=BASE_TS - 200))  # 700 s before the previous event
+    assert too_late.late_by == 700.0 and not too_late.nodes
+    assert g.state_version == 2 and g.slot_of("c") is None and not g.seen("3")
+
+
+def test_default_policy_accepts_any_lateness():
+    g = build([Ev("1", "a", ts=BASE_TS + 10**6), Ev("2", "b", ts=BASE_TS)])
+    assert g.state_version == 2

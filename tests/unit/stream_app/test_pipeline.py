@@ -113,3 +113,18 @@ def test_model_action_vocabulary_must_match_settings():
 
     with pytest.raises(ValueError, match="RIPPLE_ACTIONS"):
         Pipeline(MemoryStore(GraphConfig(actions=("view", "other"))), EMBEDDER)
+
+
+def test_late_events_are_dead_lettered_and_change_nothing():
+    from tests.conftest import Ev
+
+    store = MemoryStore(GraphConfig(max_lateness_s=60.0))
+    pipeline = Pipeline(store, EMBEDDER)
+    events = [Ev("e1", "a", ts=1_767_225_600.0 + 100, user_id="u"), Ev("e2", "b", ts=1_767_225_600.0, user_id="u")]
+    result = pipeline.process([RawRecord(to_json(ev), partition=1, offset=n) for n, ev in enumerate(events)])
+    pipeline.commit(result)
+    assert result.rejected == {"late_event": 1} and result.outcomes == {APPLIED: 1, REJECTED: 1}
+    (dead,) = result.dead_letters
+    assert dead.offset == 1 and "RIPPLE_MAX_LATENESS_S" in dead.detail
+    (emb,) = result.embeddings
+    assert emb.state_version == 1 and emb.last_event_id == "e1"
