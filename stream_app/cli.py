@@ -103,6 +103,48 @@ def show_settings() -> None:
     Console().print(table)
 
 
+@app.command()
+def explain(
+    user: Annotated[str, typer.Option(help="The user_id to explain.")],
+    state: Annotated[Path, typer.Option(help="RocksDB state directory of the embedded runner.")] = Path(
+        "./ripple-state"
+    ),
+    model: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: seeded model).")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Behaviours to show.")] = 10,
+) -> None:
+    """Show which behaviours make a user's current embedding (additive shares of the vector)."""
+    from graph_state import RocksStore
+    from operators.explain import explain as explain_graph
+    from stream_app.file_runner import load_checkpoint
+
+    try:
+        settings = Settings.from_env(state_dir=str(state), model_path=str(model) if model else None)
+        checkpoint = load_checkpoint(settings)
+        store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    try:
+        graph = store.get_many([user]).get(user)
+    finally:
+        store.close()
+    if graph is None:
+        fail(f"no state for user {user!r} in {state}; replay events for this user first or check --state.")
+        return
+    table = Table("item", "action", "share", "attention", "events ago", "count", title=f"user {user}")
+    for part in explain_graph(checkpoint, graph, top):
+        table.add_row(
+            part.item_id,
+            part.action,
+            f"{part.share:+.3f}",
+            f"{part.attention:+.3f}",
+            str(part.events_ago),
+            str(part.count),
+        )
+    Console().print(table)
+    console.print(f"state_version {graph.state_version}, {graph.n_nodes} nodes, model {checkpoint.model_version}")
+
+
 from stream_app import kafka_cli as _kafka_cli  # noqa: E402, F401  (registers worker, produce, tail)
 from stream_app import train_cli as _train_cli  # noqa: E402, F401  (registers train/evaluate)
 

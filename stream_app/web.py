@@ -8,10 +8,13 @@ every embedding: the table is the single source of truth.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from faust.sensors.prometheus import setup_prometheus_sensors
+
+from operators.explain import explain
 
 if TYPE_CHECKING:
     from stream_app.faust_app import StreamWorker
@@ -31,6 +34,24 @@ def add_views(worker: StreamWorker) -> None:
             return web.json({"error": E_UNKNOWN_USER.format(user=user_id)}, status=404)
         (embedding,) = pipeline.embed({user_id: graph})
         return web.json(msgspec.to_builtins(embedding))
+
+    @app.page("/users/{user_id}/explanation")
+    @app.table_route(table=worker.table, match_info="user_id")
+    async def user_explanation(web: Any, request: Any, user_id: str) -> Any:
+        graph = store.get_many([user_id]).get(user_id)
+        if graph is None:
+            return web.json({"error": E_UNKNOWN_USER.format(user=user_id)}, status=404)
+        top = int(request.query.get("top", "10"))
+        parts = explain(pipeline.embedder.checkpoint, graph, max(1, min(top, graph.n_nodes)))
+        return web.json(
+            {
+                "user_id": user_id,
+                "state_version": graph.state_version,
+                "model_version": pipeline.embedder.model_version,
+                "attribution": "share = node contribution projected on the user vector; all nodes sum to 1",
+                "behaviours": [asdict(p) for p in parts],
+            }
+        )
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

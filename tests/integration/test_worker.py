@@ -47,6 +47,7 @@ class Run:
     metrics_after: str
     extra_users: set[str]
     views: dict[str, tuple[int, dict]]
+    explanations: dict[str, tuple[int, dict]]
     final_outputs: list
     healthz: dict
     tail_lines: list[str]
@@ -122,10 +123,12 @@ def run(tmp_path_factory, broker) -> Run:
             what="the extra events' embeddings",
         )
         dlq.until(lambda r: len(r.messages) >= n_rejected + 1, timeout=30, what="the extra dead letter")
-        views = {}
+        views, explanations = {}, {}
         for uid in [*sorted(extra_users), "u30", "u39", "nobody-knows-me"]:
             status, body = worker.get(f"/users/{uid}/embedding")
             views[uid] = (status, json.loads(body) if body else {})
+            status, body = worker.get(f"/users/{uid}/explanation?top=100")
+            explanations[uid] = (status, json.loads(body) if body else {})
         metrics_after = worker.get("/metrics")[1].decode()
         deadline = time.monotonic() + 15
         while len(lag_samples(metrics_after)) < PARTITIONS and time.monotonic() < deadline:
@@ -153,6 +156,7 @@ def run(tmp_path_factory, broker) -> Run:
         metrics_after=metrics_after,
         extra_users=extra_users,
         views=views,
+        explanations=explanations,
         final_outputs=out.messages,
         healthz=healthz,
         tail_lines=[line for line in tail.stdout.splitlines() if line.startswith("{")],
@@ -198,6 +202,17 @@ def test_web_views_return_what_the_output_topic_says(run):
         np.testing.assert_allclose(body["embedding"], want.embedding, atol=1e-5)
     assert run.healthz["status"] == "ok"
     assert len(run.tail_lines) == 3 and all(json.loads(line)["embedding"] for line in run.tail_lines)
+
+
+def test_explanation_view_attributes_the_published_state(run):
+    for uid, (status, body) in run.explanations.items():
+        if uid == "nobody-knows-me":
+            assert status == 404
+            continue
+        assert status == 200 and body["state_version"] == run.views[uid][1]["state_version"]
+        shares = [b["share"] for b in body["behaviours"]]
+        assert len(shares) == run.views[uid][1]["n_nodes"] and abs(sum(shares) - 1.0) < 1e-3
+        assert shares == sorted(shares, reverse=True)
 
 
 def test_metrics_counters_move(run):

@@ -163,3 +163,15 @@ def test_invalid_settings_are_reported_with_the_variable():
         Settings.from_env({"RIPPLE_BATCH_SIZE": "many"})
     with pytest.raises(ValueError, match="max_nodes"):
         Settings.from_env({"RIPPLE_MAX_NODES": "0"})
+
+
+def test_cli_explain_shows_the_users_behaviours(tmp_path):
+    runner = CliRunner()
+    events = write_jsonl(tmp_path / "ev.jsonl", lines(300, 0.0))
+    replay(events, "jsonl", str(tmp_path / "o.jsonl"), settings(tmp_path, "st"), progress=False)
+    user = next(iter(final_embeddings(tmp_path / "o.jsonl")))
+    res = runner.invoke(app, ["explain", "--user", user, "--state", str(tmp_path / "st"), "--top", "3"])
+    assert res.exit_code == 0, res.output
+    assert "share" in res.output and "state_version" in res.output
+    res = runner.invoke(app, ["explain", "--user", "nobody", "--state", str(tmp_path / "st")])
+    assert res.exit_code == 2 and "no state for user" in res.output
