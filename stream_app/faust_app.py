@@ -14,6 +14,13 @@ Per micro-batch (``take_events(batch_size, within=batch_within_s)``), in this or
 
 A stop anywhere before 5 redelivers the batch: already stored users see duplicates
 and republish the same ``(user_id, state_version)``, the others are applied again.
+
+Deletion requests (``RIPPLE_DELETION_TOPIC``, key = ``user_id``, value ignored) go to a
+second agent: per request the user's graph is deleted from the table with the request as
+Faust's current event (tombstone in the user's changelog partition) and from the graph
+cache, then a tombstone (``None`` value) is published on the embeddings topic. The two
+agents take turns (one lock), so a request never lands inside an event batch's
+process → publish → commit.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import base64
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faust
 from faust.types import EventT, TopicT
@@ -34,12 +41,15 @@ from stream_app.file_runner import load_checkpoint
 from stream_app.kafka_connection import faust_credentials
 from stream_app.metrics import Metrics
 from stream_app.pipeline import BatchResult, Pipeline
-from stream_app.records import RawRecord, json_encoder
+from stream_app.records import DeadLetter, RawRecord, json_encoder
 from stream_app.settings import Settings
 from stream_app.table_store import TableStore
 
 TABLE_NAME = "user-graphs"
 LAG_INTERVAL_S = 2.0
+DELETION_WITHOUT_KEY = "deletion_without_key"
+"""Dead-letter reason of a deletion request whose key is missing, empty or not UTF-8."""
+E_DELETION_KEY = "a deletion request needs key = the user_id (UTF-8, not empty); the value is ignored."
 
 
 @dataclass
@@ -57,6 +67,10 @@ class StreamWorker:
     metrics: Metrics
     cache: CachedStore | None = None
     """Decoded graphs of active users in front of the table (``RIPPLE_GRAPH_CACHE_USERS``)."""
+    deletions: TopicT | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by each event batch and each batch of deletion requests: they never interleave."""
+    generation: int | None = None
 
     @property
     def changelog_topic(self) -> str:
@@ -65,17 +79,77 @@ class StreamWorker:
     async def process_batch(self, events: Sequence[EventT]) -> BatchResult:
         """Steps 1-4 of the module docstring for one micro-batch."""
         records = [to_record(event) for event in events]
-        try:
-            with self.store.routing(events):
-                result = self.pipeline.process(records)
-                await self.publish(result)
-                self.pipeline.commit(result)
-        except BaseException:
-            # process() mutates cached graphs in place; uncommitted, they must not outlive the batch.
-            self.forget_cached()
-            raise
+        async with self.lock:
+            self.sync_assignment()
+            try:
+                with self.store.routing(events):
+                    result = self.pipeline.process(records)
+                    await self.publish(result)
+                    self.pipeline.commit(result)
+            except BaseException:
+                # process() mutates cached graphs in place; uncommitted, they must not outlive the batch.
+                self.forget_cached()
+                raise
         self.pipeline.observe_published(result)
         return result
+
+    async def process_deletions(self, events: Sequence[EventT]) -> list[str]:
+        """Carry out a batch of deletion requests; returns the users deleted (known or not).
+
+        For each user: delete the graph from the table with the request as the current
+        event (RocksDB of the user's partition + a changelog tombstone in that partition)
+        and from the graph cache, then publish a tombstone on the embeddings topic and
+        wait for the broker. Deleting a user without state is not an error: the tombstones
+        are sent all the same, so a redelivered request is harmless. A request without a
+        usable key is dead-lettered (``deletion_without_key``).
+        """
+        keyed: list[EventT] = []
+        dead: list[DeadLetter] = []
+        for event in events:
+            if deletion_user(event.message.key) is None:
+                dead.append(DeadLetter.of(to_record(event), DELETION_WITHOUT_KEY, E_DELETION_KEY))
+            else:
+                keyed.append(event)
+        users = list(dict.fromkeys(u for e in keyed if (u := deletion_user(e.message.key)) is not None))
+        async with self.lock:
+            self.sync_assignment()
+            removed = 0
+            try:
+                with self.store.routing(keyed):
+                    for user in users:
+                        removed += self.pipeline.store.delete(user)
+            except BaseException:
+                self.forget_cached()
+                raise
+            await self.publish_deletions(users, dead)
+        self.metrics.users_deleted.inc(len(users))
+        if removed:
+            self.metrics.users.dec(removed)
+        if dead:
+            self.metrics.dead_letters.labels(reason=DELETION_WITHOUT_KEY).inc(len(dead))
+        return users
+
+    async def publish_deletions(self, users: Sequence[str], dead_letters: Sequence[DeadLetter]) -> None:
+        """A tombstone (key ``user_id``, value ``None``) per user on the embeddings topic; dead letters."""
+        producer = await self.app.maybe_start_producer()
+        pending = []
+        output = self.settings.output_topic
+        for user in users:
+            pending.append(await producer.send(output, user.encode("utf-8"), None, None, None, None))
+        for dead in dead_letters:
+            key = None if dead.key_base64 is None else base64.b64decode(dead.key_base64)
+            pending.append(
+                await producer.send(self.settings.dead_letter_topic, key, json_encoder.encode(dead), None, None, None)
+            )
+        if pending:
+            await asyncio.gather(*pending)
+
+    def sync_assignment(self) -> None:
+        """Once per consumer generation (rebalance): see :meth:`on_assignment_changed`."""
+        generation = self.app.consumer_generation_id
+        if generation != self.generation:
+            self.generation = generation
+            self.on_assignment_changed()
 
     def forget_cached(self) -> None:
         if self.cache is not None:
@@ -138,6 +212,20 @@ def to_record(event: EventT) -> RawRecord:
     )
 
 
+def deletion_user(key: bytes | None) -> str | None:
+    """The user a deletion request names: its key as UTF-8 (``None`` when missing, empty or not UTF-8).
+
+    >>> deletion_user(b"u7"), deletion_user(b""), deletion_user(None), deletion_user(b"\\xff")
+    ('u7', None, None, None)
+    """
+    if not key:
+        return None
+    try:
+        return bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def rocksdb_options(settings: Settings) -> dict[str, int | str]:
     """Faust RocksDB store options: small, explicit (Faust's default block cache is 2 GiB per partition)."""
     return {
@@ -195,6 +283,8 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     events = app.topic(settings.input_topic, partitions=settings.partitions, **raw)
     embeddings = app.topic(settings.output_topic, **raw)
     dead_letters = app.topic(settings.dead_letter_topic, **raw)
+    # Co-partitioned with the input topic: the worker owning a user's table partition gets its requests.
+    deletions = app.topic(settings.deletion_topic, partitions=settings.partitions, **raw)
     table = app.Table(
         TABLE_NAME,
         partitions=settings.partitions,
@@ -207,16 +297,19 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     cache = CachedStore(store, settings.graph_cache_users) if settings.graph_cache_users > 0 else None
     embedder = Embedder(load_checkpoint(settings), settings.incremental_policy())
     pipeline = Pipeline(store if cache is None else cache, embedder, settings.event_limits(), metrics)
-    worker = StreamWorker(settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache)
+    worker = StreamWorker(
+        settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions
+    )
 
     @app.agent(events, name="embed-events")
     async def embed_events(stream: faust.StreamT) -> None:
-        generation = None
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            if app.consumer_generation_id != generation:
-                generation = app.consumer_generation_id
-                worker.on_assignment_changed()
             await worker.process_batch(batch)
+
+    @app.agent(deletions, name="delete-users")
+    async def delete_users(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            await worker.process_deletions(batch)
 
     @app.timer(LAG_INTERVAL_S)
     async def report_lag() -> None:
@@ -229,4 +322,9 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
 def run_worker(settings: Settings) -> None:
     """Run the worker until SIGINT/SIGTERM (never parses ``sys.argv``: all options come from ``settings``)."""
     worker = build_worker(settings)
-    faust.Worker(worker.app, loglevel=settings.log_level).execute_from_commandline()
+    faust_worker = faust.Worker(worker.app, loglevel=settings.log_level)
+    # Faust's startup spinner sets the root logger to DEBUG so that it can spin on every record;
+    # every debug() call in aiokafka and Faust then builds a LogRecord (about 6 % of the worker's
+    # CPU under py-spy) and event payloads reach the logging machinery. No spinner, no DEBUG.
+    faust_worker.spinner = None
+    faust_worker.execute_from_commandline()

@@ -1,7 +1,10 @@
-"""The Kafka commands of ``ripple``: ``worker`` (the Faust worker), ``produce`` (file → input topic), ``tail``."""
+"""The Kafka commands of ``ripple``: ``worker`` (the Faust worker), ``produce`` (file → input topic), ``tail``,
+and ``forget`` (delete users: a request on the deletion topic, or directly in an embedded state directory)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from collections import Counter
@@ -16,6 +19,11 @@ from stream_app.cli import EventFormat, app, console, fail, print_table
 from stream_app.settings import Settings
 
 E_NO_TOPIC_DATA = "no message arrived on {topic!r} within {timeout:g}s."
+E_NOT_EMBEDDED_STATE = (
+    "{path} is not a state directory of `ripple replay` (no RocksDB there){hint}; pass the --state of the replay "
+    "whose users to delete, or leave --state out to send the request to the worker's deletion topic."
+)
+E_WORKER_STATE = ": it looks like a Faust worker's state, which only the worker itself may change"
 
 
 @dataclass
@@ -77,6 +85,60 @@ def produce_events(
         producer.close(timeout=10)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@dataclass(frozen=True)
+class DeletionSent:
+    """One deletion request on the deletion topic."""
+
+    user_id: str
+    partition: int
+    offset: int
+
+
+def produce_deletions(user_ids: list[str], settings: Settings, reason: str | None = None) -> list[DeletionSent]:
+    """Send one deletion request per user to the deletion topic (key = ``user_id``) and wait for the broker.
+
+    The value is informative only (the worker reads the key): ``{"user_id", "reason", "requested_at"}``.
+    Creates Ripple's topics where missing and checks that the deletion topic is co-partitioned
+    with the input topic, like ``ripple produce``.
+    """
+    from kafka import KafkaProducer
+
+    from stream_app.kafka_connection import client_config, ensure_topics
+
+    ensure_topics(settings)
+    producer = KafkaProducer(**client_config(settings), acks="all", enable_idempotence=True)
+    try:
+        futures = []
+        for user in user_ids:
+            value = json.dumps({"user_id": user, "reason": reason, "requested_at": time.time()}).encode()
+            futures.append((user, producer.send(settings.deletion_topic, key=user.encode("utf-8"), value=value)))
+        producer.flush()
+        sent = []
+        for user, future in futures:
+            meta = future.get(timeout=60)
+            sent.append(DeletionSent(user, meta.partition, meta.offset))
+        return sent
+    finally:
+        producer.close(timeout=10)
+
+
+def forget_local(user_ids: list[str], settings: Settings) -> dict[str, bool]:
+    """Delete users from an embedded (``ripple replay``) state directory; user → whether it had state."""
+    from graph_state import RocksStore
+
+    path = settings.state_dir
+    if not os.path.isfile(os.path.join(path, "CURRENT")):
+        worker_like = os.path.isdir(path) and any(
+            os.path.isdir(os.path.join(path, name, "v1", "tables")) for name in os.listdir(path)
+        )
+        raise ValueError(E_NOT_EMBEDDED_STATE.format(path=path, hint=E_WORKER_STATE if worker_like else ""))
+    store = RocksStore(path, settings.graph_config(), settings.rocks_options())
+    try:
+        return {user: store.delete(user) for user in user_ids}
+    finally:
+        store.close()
 
 
 def settings_from(**overrides: object) -> Settings:
@@ -194,3 +256,41 @@ def tail(
         consumer.close()
     if seen == 0 and timeout:
         console.print(E_NO_TOPIC_DATA.format(topic=name, timeout=timeout))
+
+
+@app.command()
+def forget(
+    users: Annotated[list[str], typer.Argument(help="user_id(s) to delete.", show_default=False)],
+    state: Annotated[
+        Optional[Path],
+        typer.Option(help="Delete directly from this `ripple replay` state directory instead of via Kafka."),
+    ] = None,
+    reason: Annotated[Optional[str], typer.Option(help="Why (kept in the request's value, for audits).")] = None,
+    topic: Annotated[Optional[str], typer.Option(help="Deletion topic (default RIPPLE_DELETION_TOPIC).")] = None,
+    broker: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+) -> None:
+    """Delete users' state (right to be forgotten).
+
+    Without --state: one request per user on the deletion topic; the worker owning the user
+    deletes the graph from its table and changelog and publishes a tombstone on the embeddings
+    topic. With --state: delete from an embedded state directory now (stop `ripple replay` first).
+    """
+    if state is not None:
+        settings = settings_from(state_dir=str(state))
+        try:
+            found = forget_local(users, settings)
+        except (ValueError, RuntimeError) as exc:
+            fail(str(exc))
+            return
+        rows = [(user, "deleted" if had else "no state (nothing to delete)") for user, had in found.items()]
+        print_table(f"forgotten in {state}", rows)
+        return
+    settings = settings_from(deletion_topic=topic, broker=broker)
+    try:
+        sent = produce_deletions(users, settings, reason)
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    rows = [(d.user_id, f"partition {d.partition}, offset {d.offset}") for d in sent]
+    print_table(f"deletion requests → {settings.deletion_topic}", rows)
+    console.print("the worker owning each user deletes its state and publishes a tombstone on the embeddings topic.")

@@ -22,6 +22,11 @@ E_PARTITIONS = (
     "topic {topic!r} has {found} partitions but RIPPLE_PARTITIONS={want}; the state table must have as many "
     "partitions as the input topic: set RIPPLE_PARTITIONS={found} (or use a new topic)."
 )
+E_DELETION_PARTITIONS = (
+    "deletion topic {topic!r} has {found} partitions but the input topic and the state table have {want}; "
+    "deletion requests must be co-partitioned with the events: recreate {topic!r} with {want} partitions "
+    "or point RIPPLE_DELETION_TOPIC at a new topic."
+)
 
 
 def bootstrap_servers(broker: str) -> list[str]:
@@ -84,11 +89,12 @@ def client_config(settings: Settings) -> dict[str, Any]:
 
 
 def ensure_topics(settings: Settings) -> dict[str, int]:
-    """Create Ripple's topics where missing; check the input topic's partitions. Returns partitions per topic.
+    """Create Ripple's topics where missing; check the input and deletion topics' partitions.
 
-    The input topic gets ``settings.partitions`` partitions (the state table's);
-    the output and dead-letter topics are created alike so that a broker's
-    auto-creation (often one partition) never decides.
+    The input and deletion topics get ``settings.partitions`` partitions (the state
+    table's): a deletion request must reach the worker that owns the user's table
+    partition. The output and dead-letter topics are created alike so that a
+    broker's auto-creation (often one partition) never decides. Returns partitions per topic.
     """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
@@ -99,7 +105,7 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
     except NoBrokersAvailable as exc:
         raise RuntimeError(E_NO_BROKER.format(servers=config["bootstrap_servers"], cause=exc)) from exc
     try:
-        names = [settings.input_topic, settings.output_topic, settings.dead_letter_topic]
+        names = [settings.input_topic, settings.output_topic, settings.dead_letter_topic, settings.deletion_topic]
         existing = set(admin.list_topics())
         missing = [
             NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
@@ -127,4 +133,9 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
     found = partitions.get(settings.input_topic, settings.partitions)
     if found != settings.partitions:
         raise ValueError(E_PARTITIONS.format(topic=settings.input_topic, found=found, want=settings.partitions))
+    found = partitions.get(settings.deletion_topic, settings.partitions)
+    if found != settings.partitions:
+        raise ValueError(
+            E_DELETION_PARTITIONS.format(topic=settings.deletion_topic, found=found, want=settings.partitions)
+        )
     return partitions

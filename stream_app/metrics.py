@@ -46,6 +46,11 @@ class Metrics:
             registry=r,
         )
         self.users = Gauge("ripple_users_in_state", "Users with a graph in this worker's state.", registry=r)
+        self.users_deleted = Counter(
+            "ripple_users_deleted_total",
+            "Users deleted by deletion requests (a tombstone published for each, unknown users included).",
+            registry=r,
+        )
         self.model_info = Gauge("ripple_model_info", "The serving model (value 1).", ["model_version"], registry=r)
         # Faust/aiokafka export no lag: the worker sets this from the consumer's highwater and position.
         self.consumer_lag = Gauge(

@@ -37,6 +37,7 @@ def worker_env(broker: str, name: str, state_dir: Path, **extra: object) -> dict
         "RIPPLE_INPUT_TOPIC": f"events-{name}",
         "RIPPLE_OUTPUT_TOPIC": f"embeddings-{name}",
         "RIPPLE_DEAD_LETTER_TOPIC": f"dlq-{name}",
+        "RIPPLE_DELETION_TOPIC": f"deletions-{name}",
         "RIPPLE_STATE_DIR": str(state_dir),
         "RIPPLE_PARTITIONS": "4",
         "RIPPLE_BATCH_SIZE": "64",
@@ -154,7 +155,8 @@ class TopicReader:
             self.consumer = None
 
     def embeddings(self) -> list[UserEmbedding]:
-        return [msgspec.json.decode(m.value, type=UserEmbedding) for m in self.messages]
+        """The embeddings read so far (tombstones of deleted users, value ``None``, left out)."""
+        return [msgspec.json.decode(m.value, type=UserEmbedding) for m in self.messages if m.value is not None]
 
 
 def latest_by_user(embeddings: list[UserEmbedding]) -> dict[str, UserEmbedding]:

@@ -133,3 +133,22 @@ def test_delete_sends_a_tombstone_to_the_users_partition(table):
         assert store.delete("erin") is False
     assert local_keys(table, 3) == set()
     assert table.sent[-1] == (3, b"erin", None)
+
+
+def test_delete_inside_a_mixed_batch_goes_to_the_users_partition_and_is_idempotent(table):
+    app = table.app
+    store = TableStore(table, GraphConfig())
+    batch = [event(app, 1, b"fay"), event(app, 2, b"gus"), event(app, 0, b"hal")]
+    with store.routing(batch):
+        store.put_many({"fay": graph(2), "gus": graph(1)})
+    table.sent.clear()
+    # Faust's current event is the batch's last one (partition 0); each tombstone still goes to its user's partition.
+    with acting_as(batch[-1]), store.routing(batch):
+        assert store.delete("fay") is True
+        assert store.delete("hal") is False  # no state: the tombstone is sent all the same
+        assert store.delete("fay") is False  # a redelivered request
+    assert table.sent == [(1, b"fay", None), (0, b"hal", None), (1, b"fay", None)]
+    assert local_keys(table, 1) == set() and local_keys(table, 2) == {b"gus"}
+    assert store.get_many(["fay", "gus"]).keys() == {"gus"}
+    with pytest.raises(RuntimeError, match="routing"):
+        store.delete("ivy")  # not routed: refused like a write
