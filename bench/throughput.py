@@ -9,7 +9,10 @@ Measured side by side in one run, each repeated ``--repeats`` times (medians):
 2. the file runner (``ripple replay``: JSON decode, RocksDB state, incremental
    recompute, JSONL output) on the same events;
 3. naive: one event at a time, no micro-batching, full recompute, no graph cache
-   (on a prefix of the events, since it is slow).
+   (on a prefix of the events, since it is slow);
+4. both engines on the same last ``--tail-events`` events, each from a copy of the state
+   the rest of the file built — the fair comparison (the prefix flatters naive: its
+   graphs are the smallest of the stream).
 
     python bench/throughput.py --dataset generated --events 1000000
     python bench/throughput.py --dataset ml-100k --data ../shared/data/ml-100k/ml-100k.inter
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +92,35 @@ def run_naive(path: str, fmt: str, settings: Settings, limit: int) -> tuple[floa
     return seconds, events
 
 
+def split_tail(path: str, fmt: str, tail: int) -> tuple[str, str, int]:
+    """Write the file's events minus the last ``tail`` and the last ``tail`` (headers kept)."""
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    header, body = ([], lines) if fmt == "jsonl" else (lines[:1], lines[1:])
+    tmp = tempfile.mkdtemp()
+    head_path, tail_path = os.path.join(tmp, "head"), os.path.join(tmp, "tail")
+    with open(head_path, "wb") as f:
+        f.writelines(header + body[:-tail])
+    with open(tail_path, "wb") as f:
+        f.writelines(header + body[-tail:])
+    return head_path, tail_path, len(body[-tail:])
+
+
+def same_state_comparison(path: str, fmt: str, settings: Settings, tail: int) -> tuple[float, float, int]:
+    """Seconds of the file runner and of the naive engine on the same last events, from the same state."""
+    head_path, tail_path, n = split_tail(path, fmt, tail)
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = os.path.join(tmp, "warm")
+        replay(head_path, fmt, os.devnull, settings.with_overrides(state_dir=warm), progress=False)
+        shutil.copytree(warm, os.path.join(tmp, "naive"))
+        runner = replay(tail_path, fmt, os.devnull, settings.with_overrides(state_dir=warm), progress=False)
+        naive_settings = settings.with_overrides(
+            state_dir=os.path.join(tmp, "naive"), batch_size=1, graph_cache_users=0, incremental=False
+        )
+        naive = replay(tail_path, fmt, os.devnull, naive_settings, progress=False)
+    return runner.seconds, naive.seconds, n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["generated", "ml-100k"], default="generated")
@@ -98,6 +131,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive-events", type=int, default=5_000)
+    parser.add_argument("--tail-events", type=int, default=5_000, help="Events both engines run from the same state.")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -111,13 +145,16 @@ def main() -> None:
         path, fmt, label = args.data, "recbole", "ml-100k (100,000 ratings, 943 users)"
 
     batches, n_events = capture_batches(path, fmt, settings)
-    limit_s, runner_s, naive_s = [], [], []
-    naive_n = 0
+    limit_s, runner_s, naive_s, tail_runner_s, tail_naive_s = [], [], [], [], []
+    naive_n = tail_n = 0
     for _ in range(args.repeats):
         limit_s.append(compute_limit(batches, settings))
         runner_s.append(run_replay(path, fmt, settings))
         seconds, naive_n = run_naive(path, fmt, settings, args.naive_events)
         naive_s.append(seconds)
+        r_s, n_s, tail_n = same_state_comparison(path, fmt, settings, args.tail_events)
+        tail_runner_s.append(r_s)
+        tail_naive_s.append(n_s)
     limit_eps = [n_events / s for s in limit_s]
     runner_eps = [n_events / s for s in runner_s]
     naive_eps = [naive_n / s for s in naive_s]
@@ -137,6 +174,20 @@ def main() -> None:
             f"naive (batch 1, full, first {naive_n:,} events)",
             f"{median(naive_eps):,.0f}",
             spread(naive_eps),
+            "",
+            "1.0x",
+        ],
+        [
+            f"file runner, last {tail_n:,} events (same state as naive)",
+            f"{median([tail_n / x for x in tail_runner_s]):,.0f}",
+            spread([tail_n / x for x in tail_runner_s]),
+            "",
+            f"{median([n / r for r, n in zip(tail_runner_s, tail_naive_s, strict=True)]):.1f}x",
+        ],
+        [
+            f"naive, last {tail_n:,} events (same state)",
+            f"{median([tail_n / x for x in tail_naive_s]):,.0f}",
+            spread([tail_n / x for x in tail_naive_s]),
             "",
             "1.0x",
         ],
