@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from graph_state import CachedStore, GraphStore, RocksStore
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
+from operators.evaluation import graph_config_of
 from stream_app.metrics import Metrics
 from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
 from stream_app.readers import count_lines, read_events
@@ -49,11 +50,65 @@ class ReplaySummary:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+E_GRAPH_MISMATCH = (
+    "checkpoint {path} was trained on user graphs built with {trained}, but the settings say {current}; "
+    "the published embeddings would not be the vectors the model was trained and evaluated on. "
+    "Fix: run with {fix}, or retrain the model with the current settings."
+)
+
+
 def load_checkpoint(settings: Settings) -> Checkpoint:
-    """The checkpoint named by the settings, or the seeded default model."""
-    if settings.model_path:
-        return Checkpoint.load(settings.model_path)
-    return Checkpoint.seeded(EncoderConfig(actions=settings.actions), seed=settings.model_seed)
+    """The checkpoint named by the settings, or the seeded default model.
+
+    A trained checkpoint records the graph settings (window, actions, action
+    weights, decay) it was trained with; serving it on graphs built differently
+    would publish vectors that were never evaluated, so that is refused with the
+    settings that fix it.
+    """
+    if not settings.model_path:
+        return Checkpoint.seeded(EncoderConfig(actions=settings.actions), seed=settings.model_seed)
+    checkpoint = Checkpoint.load(settings.model_path)
+    if checkpoint.training.get("graph"):
+        check_graph_settings(checkpoint, settings)
+    return checkpoint
+
+
+def check_graph_settings(checkpoint: Checkpoint, settings: Settings) -> None:
+    trained, current = graph_config_of(checkpoint), settings.graph_config()
+    differ = [
+        name
+        for name in ("max_nodes", "actions", "action_weights", "decay_seconds")
+        if _canonical(getattr(trained, name)) != _canonical(getattr(current, name))
+    ]
+    if not differ:
+        return
+
+    def show(config: object) -> str:
+        return " ".join(f"RIPPLE_{n.upper()}={_env_value(getattr(config, n))}" for n in differ)
+
+    raise ValueError(
+        E_GRAPH_MISMATCH.format(path=settings.model_path, trained=show(trained), current=show(current), fix=show(trained))
+    )
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, dict):
+        return sorted((str(k), float(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(value, float):
+        return round(value, 9)
+    return value
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v:g}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def file_identity(path: str) -> str:

@@ -104,3 +104,16 @@ def test_cli_trains_and_evaluates_side_by_side(events_file, tmp_path):
     assert names[0].startswith("GCN") and names[1:] == ["most-popular", "item-transitions", "GRU4Rec"]
     assert set(payload["results"][0]["metrics"]) == {f"{m}@{k}" for m in ("recall", "mrr", "ndcg") for k in (5, 10)}
     assert payload["protocol"] == "leave-one-out" and payload["test_cases"] == SPEC.users
+
+
+def test_serving_a_checkpoint_on_differently_built_graphs_is_refused_with_the_fix(events_file, trained, tmp_path):
+    path, _, _ = trained
+    settings = Settings.from_env(
+        {"RIPPLE_DECAY_SECONDS": "60", "RIPPLE_MAX_NODES": "20"}, state_dir=str(tmp_path / "s"), model_path=str(path)
+    )
+    with pytest.raises(ValueError) as err:
+        replay(events_file, "jsonl", str(tmp_path / "emb.jsonl"), settings, progress=False)
+    message = str(err.value)
+    assert "RIPPLE_DECAY_SECONDS=3600" in message and "RIPPLE_MAX_NODES=50" in message
+    assert "RIPPLE_DECAY_SECONDS=60" in message and "retrain" in message
+    assert not (tmp_path / "emb.jsonl").exists()
