@@ -185,6 +185,9 @@ def evaluate(
     gru_epochs: Annotated[int, typer.Option(min=1)] = 10,
     gru_minutes: Annotated[float, typer.Option(help="GRU training budget in minutes (0 = none).")] = 0.0,
     gru_lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    gru_negatives: Annotated[
+        int, typer.Option(min=0, help="GRU sampled-softmax negatives per step (0 = full softmax).")
+    ] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 512,
     threads: Annotated[int, typer.Option(help="torch threads (0 = torch's default).")] = 0,
 ) -> None:
@@ -235,7 +238,13 @@ def evaluate(
             dim = checkpoints[0][1].config.dim if checkpoints else 64
             scale = checkpoints[0][1].config.norm_scale if checkpoints else 0.0
             cfg = TrainConfig(
-                epochs=gru_epochs, lr=gru_lr, seed=seed, max_minutes=gru_minutes, threads=threads, progress=False
+                epochs=gru_epochs,
+                lr=gru_lr,
+                seed=seed,
+                max_minutes=gru_minutes,
+                threads=threads,
+                negatives=gru_negatives,
+                progress=False,
             )
             gru, result = train_gru(split, dim, cfg, max_len=settings.max_nodes, norm_scale=scale, log=console.print)
             report = run_evaluate(gru, split.test, ks, batch_size, exclude_seen)
