@@ -22,7 +22,10 @@ NON_FINITE = "non_finite_number"
 BAD_TIMESTAMP = "bad_timestamp"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 NEGATIVE_WEIGHT = "negative_weight"
+WEIGHT_OUT_OF_RANGE = "weight_out_of_range"
 KEY_MISMATCH = "key_mismatch"
+MISSING_KEY = "missing_key"
+"""Kafka only (``EventLimits.require_key``): a key-less event could land on any partition."""
 UNKNOWN_ACTION = "unknown_action"
 BAD_FEATURES = "bad_features"
 LATE_EVENT = "late_event"
@@ -40,7 +43,9 @@ REJECTION_REASONS: tuple[str, ...] = (
     BAD_TIMESTAMP,
     TIMESTAMP_OUT_OF_RANGE,
     NEGATIVE_WEIGHT,
+    WEIGHT_OUT_OF_RANGE,
     KEY_MISMATCH,
+    MISSING_KEY,
     UNKNOWN_ACTION,
     BAD_FEATURES,
     LATE_EVENT,
@@ -94,10 +99,17 @@ class EventLimits:
     actions: tuple[str, ...] = ("view", "click", "cart", "purchase", "rate", "other")
     unknown_action: str = "map"
     """``map``: count it and treat it as ``other``; ``reject``: dead-letter it."""
+    max_weight: float = 1e6
+    """Larger weights are rejected: summed into edge weights they overflow to inf (NaN vectors)."""
+    require_key: bool = False
+    """The Kafka worker requires key = ``user_id``: a key-less event may arrive on another
+    partition than the user's other events and would start a second graph there."""
 
 
+E_TOO_DEEP = "message nests JSON arrays/objects deeper than the decoder allows"
 _wire_decoder = msgspec.json.Decoder(_Wire)
 _any_decoder = msgspec.json.Decoder()
+_FLOAT_MAX = 1.7976931348623157e308
 
 
 def decode_event(
@@ -120,6 +132,8 @@ def decode_event(
         return _diagnose(value)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _malformed(value, exc)
+    except RecursionError:
+        return Rejection(MALFORMED_JSON, E_TOO_DEEP)
     return _check(wire, key, limits)
 
 
@@ -139,6 +153,8 @@ def _diagnose(value: bytes) -> Rejection:
         return Rejection(NON_FINITE, f"a number is not finite: {exc}")
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _malformed(value, exc)
+    except RecursionError:
+        return Rejection(MALFORMED_JSON, E_TOO_DEEP)
     if not isinstance(obj, dict):
         return Rejection(NOT_AN_OBJECT, f"message must be a JSON object, got {type(obj).__name__}")
     for name in REQUIRED:
@@ -153,6 +169,10 @@ def _diagnose(value: bytes) -> Rejection:
     weight = obj.get("weight")
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
         return Rejection(WRONG_TYPE, f"field 'weight' must be a number, got {type(weight).__name__}")
+    for name, number in (("ts", ts), ("weight", weight)):
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) > _FLOAT_MAX:
+            # An integer literal beyond the float range (a 400-digit "ts"): like 1e400, not finite.
+            return Rejection(NON_FINITE, f"field '{name}' is an integer beyond the float range")
     if obj.get("features") is not None and not isinstance(obj["features"], dict):
         return Rejection(BAD_FEATURES, "field 'features' must be a JSON object")
     return Rejection(WRONG_TYPE, "message does not match the event schema")
@@ -191,6 +211,8 @@ def _check(wire: _Wire, key: bytes | None, limits: EventLimits) -> BehaviorEvent
             return Rejection(NON_FINITE, "field 'weight' is not a finite number")
         if weight < 0:
             return Rejection(NEGATIVE_WEIGHT, f"field 'weight' must be >= 0, got {weight}")
+        if weight > limits.max_weight:
+            return Rejection(WEIGHT_OUT_OF_RANGE, f"field 'weight' is {weight:g}, the limit is {limits.max_weight:g}")
     if wire.features is not None:
         if len(wire.features) > MAX_FEATURE_KEYS:
             return Rejection(BAD_FEATURES, f"'features' has {len(wire.features)} keys, the limit is {MAX_FEATURE_KEYS}")
@@ -199,6 +221,8 @@ def _check(wire: _Wire, key: bytes | None, limits: EventLimits) -> BehaviorEvent
     # An unknown action under the "map" policy keeps its name; the graph treats it as "other".
     if limits.unknown_action == "reject" and wire.action not in limits.actions:
         return Rejection(UNKNOWN_ACTION, f"action {wire.action[:64]!r} is not one of {list(limits.actions)}")
+    if key is None and limits.require_key:
+        return Rejection(MISSING_KEY, "the message has no key; produce it with key = the event's user_id (UTF-8)")
     if key is not None and key != wire.user_id.encode("utf-8"):
         return Rejection(KEY_MISMATCH, "message key does not equal the event's user_id")
     return BehaviorEvent(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import socket
 from collections.abc import Sequence
@@ -296,7 +297,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     store = TableStore(table, settings.graph_config())
     cache = CachedStore(store, settings.graph_cache_users) if settings.graph_cache_users > 0 else None
     embedder = Embedder(load_checkpoint(settings), settings.incremental_policy())
-    pipeline = Pipeline(store if cache is None else cache, embedder, settings.event_limits(), metrics)
+    # Kafka events need key = user_id: a key-less one could arrive on another partition than the
+    # user's other events and start a second graph there (rejected as missing_key).
+    limits = dataclasses.replace(settings.event_limits(), require_key=True)
+    pipeline = Pipeline(store if cache is None else cache, embedder, limits, metrics)
     worker = StreamWorker(
         settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions
     )

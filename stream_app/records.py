@@ -32,8 +32,21 @@ class UserEmbedding(msgspec.Struct, frozen=True):
     n_nodes: int
 
 
+MAX_DEAD_LETTER_RAW_BYTES = 256 * 1024
+"""A dead letter keeps at most this much of the rejected value: a hostile message of several
+MiB, base64-encoded into its dead letter, would exceed the producer's and the broker's
+message size limits (1 MiB by default) and fail every publish of its batch."""
+MAX_DEAD_LETTER_KEY_BYTES = 1024
+"""And at most this much of its key (a valid key is a user_id of at most 256 bytes)."""
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
-    """A rejected message: the exact raw bytes (base64), the reason and its origin."""
+    """A rejected message: the raw bytes (base64), the reason and its origin.
+
+    ``raw_base64``/``key_base64`` hold the exact bytes unless ``truncated``: then only their
+    first ``MAX_DEAD_LETTER_RAW_BYTES``/``MAX_DEAD_LETTER_KEY_BYTES``; ``raw_size`` is the
+    size of the whole value.
+    """
 
     reason: str
     detail: str
@@ -42,17 +55,23 @@ class DeadLetter(msgspec.Struct, frozen=True):
     offset: int
     raw_base64: str
     key_base64: str | None = None
+    raw_size: int = -1
+    truncated: bool = False
 
     @classmethod
     def of(cls, record: RawRecord, reason: str, detail: str) -> DeadLetter:
+        value, key = record.value, record.key
+        truncated = len(value) > MAX_DEAD_LETTER_RAW_BYTES or (key is not None and len(key) > MAX_DEAD_LETTER_KEY_BYTES)
         return cls(
             reason=reason,
             detail=detail,
             source=record.source,
             partition=record.partition,
             offset=record.offset,
-            raw_base64=base64.b64encode(record.value).decode("ascii"),
-            key_base64=None if record.key is None else base64.b64encode(record.key).decode("ascii"),
+            raw_base64=base64.b64encode(value[:MAX_DEAD_LETTER_RAW_BYTES]).decode("ascii"),
+            key_base64=None if key is None else base64.b64encode(key[:MAX_DEAD_LETTER_KEY_BYTES]).decode("ascii"),
+            raw_size=len(value),
+            truncated=truncated,
         )
 
     def raw(self) -> bytes:

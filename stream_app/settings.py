@@ -82,6 +82,7 @@ class Settings:
     max_message_bytes: int = _doc("Largest accepted message; larger ones are dead-lettered before parsing.", 65536)
     min_ts: float = _doc("Earliest accepted event time (epoch seconds).", 31_536_000.0)
     max_ts: float = _doc("Latest accepted event time (epoch seconds).", 4_102_444_800.0)
+    max_weight: float = _doc("Largest accepted event weight (larger ones would overflow edge weights).", 1e6)
     # Model
     model_path: str = _doc("Model checkpoint; empty = the seeded default model.", "")
     model_seed: int = _doc("Seed of the default model when no checkpoint is given.", 0)
@@ -109,6 +110,7 @@ class Settings:
             ("max_message_bytes", 256 <= self.max_message_bytes <= 16 << 20, "must be between 256 B and 16 MiB"),
             ("web_port", 0 <= self.web_port <= 65535, "must be a TCP port"),
             ("min_ts", self.min_ts < self.max_ts, "must be below max_ts"),
+            ("max_weight", 0 < self.max_weight <= 1e12, "must be in (0, 1e12]"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -159,6 +161,7 @@ class Settings:
             max_message_bytes=self.max_message_bytes,
             min_ts=self.min_ts,
             max_ts=self.max_ts,
+            max_weight=self.max_weight,
             actions=self.actions,
             unknown_action=self.unknown_action,
         )

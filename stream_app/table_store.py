@@ -10,7 +10,7 @@ this adapter makes the current event truthful for each user:
 
 1. before a batch, :meth:`TableStore.routing` maps every user of the batch to an
    event that arrived on that user's partition (key = ``user_id``; key-less
-   messages by their ``user_id`` field);
+   messages are skipped: the worker rejects them as ``missing_key``);
 2. every read and write groups the users by partition and runs each group with
    that partition's event as the current event — exactly what Faust's own stream
    iteration does for a single event — so the store, the changelog record and
@@ -82,6 +82,10 @@ class TableStore:
         routes: dict[str, EventT] = {}
         for event in events:
             message = event.message
+            if message.key is None:
+                # Rejected (missing_key): it may have arrived on another partition than the user's
+                # events, and routing the user there would read and write the wrong database.
+                continue
             user = user_of_message(message.key, message.value or b"")
             if user is not None:
                 routes[user] = event

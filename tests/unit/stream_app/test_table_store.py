@@ -105,13 +105,20 @@ def test_reads_use_the_users_partition_and_find_users_outside_a_batch(table):
         assert store.get_many(["alice"]) == {}
 
 
-def test_keyless_messages_route_by_their_user_id_field(table):
+def test_keyless_messages_never_route_their_user(table):
+    # The worker rejects them (missing_key); one that arrived on another partition than the
+    # user's keyed events must not send the user's reads and writes to that partition.
     store = TableStore(table, GraphConfig())
-    batch = [event(table.app, 2, None, b'{"user_id": "dora", "item_id": "x"}')]
-    with store.routing(batch):
-        assert store.partition_of("dora") == 2
+    keyed = event(table.app, 1, b"dora", b'{"user_id": "dora"}')
+    stray = event(table.app, 2, None, b'{"user_id": "dora", "item_id": "x"}')
+    with store.routing([keyed, stray]):
+        assert store.partition_of("dora") == 1
         store.put_many({"dora": graph(1)})
-    assert local_keys(table, 2) == {b"dora"}
+    assert local_keys(table, 1) == {b"dora"} and local_keys(table, 2) == set()
+    with store.routing([stray]):
+        assert store.partition_of("dora") is None
+        with pytest.raises(RuntimeError, match="routing"):
+            store.put_many({"dora": graph(2)})
 
 
 def test_writing_an_unrouted_user_or_meta_is_refused(table):
