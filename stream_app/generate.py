@@ -92,12 +92,13 @@ def generate_events(spec: GeneratorSpec) -> Iterator[bytes]:
         if action == "rate":
             event["weight"] = float(rng.randint(1, 5))
         if spec.malformed and rng.random() < spec.malformed:
-            yield _corrupt(event, rng.choice(BAD_KINDS))
+            yield corrupt(event, rng.choice(BAD_KINDS))
         else:
             yield msgspec.json.encode(event)
 
 
-def _corrupt(event: dict, kind: str) -> bytes:
+def corrupt(event: dict, kind: str) -> bytes:
+    """One event (a dict) broken in the way ``kind`` (one of ``BAD_KINDS``) names, as message bytes."""
     bad = dict(event)
     if kind == "truncated_json":
         return msgspec.json.encode(bad)[:-7]

@@ -78,8 +78,9 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
         **CLIENT_TIMEOUTS,
     }
-    if settings.kafka_sasl_mechanism:
-        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_security_protocol.startswith("SASL"):
+        # PLAIN when unset, as for the worker (faust_credentials): both kinds of client agree.
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         config["sasl_plain_username"] = settings.kafka_sasl_username
         config["sasl_plain_password"] = settings.kafka_sasl_password
     context = ssl_context(settings)

@@ -14,12 +14,14 @@ from stream_app.events import EventLimits
 ENV_PREFIX = "RIPPLE_"
 E_BAD_ENV = "environment variable {name}={value!r} is not a valid {kind}: {cause}. Fix or unset it."
 E_INVALID = "invalid setting {name}={value!r}: {why}"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _doc(text: str, default: Any) -> Any:
+def _doc(text: str, default: Any, repr: bool = True) -> Any:
     if callable(default) and not isinstance(default, type):
-        return field(default_factory=default, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=default, metadata={"doc": text}, repr=repr)
+    return field(default=default, metadata={"doc": text}, repr=repr)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Settings:
     kafka_security_protocol: str = _doc("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "PLAINTEXT")
     kafka_sasl_mechanism: str = _doc("SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when SASL is used.", "")
     kafka_sasl_username: str = _doc("SASL user name.", "")
-    kafka_sasl_password: str = _doc("SASL password.", "")
+    kafka_sasl_password: str = _doc("SASL password.", "", repr=False)
     kafka_ssl_cafile: str = _doc("CA bundle for SSL.", "")
     kafka_ssl_certfile: str = _doc("Client certificate for SSL.", "")
     kafka_ssl_keyfile: str = _doc("Client key for SSL.", "")
@@ -110,6 +112,16 @@ class Settings:
             ("max_message_bytes", 256 <= self.max_message_bytes <= 16 << 20, "must be between 256 B and 16 MiB"),
             ("web_port", 0 <= self.web_port <= 65535, "must be a TCP port"),
             ("min_ts", self.min_ts < self.max_ts, "must be below max_ts"),
+            (
+                "kafka_security_protocol",
+                self.kafka_security_protocol in SECURITY_PROTOCOLS,
+                "must be one of " + ", ".join(SECURITY_PROTOCOLS),
+            ),
+            (
+                "kafka_sasl_mechanism",
+                self.kafka_sasl_mechanism in ("", *SASL_MECHANISMS),
+                "must be empty (PLAIN when SASL is used) or one of " + ", ".join(SASL_MECHANISMS),
+            ),
             ("max_weight", 0 < self.max_weight <= 1e12, "must be in (0, 1e12]"),
         ]
         for name, ok, why in checks:
