@@ -21,6 +21,10 @@ Faust's current event (tombstone in the user's changelog partition) and from the
 cache, then a tombstone (``None`` value) is published on the embeddings topic. The two
 agents take turns (one lock), so a request never lands inside an event batch's
 process → publish → commit.
+
+With ``RIPPLE_MODEL_PATH`` set, a timer looks for a new checkpoint there every
+``RIPPLE_MODEL_POLL_S`` seconds, loads and checks it in a thread and swaps it in under the
+same lock, between two micro-batches (``stream_app/model_swap.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -41,6 +46,7 @@ from operators import Embedder, set_threads
 from stream_app.file_runner import load_checkpoint
 from stream_app.kafka_connection import faust_credentials
 from stream_app.metrics import Metrics
+from stream_app.model_swap import SWAPPED, ModelWatcher, ReloadResult
 from stream_app.pipeline import BatchResult, Pipeline
 from stream_app.records import DeadLetter, RawRecord, json_encoder
 from stream_app.settings import Settings
@@ -51,6 +57,7 @@ LAG_INTERVAL_S = 2.0
 DELETION_WITHOUT_KEY = "deletion_without_key"
 """Dead-letter reason of a deletion request whose key is missing, empty or not UTF-8."""
 E_DELETION_KEY = "a deletion request needs key = the user_id (UTF-8, not empty); the value is ignored."
+log = logging.getLogger("ripple.worker")
 
 
 @dataclass
@@ -72,6 +79,8 @@ class StreamWorker:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by each event batch and each batch of deletion requests: they never interleave."""
     generation: int | None = None
+    watcher: ModelWatcher | None = None
+    """Looks for a new checkpoint at ``RIPPLE_MODEL_PATH`` (``None``: no live swap)."""
 
     @property
     def changelog_topic(self) -> str:
@@ -144,6 +153,26 @@ class StreamWorker:
             )
         if pending:
             await asyncio.gather(*pending)
+
+    async def reload_model(self) -> ReloadResult | None:
+        """Swap in a new checkpoint if the file changed (``stream_app/model_swap.py``).
+
+        Loading and validating run in a thread; the swap itself takes the batch lock, so it
+        falls between two micro-batches and never inside one's process → publish → commit.
+        """
+        if self.watcher is None:
+            return None
+        result = await asyncio.to_thread(self.watcher.poll, self.pipeline.embedder.model_version)
+        if result is None or result.embedder is None:
+            return result
+        async with self.lock:
+            old = self.pipeline.swap_model(result.embedder)
+        self.watcher.count(SWAPPED)
+        log.info(
+            "model swapped: %s -> %s from %s (loaded and checked in %.2f s); every embedding from now on carries %s",
+            old, result.detail, self.watcher.path, result.seconds, result.detail,
+        )  # fmt: skip
+        return result
 
     def sync_assignment(self) -> None:
         """Once per consumer generation (rebalance): see :meth:`on_assignment_changed`."""
@@ -296,14 +325,17 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     )
     store = TableStore(table, settings.graph_config())
     cache = CachedStore(store, settings.graph_cache_users) if settings.graph_cache_users > 0 else None
+    # Before the load: a file replaced between the two is seen as changed by the first poll.
+    watcher = ModelWatcher(settings, metrics) if settings.model_path and settings.model_poll_s > 0 else None
     embedder = Embedder(load_checkpoint(settings), settings.incremental_policy())
     # Kafka events need key = user_id: a key-less one could arrive on another partition than the
     # user's other events and start a second graph there (rejected as missing_key).
     limits = dataclasses.replace(settings.event_limits(), require_key=True)
     pipeline = Pipeline(store if cache is None else cache, embedder, limits, metrics)
     worker = StreamWorker(
-        settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions
-    )
+        settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions,
+        watcher=watcher,
+    )  # fmt: skip
 
     @app.agent(events, name="embed-events")
     async def embed_events(stream: faust.StreamT) -> None:
@@ -318,6 +350,12 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     @app.timer(LAG_INTERVAL_S)
     async def report_lag() -> None:
         await worker.report_lag()
+
+    if watcher is not None:
+
+        @app.timer(settings.model_poll_s)
+        async def reload_model() -> None:
+            await worker.reload_model()
 
     add_views(worker)
     return worker

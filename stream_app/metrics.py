@@ -52,6 +52,12 @@ class Metrics:
             registry=r,
         )
         self.model_info = Gauge("ripple_model_info", "The serving model (value 1).", ["model_version"], registry=r)
+        self.model_reloads = Counter(
+            "ripple_model_reloads_total",
+            "Changes of the checkpoint file seen by the worker, by outcome (swapped, rejected, unchanged).",
+            ["outcome"],
+            registry=r,
+        )
         # Faust/aiokafka export no lag: the worker sets this from the consumer's highwater and position.
         self.consumer_lag = Gauge(
             "ripple_consumer_lag",

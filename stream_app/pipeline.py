@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from graph_state import GraphStore, UserGraph
-from operators import Embedder, UserDelta
+from operators import Checkpoint, Embedder, UserDelta
 from stream_app.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
 from stream_app.metrics import Metrics
 from stream_app.records import DeadLetter, RawRecord, UserEmbedding
@@ -65,10 +65,30 @@ class Pipeline:
         self.embedder = embedder
         self.limits = limits or EventLimits(actions=store.config.actions)
         self.metrics = metrics
-        if tuple(embedder.checkpoint.config.actions) != tuple(store.config.actions):
-            raise ValueError(E_ACTIONS.format(model=embedder.checkpoint.config.actions, settings=store.config.actions))
+        self.check_actions(embedder.checkpoint, store.config.actions)
         if metrics is not None:
             metrics.set_model(embedder.model_version)
+
+    @staticmethod
+    def check_actions(checkpoint: Checkpoint, actions: Sequence[str]) -> None:
+        """Refuse a model trained with another action vocabulary than the graphs are built with."""
+        if tuple(checkpoint.config.actions) != tuple(actions):
+            raise ValueError(E_ACTIONS.format(model=checkpoint.config.actions, settings=tuple(actions)))
+
+    def swap_model(self, embedder: Embedder) -> str:
+        """Serve ``embedder`` from the next batch on; returns the model version it replaced.
+
+        The caller makes sure no batch is between :meth:`process` and :meth:`commit` (the
+        worker holds its batch lock). Nothing else needs resetting: the per-node layer caches
+        in the graphs are keyed by ``model_version``, so each user's next batch recomputes
+        their graph fully with the new model.
+        """
+        self.check_actions(embedder.checkpoint, self.store.config.actions)
+        old = self.embedder.model_version
+        self.embedder = embedder
+        if self.metrics is not None:
+            self.metrics.set_model(embedder.model_version)
+        return old
 
     def decode(self, records: Sequence[RawRecord], result: BatchResult) -> list[tuple[RawRecord, BehaviorEvent]]:
         valid: list[tuple[RawRecord, BehaviorEvent]] = []

@@ -88,6 +88,10 @@ class Settings:
     # Model
     model_path: str = _doc("Model checkpoint; empty = the seeded default model.", "")
     model_seed: int = _doc("Seed of the default model when no checkpoint is given.", 0)
+    model_poll_s: float = _doc(
+        "How often the worker looks for a new checkpoint at model_path and swaps it in live (seconds; 0 = never).",
+        10.0,
+    )
     incremental: bool = _doc("Recompute only the L-hop neighbourhood of changed nodes when a cache allows.", True)
     incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully (measured rule).", 64)
     incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)
@@ -123,6 +127,7 @@ class Settings:
                 "must be empty (PLAIN when SASL is used) or one of " + ", ".join(SASL_MECHANISMS),
             ),
             ("max_weight", 0 < self.max_weight <= 1e12, "must be in (0, 1e12]"),
+            ("model_poll_s", 0 <= self.model_poll_s <= 86400, "must be in [0, 86400] seconds (0 = never)"),
         ]
         for name, ok, why in checks:
             if not ok:
