@@ -68,9 +68,14 @@ def load_checkpoint(settings: Settings) -> Checkpoint:
     if not settings.model_path:
         return Checkpoint.seeded(EncoderConfig(actions=settings.actions), seed=settings.model_seed)
     checkpoint = Checkpoint.load(settings.model_path)
+    check_servable(checkpoint, settings)
+    return checkpoint
+
+
+def check_servable(checkpoint: Checkpoint, settings: Settings) -> None:
+    """What a loaded checkpoint must satisfy to be served with ``settings`` (startup and live swap)."""
     if checkpoint.training.get("graph"):
         check_graph_settings(checkpoint, settings)
-    return checkpoint
 
 
 def check_graph_settings(checkpoint: Checkpoint, settings: Settings) -> None:
@@ -87,7 +92,9 @@ def check_graph_settings(checkpoint: Checkpoint, settings: Settings) -> None:
         return " ".join(f"RIPPLE_{n.upper()}={_env_value(getattr(config, n))}" for n in differ)
 
     raise ValueError(
-        E_GRAPH_MISMATCH.format(path=settings.model_path, trained=show(trained), current=show(current), fix=show(trained))
+        E_GRAPH_MISMATCH.format(
+            path=settings.model_path, trained=show(trained), current=show(current), fix=show(trained)
+        )
     )
 
 

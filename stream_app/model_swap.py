@@ -6,9 +6,9 @@ How it works (one worker; every worker of a deployment does the same on its own)
    a thread, so the event loop keeps processing micro-batches meanwhile;
 2. ``poll`` compares the file's ``os.stat`` (inode, size, mtime in ns: an atomic rename or a
    Kubernetes volume update changes it) with the one it saw last; on a change it loads the
-   file and validates it exactly as a starting worker does (:func:`load_checkpoint`: format,
-   content against the recorded ``model_version``, the graph settings it was trained with)
-   plus the action vocabulary (:func:`Pipeline.check_actions`);
+   file and validates it exactly as a starting worker does (``Checkpoint.load``: format,
+   content against the recorded ``model_version``; :func:`check_servable`: the graph settings
+   it was trained with) plus the action vocabulary (:meth:`Pipeline.check_actions`);
 3. a checkpoint with the serving ``model_version`` (the same content, touched or copied
    again) changes nothing; a new valid one comes back as an :class:`Embedder`;
 4. the worker takes the lock every event batch and deletion batch holds from process to
@@ -36,8 +36,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from operators import Embedder
-from stream_app.file_runner import load_checkpoint
+from operators import Checkpoint, Embedder
+from stream_app.file_runner import check_servable
 from stream_app.metrics import Metrics
 from stream_app.pipeline import Pipeline
 from stream_app.settings import Settings
@@ -48,9 +48,12 @@ SWAPPED = "swapped"
 REJECTED = "rejected"
 UNCHANGED = "unchanged"
 E_REJECTED = (
-    "model reload rejected: {path}: {cause} The worker keeps serving model {serving}; "
-    "it reads the file again once it changes. Write checkpoints atomically "
-    "(copy to a temporary name on the same filesystem, then `mv` it over RIPPLE_MODEL_PATH)."
+    "model reload rejected: {path}: {cause} The worker keeps serving model {serving} "
+    "and reads the file again when it changes."
+)
+E_ATOMIC = (
+    " Write checkpoints atomically: copy to a temporary name on the same filesystem, "
+    "then `mv` it over RIPPLE_MODEL_PATH."
 )
 E_MISSING = "the file is gone (deleted or renamed away)."
 
@@ -111,20 +114,22 @@ class ModelWatcher:
             return None
         self.seen = stamp  # taken before reading: a write during the load is seen by the next poll
         started = time.perf_counter()
+        hint = E_ATOMIC  # a file that cannot be read is most often a copy caught half-written
         try:
             if stamp is None:
                 raise FileNotFoundError(E_MISSING)
-            checkpoint = load_checkpoint(self.settings)
+            checkpoint = Checkpoint.load(self.path)  # format, and content against its model_version
+            hint = ""  # the checks below name their own fix
+            check_servable(checkpoint, self.settings)  # the graph settings it was trained with
             Pipeline.check_actions(checkpoint, self.settings.actions)
             result = ReloadResult(UNCHANGED, detail=checkpoint.model_version)
             if checkpoint.model_version != serving_version:
-                result = ReloadResult(
-                    SWAPPED, Embedder(checkpoint, self.settings.incremental_policy()), checkpoint.model_version
-                )
+                embedder = Embedder(checkpoint, self.settings.incremental_policy())
+                result = ReloadResult(SWAPPED, embedder, checkpoint.model_version)
         except Exception as exc:  # any unreadable or incompatible file is a rejection, never a crash
-            cause = str(exc).strip()
+            cause = str(exc).strip().strip('"')
             cause = cause if cause.endswith(".") else cause + "."
-            log.error(E_REJECTED.format(path=self.path, cause=cause, serving=serving_version))
+            log.error(E_REJECTED.format(path=self.path, cause=cause, serving=serving_version) + hint)
             self.count(REJECTED)
             return ReloadResult(REJECTED, detail=cause, seconds=time.perf_counter() - started)
         result.seconds = time.perf_counter() - started
