@@ -154,7 +154,10 @@ def worker(
     broker: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers (kafka://host:port).")] = None,
     app_id: Annotated[Optional[str], typer.Option(help="Faust app id = consumer group.")] = None,
     state: Annotated[Optional[Path], typer.Option(help="RocksDB state directory.")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: seeded model).")] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(help="Model checkpoint (default: seeded model); replacing the file swaps it in live."),
+    ] = None,
     partitions: Annotated[Optional[int], typer.Option(help="Partitions of the input topic and table.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Most events per micro-batch.")] = None,
     web_host: Annotated[Optional[str], typer.Option(help="Address of the web server.")] = None,
