@@ -58,6 +58,9 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in ("swapped", "rejected", "unchanged"):
+            # Present at 0 from the start: increase() then sees the first rejection (RippleModelReloadRejected).
+            self.model_reloads.labels(outcome=outcome)
         # Faust/aiokafka export no lag: the worker sets this from the consumer's highwater and position.
         self.consumer_lag = Gauge(
             "ripple_consumer_lag",

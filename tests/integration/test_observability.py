@@ -42,6 +42,7 @@ QUIET_ALERTS = {
     "RippleStalled",
     "RippleDeadLetterRateHigh",
     "RippleModelVersionMismatch",
+    "RippleModelReloadRejected",
 }
 
 
