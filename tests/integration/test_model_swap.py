@@ -10,7 +10,8 @@ stream arrives in three phases:
    it in turn: both are rejected and B keeps serving; phase 3 is produced.
 
 What must hold: per user the output's model_version goes A … A B … B (one switch, never
-back), the swap fell inside phase 2, no event was lost, each user's final embedding equals
+back), the swap fell inside phase 2 (counted while its producer was still sending), no event
+was lost, each user's final embedding equals
 the file runner's run of the whole stream with model B, and the rejections are logged
 with their cause and counted.
 """
@@ -95,8 +96,11 @@ def test_a_new_checkpoint_is_swapped_in_mid_stream_and_bad_ones_are_rejected(tmp
         out.until(reached(after_phase1), timeout=120, what="phase 1 with model A")
         assert {e.model_version for e in out.embeddings()} == {old.model_version}
 
-        # Phase 2 at a steady rate; B replaces A once part of it is published.
-        producer = threading.Thread(target=produce_events, args=(paths[1], "jsonl", settings, 100.0, False))
+        def reloads(outcome: str) -> float:
+            return metric(worker.get("/metrics")[1].decode(), "ripple_model_reloads_total", outcome=outcome)
+
+        # Phase 2 at a steady rate (about 8 s); B replaces A once part of it is published.
+        producer = threading.Thread(target=produce_events, args=(paths[1], "jsonl", settings, 75.0, False))
         producer.start()
         out.until(
             lambda r: any(e.state_version > after_phase1[e.user_id].state_version for e in r.embeddings()),
@@ -104,14 +108,12 @@ def test_a_new_checkpoint_is_swapped_in_mid_stream_and_bad_ones_are_rejected(tmp
             what="the first embeddings of phase 2",
         )
         new.save(model_path)
+        wait_for(lambda: reloads("swapped") == 1, 30, "the swap")
+        # Still producing: the events sent from now on can only be embedded with B.
+        swapped_mid_stream = producer.is_alive()
         producer.join(60)
         assert not producer.is_alive()
         out.until(reached(after_phase2), timeout=90, what="phase 2")
-
-        def reloads(outcome: str) -> float:
-            return metric(worker.get("/metrics")[1].decode(), "ripple_model_reloads_total", outcome=outcome)
-
-        wait_for(lambda: reloads("swapped") == 1, 30, "the swap to be counted")
         assert worker.wait_healthy()["model_version"] == new.model_version
 
         # Two bad checkpoints in turn: each is rejected, B keeps serving.
@@ -142,6 +144,7 @@ def test_a_new_checkpoint_is_swapped_in_mid_stream_and_bad_ones_are_rejected(tmp
     assert versions == {uid: [old.model_version, new.model_version] for uid in expected}, versions
 
     # The swap fell inside phase 2: some of its embeddings carry A, some B.
+    assert swapped_mid_stream
     in_phase2 = {
         e.model_version
         for e in published
