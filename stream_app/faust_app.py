@@ -289,6 +289,9 @@ def build_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
         processing_guarantee=settings.processing_guarantee,
         broker_commit_interval=settings.commit_interval_s,
+        # A SIGKILLed worker keeps its partitions until its session expires: this is the failover time.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         # Without linger every embedding and changelog record became its own produce request:
         # a quarter of the worker's time went to socket writes (py-spy, docs/benchmarks.md).
         producer_linger=settings.producer_linger_s,

@@ -46,6 +46,11 @@ class Settings:
     standby_replicas: int = _doc("Faust standby replicas per table partition.", 0)
     processing_guarantee: str = _doc("Faust processing guarantee: at_least_once or exactly_once.", "at_least_once")
     commit_interval_s: float = _doc("How often the worker commits consumer offsets, in seconds.", 2.8)
+    session_timeout_s: float = _doc(
+        "Kafka consumer-group session timeout, seconds: how long a killed worker keeps its partitions "
+        "before the group moves them (the broker allows 6-1800 by default).",
+        60.0,
+    )
     kafka_security_protocol: str = _doc("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "PLAINTEXT")
     kafka_sasl_mechanism: str = _doc("SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when SASL is used.", "")
     kafka_sasl_username: str = _doc("SASL user name.", "")
@@ -107,6 +112,7 @@ class Settings:
             ("batch_size", 1 <= self.batch_size <= 100_000, "must be between 1 and 100000"),
             ("batch_within_s", 0 < self.batch_within_s <= 60, "must be in (0, 60] seconds"),
             ("commit_interval_s", 0 < self.commit_interval_s <= 600, "must be in (0, 600] seconds"),
+            ("session_timeout_s", 1 <= self.session_timeout_s <= 1800, "must be in [1, 1800] seconds"),
             ("unknown_action", self.unknown_action in ("map", "reject"), "must be 'map' or 'reject'"),
             (
                 "processing_guarantee",
