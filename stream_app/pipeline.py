@@ -12,6 +12,11 @@ A user whose events in the batch were all duplicates is republished only when
 one of them is the user's latest applied event: that is a redelivery after a
 crash between commit and publish, and publishing the same (user_id,
 state_version) again closes the gap without ever publishing a different vector.
+Such a graph is also stored again (:attr:`BatchResult.restore`): a crash can keep
+a graph in the local store whose changelog record never left the process (the
+Faust table writes RocksDB first and sends the changelog record afterwards), and
+storing it again puts it back in the changelog before the redelivered offsets
+are committed — otherwise a table rebuilt from the changelog would miss events.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class BatchResult:
     embeddings: list[UserEmbedding] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     graphs: dict[str, UserGraph] = field(default_factory=dict)
+    restore: dict[str, UserGraph] = field(default_factory=dict)
+    """Unchanged graphs republished for a redelivered latest event: stored again (see module docstring)."""
     outcomes: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     unknown_actions: int = 0
@@ -136,6 +143,7 @@ class Pipeline:
                 result.outcomes[DUPLICATE] += 1
                 if event.event_id == graph.last_event_id:
                     to_publish[event.user_id] = graph
+                    result.restore[event.user_id] = graph
                 continue
             result.outcomes[APPLIED] += 1
             if event.action not in config.actions:
@@ -178,9 +186,10 @@ class Pipeline:
         ]
 
     def commit(self, result: BatchResult, meta: Mapping[str, bytes] | None = None) -> None:
-        """Store the batch's changed graphs (and runner metadata) atomically."""
-        if result.graphs or meta:
-            self.store.put_many(result.graphs, meta)
+        """Store the batch's changed graphs, the republished ones again (and runner metadata) atomically."""
+        graphs = {**result.restore, **result.graphs} if result.restore else result.graphs
+        if graphs or meta:
+            self.store.put_many(graphs, meta)
 
     def observe_published(self, result: BatchResult, now: float | None = None) -> None:
         """Record event-to-publish latency once the caller has published the batch."""
