@@ -176,3 +176,172 @@ def reached(expected: dict[str, UserEmbedding]) -> Callable[[TopicReader], bool]
         return all(uid in latest and latest[uid].state_version >= e.state_version for uid, e in expected.items())
 
     return check
+
+
+# ---- crash and failover helpers (test_worker_crash.py, test_worker_failover.py) ----
+
+
+def sigkill(worker: WorkerProcess, timeout: float = 30.0) -> int:
+    """``kill -9``: no shutdown code runs (no offset commit, no producer flush, no leaving the group)."""
+    assert worker.proc is not None
+    if worker.proc.poll() is None:
+        worker.proc.send_signal(signal.SIGKILL)
+    return worker.proc.wait(timeout)
+
+
+class BackgroundProducer:
+    """Produces a JSON-lines file to the input topic (key = ``user_id``, file order) from a thread.
+
+    It sends ``rate`` events per second until :meth:`hurry` is called, then the rest at once:
+    the stream keeps arriving while workers are killed and restarted, however long that takes.
+    """
+
+    def __init__(self, events_path: str, settings: object, rate: float) -> None:
+        import threading
+
+        from stream_app.settings import Settings
+
+        assert isinstance(settings, Settings)
+        with open(events_path, "rb") as f:
+            self.lines = [line.rstrip(b"\n") for line in f if line.strip()]
+        self.settings = settings
+        self.rate = rate
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._hurry = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="background-producer", daemon=True)
+
+    def _run(self) -> None:
+        from kafka import KafkaProducer
+
+        from stream_app.kafka_connection import client_config, ensure_topics
+        from stream_app.keys import message_key
+
+        try:
+            ensure_topics(self.settings)
+            producer = KafkaProducer(**client_config(self.settings), linger_ms=5, acks="all", enable_idempotence=True)
+            try:
+                started = time.monotonic()
+                for n, line in enumerate(self.lines):
+                    if not self._hurry.is_set():
+                        self._hurry.wait(max(0.0, started + n / self.rate - time.monotonic()))
+                    producer.send(self.settings.input_topic, key=message_key(line), value=line)
+                    self.sent = n + 1
+                producer.flush(60)
+            finally:
+                producer.close(10)
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def start(self) -> BackgroundProducer:
+        self.thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        """Still sending at its rate (not hurried, not done)."""
+        return self.thread.is_alive() and not self._hurry.is_set()
+
+    def hurry(self) -> None:
+        self._hurry.set()
+
+    def join(self, timeout: float) -> None:
+        self.hurry()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the producer did not finish within {timeout}s"
+        if self.error is not None:
+            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
+        assert self.sent == len(self.lines)
+
+
+def assert_final_embeddings(published: list[UserEmbedding], expected: dict[str, UserEmbedding]) -> None:
+    """Every user's last published embedding is the uninterrupted (file) run's: version, last event, vector."""
+    import numpy as np
+
+    latest = latest_by_user(published)
+    assert latest.keys() == expected.keys()
+    for uid, want in expected.items():
+        got = latest[uid]
+        assert (got.state_version, got.last_event_id) == (want.state_version, want.last_event_id), uid
+        np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5, err_msg=uid)
+
+
+def assert_republishes_identical(
+    published: list[UserEmbedding],
+    expected: dict[str, UserEmbedding],
+    reference: list[UserEmbedding] | tuple[UserEmbedding, ...] = (),
+) -> int:
+    """A (user_id, state_version) published twice carries the same vector and last event; returns the repeats.
+
+    No version beyond the user's final one is ever published, and where the uninterrupted run
+    (``reference``: every embedding it published) has the same (user_id, state_version), the vectors agree.
+    """
+    import numpy as np
+
+    seen: dict[tuple[str, int], UserEmbedding] = {}
+    repeats = 0
+    for emb in published:
+        assert emb.state_version <= expected[emb.user_id].state_version, (emb.user_id, emb.state_version)
+        key = (emb.user_id, emb.state_version)
+        first = seen.setdefault(key, emb)
+        if first is not emb:
+            repeats += 1
+            assert emb.last_event_id == first.last_event_id, key
+            np.testing.assert_allclose(emb.embedding, first.embedding, atol=1e-5, err_msg=str(key))
+    for ref in reference:
+        if (got := seen.get((ref.user_id, ref.state_version))) is not None:
+            np.testing.assert_allclose(got.embedding, ref.embedding, atol=1e-5, err_msg=ref.user_id)
+    return repeats
+
+
+def stored_embeddings(worker: WorkerProcess, users: list[str]) -> dict[str, dict]:
+    """``GET /users/{id}/embedding`` for each user: the stored graph embedded from scratch (routed to its owner)."""
+    views = {}
+    for uid in users:
+        status, body = worker.get(f"/users/{uid}/embedding")
+        assert status == 200, (uid, status, body[:300])
+        views[uid] = json.loads(body)
+    return views
+
+
+def assert_stored_state(views: dict[str, dict], expected: dict[str, UserEmbedding]) -> None:
+    """The workers' table holds every user's uninterrupted-run state (version, last event, nodes, vector)."""
+    import numpy as np
+
+    assert views.keys() == expected.keys()
+    for uid, want in expected.items():
+        got = views[uid]
+        assert (got["state_version"], got["last_event_id"], got["n_nodes"]) == (
+            want.state_version,
+            want.last_event_id,
+            want.n_nodes,
+        ), uid
+        np.testing.assert_allclose(got["embedding"], want.embedding, atol=1e-5, err_msg=uid)
+
+
+def assigned_partitions(worker: WorkerProcess) -> set[int] | None:
+    """The input partitions this worker reports lag for (``ripple_consumer_lag``, refreshed every 2 s)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = worker.get("/metrics")
+    if status != 200:
+        return None
+    return {
+        int(sample.labels["partition"])
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "ripple_consumer_lag"
+    }
+
+
+def wait_for_assignment(worker: WorkerProcess, done: Callable[[set[int]], bool], timeout: float, what: str) -> set[int]:
+    """Polls :func:`assigned_partitions` (and health) until ``done`` holds for the assignment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+        parts = assigned_partitions(worker)
+        if parts is not None and done(parts) and worker.get("/healthz")[0] == 200:
+            return parts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {parts}):\n{worker.log()}")
+        time.sleep(0.5)
