@@ -126,6 +126,12 @@ def decode_event(
     """
     if len(value) > limits.max_message_bytes:
         return Rejection(OVERSIZE_MESSAGE, f"message is {len(value)} bytes, the limit is {limits.max_message_bytes}")
+    if not value.isascii():
+        # msgspec skips unknown fields without checking their bytes: check the whole message.
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return Rejection(INVALID_UTF8, f"message is not valid UTF-8 at byte {err.start}")
     try:
         wire = _wire_decoder.decode(value)
     except msgspec.ValidationError:
