@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -11,7 +12,8 @@ from typing import Any
 import msgspec
 import torch
 
-from operators.encoder import EncoderConfig, GraphEncoder
+from operators.encoder import EncoderConfig, FeatureTable, GraphEncoder
+from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
 
 CHECKPOINT_FORMAT = 1
@@ -36,24 +38,38 @@ class Checkpoint:
     fingerprint: str = "seeded"
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    feature_tokens: list[str] = field(default_factory=list)
+    """Names of the item feature tokens (row ``i`` of ``encoder.token_emb`` is token ``i``); the
+    per-item token ids live in the encoder's state, so serving needs nothing but this file."""
 
     @property
     def config(self) -> EncoderConfig:
         return self.encoder.config
 
     @classmethod
-    def seeded(cls, config: EncoderConfig | None = None, seed: int = 0, vocab: list[str] | None = None) -> Checkpoint:
-        """A deterministic untrained model: same seed, same weights, same version."""
+    def seeded(
+        cls,
+        config: EncoderConfig | None = None,
+        seed: int = 0,
+        vocab: list[str] | None = None,
+        features: ItemFeatures | None = None,
+    ) -> Checkpoint:
+        """A deterministic untrained model: same seed, same weights, same version.
+
+        With ``features`` the config is completed with their label and token count.
+        """
         config = config or EncoderConfig()
+        if features is not None:
+            config = with_features(config, features)
         index = ItemIndex(vocab or [], config.hash_buckets)
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            encoder = GraphEncoder(config, index.n_rows)
+            encoder = build_encoder(config, index, features)
         finally:
             torch.random.set_rng_state(gen_state)
         encoder.eval()
-        return cls(encoder, index, fingerprint=f"seeded:{seed}")
+        return cls(encoder, index, fingerprint=f"seeded:{seed}", feature_tokens=features.tokens if features else [])
 
     _version: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -90,6 +106,8 @@ class Checkpoint:
             "training": self.training,
             "model_version": self.model_version,
         }
+        if self.feature_tokens:
+            payload["feature_tokens"] = self.feature_tokens
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp"
@@ -117,12 +135,36 @@ class Checkpoint:
         try:
             config = EncoderConfig(**payload["config"])
             index = ItemIndex(payload["vocab"], config.hash_buckets)
-            encoder = GraphEncoder(config, index.n_rows)
-            encoder.load_state_dict(payload["state_dict"])
+            state = payload["state_dict"]
+            table = FeatureTable(state["feat_offsets"], state["feat_tokens"]) if config.feature_tokens else None
+            encoder = GraphEncoder(config, index.n_rows, table)
+            encoder.load_state_dict(state)
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise ValueError(E_UNREADABLE.format(path=path, cause=exc)) from exc
         encoder.eval()
-        ckpt = cls(encoder, index, payload["fingerprint"], payload["metrics"], payload["training"])
+        ckpt = cls(
+            encoder,
+            index,
+            payload["fingerprint"],
+            payload["metrics"],
+            payload["training"],
+            list(payload.get("feature_tokens", [])),
+        )
         if payload.get("model_version") not in (None, ckpt.model_version):
             raise ValueError(E_UNREADABLE.format(path=path, cause="its content does not match its model_version"))
         return ckpt
+
+
+def with_features(config: EncoderConfig, features: ItemFeatures) -> EncoderConfig:
+    """``config`` recording ``features`` (label and token count)."""
+    return dataclasses.replace(config, item_features=features.label, feature_tokens=len(features.tokens))
+
+
+def build_encoder(config: EncoderConfig, index: ItemIndex, features: ItemFeatures | None = None) -> GraphEncoder:
+    """A freshly initialised encoder for ``index``, with the feature table of ``features`` when the config has one."""
+    table = None
+    if config.feature_tokens:
+        if features is None:
+            raise ValueError(f"the encoder config names item features {config.item_features!r}; pass them.")
+        table = FeatureTable.from_numpy(*features.table(index.vocab, index.n_rows))
+    return GraphEncoder(config, index.n_rows, table)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -17,6 +19,16 @@ CONVS = ("gcn", "gat")
 E_CONV = "unknown conv {value!r}; choose one of {choices}."
 E_SCALE = "norm_scale must be in [0, 1000] and dropout in [0, 1) (got norm_scale={scale}, dropout={dropout})."
 E_DIM = "dim must be between 4 and 1024 and layers between 1 and 8 (got dim={dim}, layers={layers})."
+E_SIMILARITY = "similarity_k must be between 0 and 64 (got {value}); 0 switches similarity edges off."
+E_FEATURES = "feature_tokens must be >= 0 and set exactly when item_features names a file (got {tokens}, {source!r})."
+E_FEATURE_TABLE = (
+    "the encoder config has {tokens} item feature tokens but no feature table was given; load the checkpoint."
+)
+OPTIONAL_FIELDS = {"item_features": "", "feature_tokens": 0, "similarity_k": 0}
+"""Fields added after the first checkpoints: left out of ``to_dict`` at their defaults, so a
+checkpoint trained before them keeps its config dict and therefore its ``model_version``."""
+SIMILARITY_BLOCK = 1 << 24
+"""Most padded pair scores computed at once while finding similarity neighbours."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,14 @@ class EncoderConfig:
     norm_scale: float = 0.0
     """When > 0, item and user vectors are L2-normalised and the user vector is scaled by it,
     so a score is ``norm_scale * cosine`` (NISER); 0 keeps plain dot products."""
+    item_features: str = ""
+    """Side features fused into item vectors: the features file's name and digest ("" = none)."""
+    feature_tokens: int = 0
+    """Size of the item feature token vocabulary (0 = no side features)."""
+    similarity_k: int = 0
+    """Similarity edges: link each node to its ``k`` most similar nodes of the same user graph
+    (cosine of the item vectors) and pass messages along them with their own convolution
+    (0 = temporal transitions only)."""
 
     def __post_init__(self) -> None:
         if self.conv not in CONVS:
@@ -41,10 +61,25 @@ class EncoderConfig:
             raise ValueError(E_DIM.format(dim=self.dim, layers=self.layers))
         if not (0.0 <= self.norm_scale <= 1000.0 and 0.0 <= self.dropout < 1.0):
             raise ValueError(E_SCALE.format(scale=self.norm_scale, dropout=self.dropout))
+        if not 0 <= self.similarity_k <= 64:
+            raise ValueError(E_SIMILARITY.format(value=self.similarity_k))
+        if self.feature_tokens < 0 or (self.feature_tokens > 0) != bool(self.item_features):
+            raise ValueError(E_FEATURES.format(tokens=self.feature_tokens, source=self.item_features))
         object.__setattr__(self, "actions", tuple(self.actions))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in OPTIONAL_FIELDS or v != OPTIONAL_FIELDS[k]}
+
+
+class FeatureTable(NamedTuple):
+    """Token ids of every item embedding row, as CSR (hashed rows have none)."""
+
+    offsets: torch.Tensor  # [n_rows + 1] long
+    tokens: torch.Tensor  # [nnz] long
+
+    @classmethod
+    def from_numpy(cls, offsets: np.ndarray, tokens: np.ndarray) -> FeatureTable:
+        return cls(torch.from_numpy(np.asarray(offsets, np.int64)), torch.from_numpy(np.asarray(tokens, np.int64)))
 
 
 class GraphLayer(nn.Module):
@@ -54,7 +89,7 @@ class GraphLayer(nn.Module):
     adjacency), so "what led here" and "what came next" stay distinguishable.
     """
 
-    def __init__(self, dim: int, conv: str) -> None:
+    def __init__(self, dim: int, conv: str, similarity: bool = False) -> None:
         super().__init__()
         if conv == "gcn":
             self.fwd: nn.Module = GCNConv(dim, dim, add_self_loops=True, normalize=True)
@@ -64,14 +99,27 @@ class GraphLayer(nn.Module):
             self.bwd = GATConv(dim, dim, heads=1, edge_dim=1, add_self_loops=True, fill_value=1.0)
         self.conv = conv
         self.norm = nn.LayerNorm(dim)
+        # Created last so that a model without similarity edges initialises exactly as before.
+        self.sim: nn.Module | None = GCNConv(dim, dim, add_self_loops=True, normalize=True) if similarity else None
 
-    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_weight: torch.Tensor,
+        sim_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``sim_index``: undirected similarity edges (both directions listed), for layers built with them."""
         rev = edge_index.flip(0)
         if self.conv == "gcn":
             m = self.fwd(h, edge_index, edge_weight) + self.bwd(h, rev, edge_weight)
         else:
             attr = edge_weight.unsqueeze(-1)
             m = self.fwd(h, edge_index, attr) + self.bwd(h, rev, attr)
+        if self.sim is not None:
+            if sim_index is None:
+                sim_index = torch.zeros((2, 0), dtype=torch.long, device=h.device)
+            m = m + self.sim(h, sim_index)
         return self.norm(h + torch.relu(m))
 
 
@@ -83,20 +131,32 @@ class GraphEncoder(nn.Module):
     summary: ``user = W [h_last ; sum_i alpha_i h_i]``.
     """
 
-    def __init__(self, config: EncoderConfig, n_item_rows: int) -> None:
+    feat_offsets: torch.Tensor
+    feat_tokens: torch.Tensor
+
+    def __init__(self, config: EncoderConfig, n_item_rows: int, features: FeatureTable | None = None) -> None:
         super().__init__()
         self.config = config
         d = config.dim
         self.item_emb = nn.Embedding(n_item_rows, d)
         self.action_emb = nn.Embedding(len(config.actions), d)
         self.count_vec = nn.Parameter(torch.zeros(d))
-        self.layers = nn.ModuleList([GraphLayer(d, config.conv) for _ in range(config.layers)])
+        similarity = config.similarity_k > 0
+        self.layers = nn.ModuleList([GraphLayer(d, config.conv, similarity) for _ in range(config.layers)])
         self.dropout = nn.Dropout(config.dropout)
         self.att_last = nn.Linear(d, d, bias=True)
         self.att_node = nn.Linear(d, d, bias=False)
         self.recency_emb = nn.Embedding(RECENCY_BUCKETS, d)
         self.att_q = nn.Linear(d, 1, bias=False)
         self.out = nn.Linear(2 * d, d, bias=False)
+        # Side features come last, again so that a model without them initialises as before.
+        self.token_emb: nn.Embedding | None = None
+        if config.feature_tokens > 0:
+            if features is None:
+                raise ValueError(E_FEATURE_TABLE.format(tokens=config.feature_tokens))
+            self.token_emb = nn.Embedding(config.feature_tokens, d)
+            self.register_buffer("feat_offsets", features.offsets.clone())
+            self.register_buffer("feat_tokens", features.tokens.clone())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -104,18 +164,61 @@ class GraphEncoder(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=std)
         nn.init.normal_(self.action_emb.weight, std=std)
         nn.init.zeros_(self.recency_emb.weight)
+        if self.token_emb is not None:
+            nn.init.normal_(self.token_emb.weight, std=std)
+
+    def feature_table(self) -> FeatureTable | None:
+        if self.token_emb is None:
+            return None
+        return FeatureTable(self.feat_offsets, self.feat_tokens)
+
+    def item_rows_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """Raw item vectors of some rows: the item embedding plus the mean of its feature tokens."""
+        items = self.item_emb(rows)
+        if self.token_emb is not None:
+            starts = self.feat_offsets[rows]
+            lengths = self.feat_offsets[rows + 1] - starts
+            flat = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
+            flat = flat + torch.arange(flat.numel(), dtype=torch.long)
+            bag_offsets = torch.cumsum(lengths, 0) - lengths
+            items = items + F.embedding_bag(self.feat_tokens[flat], self.token_emb.weight, bag_offsets, mode="mean")
+        return items
+
+    def item_table(self) -> torch.Tensor:
+        """Raw vectors of every item row (:meth:`item_rows_vectors` of all rows at once)."""
+        if self.token_emb is None:
+            return self.item_emb.weight
+        bags = F.embedding_bag(self.feat_tokens, self.token_emb.weight, self.feat_offsets[:-1], mode="mean")
+        return self.item_emb.weight + bags
 
     def node_inputs(self, b: GraphBatch) -> torch.Tensor:
-        """Each node's input from its own fields only (item, last action, count)."""
-        items = self.item_emb(b.item_rows)
+        """Each node's input from its own fields only (item and its side features, last action, count)."""
+        items = self.item_rows_vectors(b.item_rows)
         if self.config.norm_scale > 0:
             items = F.normalize(items, dim=-1)
         return items + self.action_emb(b.actions) + b.log_counts.unsqueeze(-1) * self.count_vec
 
+    def similarity_edges(self, b: GraphBatch) -> torch.Tensor | None:
+        """Undirected k-nearest-neighbour edges within each user graph (``None`` when switched off).
+
+        Each node links to the ``similarity_k`` other nodes of its graph whose item vectors
+        have the highest cosine with its own; the union of both directions is returned, in
+        a canonical order. Scores are computed in float64 and rounded to float32 before a
+        stable sort, so equal items tie exactly and ties go to the lower slot: the edges are
+        a function of the graph alone, whichever batch it is embedded in.
+        """
+        k = self.config.similarity_k
+        if k <= 0:
+            return None
+        with torch.no_grad():
+            vectors = F.normalize(self.item_rows_vectors(b.item_rows).detach().to(torch.float64), dim=-1)
+            return knn_edges(vectors, b.ptr, k)
+
     def node_states(self, b: GraphBatch) -> torch.Tensor:
         h = self.dropout(self.node_inputs(b))
+        sim = self.similarity_edges(b)
         for layer in self.layers:
-            h = layer(h, b.edge_index, b.edge_weight)
+            h = layer(h, b.edge_index, b.edge_weight, sim)
         return h
 
     def readout(self, h: torch.Tensor, b: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,5 +239,56 @@ class GraphEncoder(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """Vectors that next-item scores are dot products with (tied to the input table)."""
         if self.config.norm_scale > 0:
-            return F.normalize(self.item_emb.weight, dim=-1)
-        return self.item_emb.weight
+            return F.normalize(self.item_table(), dim=-1)
+        return self.item_table()
+
+
+def knn_edges(vectors: torch.Tensor, ptr: torch.Tensor, k: int) -> torch.Tensor:
+    """``[2, E]`` undirected top-``k`` cosine edges within each segment ``ptr[i]:ptr[i+1]`` of ``vectors``.
+
+    ``vectors`` must be L2-normalised. Graphs are padded to the largest one, in blocks of
+    similar size so the padded score tensor stays bounded.
+
+    >>> v = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64), dim=-1)
+    >>> knn_edges(v, torch.tensor([0, 3, 4]), k=1).tolist()
+    [[0, 1, 1, 2], [1, 0, 2, 1]]
+    """
+    sizes = (ptr[1:] - ptr[:-1]).tolist()
+    starts = ptr[:-1].tolist()
+    parts: list[torch.Tensor] = []
+    i = 0
+    while i < len(sizes):
+        # A block of consecutive graphs whose padded [B, M, M] scores fit the budget.
+        j, width = i, 0
+        while j < len(sizes) and max(width, sizes[j]) ** 2 * (j - i + 1) <= max(SIMILARITY_BLOCK, sizes[j] ** 2):
+            width = max(width, sizes[j])
+            j += 1
+        parts.append(_knn_block(vectors, starts[i:j], sizes[i:j], width, k))
+        i = j
+    edges = torch.cat(parts, dim=1) if parts else torch.zeros((2, 0), dtype=torch.long)
+    both = torch.cat([edges, edges.flip(0)], dim=1)
+    n = int(ptr[-1]) if ptr.numel() else 0
+    key = torch.unique(both[0] * max(1, n) + both[1])  # sorted: a canonical order
+    return torch.stack([key // max(1, n), key % max(1, n)])
+
+
+def _knn_block(vectors: torch.Tensor, starts: list[int], sizes: list[int], width: int, k: int) -> torch.Tensor:
+    n_graphs = len(sizes)
+    kk = min(k, width - 1)
+    if kk <= 0:
+        return torch.zeros((2, 0), dtype=torch.long)
+    size_t = torch.tensor(sizes, dtype=torch.long)
+    pos = torch.arange(width, dtype=torch.long)
+    valid = pos.unsqueeze(0) < size_t.unsqueeze(1)  # [B, M]
+    index = torch.tensor(starts, dtype=torch.long).unsqueeze(1) + pos.unsqueeze(0)  # [B, M]
+    index = torch.where(valid, index, torch.zeros_like(index))
+    padded = vectors[index] * valid.unsqueeze(-1)  # [B, M, d]
+    scores = torch.bmm(padded, padded.transpose(1, 2)).to(torch.float32)
+    allowed = valid.unsqueeze(1) & valid.unsqueeze(2) & ~torch.eye(width, dtype=torch.bool).unsqueeze(0)
+    scores = scores.masked_fill(~allowed, -torch.inf)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True)
+    top_val, top_pos = order.values[..., :kk], order.indices[..., :kk]  # [B, M, kk]
+    keep = torch.isfinite(top_val)
+    dst = index.unsqueeze(-1).expand(n_graphs, width, kk)
+    src = torch.gather(index.unsqueeze(1).expand(n_graphs, width, width), 2, top_pos)
+    return torch.stack([src[keep], dst[keep]])

@@ -14,6 +14,12 @@ from the full graph), the cached rest is reused, and the readout runs over all
 nodes. Users without a valid cache, or whose ``A_L`` covers most of the graph,
 take the batched full forward instead — that choice is the measured rule
 ``IncrementalPolicy.full_share`` (see docs/benchmarks.md).
+
+Models with similarity edges (``EncoderConfig.similarity_k > 0``) always take the full
+forward: one new or evicted item can change the k nearest neighbours of every node of
+the graph, so the affected set is the whole graph anyway, and recomputing it from
+scratch is exact by construction. Side features change only node inputs, which are a
+function of the item alone, so they keep the incremental path.
 """
 
 from __future__ import annotations
@@ -82,7 +88,9 @@ class IncrementalEncoder:
         self.checkpoint = checkpoint
         self.policy = policy or IncrementalPolicy()
         enc = checkpoint.encoder
-        self.supported = all(getattr(layer, "conv", "") == "gcn" for layer in enc.layers)
+        self.supported = checkpoint.config.similarity_k == 0 and all(
+            getattr(layer, "conv", "") == "gcn" for layer in enc.layers
+        )
         self.stats = {"full": 0, "incremental": 0, "recomputed_nodes": 0, "total_nodes": 0}
 
     # ---- entry point -----------------------------------------------------------
@@ -137,9 +145,10 @@ class IncrementalEncoder:
         enc = self.checkpoint.encoder
         b = graphs_to_batch(graphs, self.checkpoint.index)
         h = enc.node_inputs(b)
+        sim = enc.similarity_edges(b)
         states = []
         for layer in enc.layers:
-            h = layer(h, b.edge_index, b.edge_weight)
+            h = layer(h, b.edge_index, b.edge_weight, sim)
             states.append(h)
         user, _ = enc.readout(h, b)
         stacked = torch.stack(states).numpy()  # [L, N, d]

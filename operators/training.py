@@ -30,10 +30,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from graph_state import GraphConfig
-from operators.checkpoint import Checkpoint
+from operators.checkpoint import Checkpoint, build_encoder, with_features
 from operators.datasets import Split, pack_case_graphs, pack_prefix_graphs
-from operators.encoder import EncoderConfig, GraphEncoder
+from operators.encoder import EncoderConfig
 from operators.evaluation import graph_config_dict, rank_metrics, rank_of_targets
+from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
 
 E_NO_EXAMPLES = "the training data has no next-item examples; every history needs at least two events."
@@ -227,9 +228,16 @@ def train_encoder(
     train_config: TrainConfig,
     out_path: str | None = None,
     log: Callable[[str], None] | None = None,
+    features: ItemFeatures | None = None,
 ) -> tuple[Checkpoint, TrainResult]:
-    """Pack the split's prefix graphs, train a :class:`GraphEncoder`, return (and save) its checkpoint."""
+    """Pack the split's prefix graphs, train a :class:`GraphEncoder`, return (and save) its checkpoint.
+
+    With ``features`` the encoder fuses each item's side-feature tokens into its item
+    vector and the checkpoint carries the feature table.
+    """
     say = log or (lambda _msg: None)
+    if features is not None:
+        encoder_config = with_features(encoder_config, features)
     index = ItemIndex(split.vocab, encoder_config.hash_buckets)
     t0 = time.perf_counter()
     train_data = pack_prefix_graphs(split.train, graph_config, index)
@@ -239,8 +247,13 @@ def train_encoder(
         f"packed {len(train_data):,} training graphs ({len(train_data.item_rows):,} nodes) and "
         f"{len(valid_data):,} validation graphs in {pack_seconds:.1f}s; {len(split.vocab):,} items"
     )
+    if features is not None:
+        say(
+            f"item features {features.label}: {len(features.tokens):,} tokens, "
+            f"{100 * features.coverage(split.vocab):.1f}% of the {len(split.vocab):,} items have some"
+        )
     torch.manual_seed(train_config.seed)
-    encoder = GraphEncoder(encoder_config, index.n_rows)
+    encoder = build_encoder(encoder_config, index, features)
     result = Trainer(encoder, train_data, valid_data, len(split.vocab), train_config).fit(say)
     checkpoint = Checkpoint(
         encoder,
@@ -248,6 +261,7 @@ def train_encoder(
         fingerprint=split.fingerprint or "unknown",
         metrics={"valid": result.best},
         training=training_record(split, graph_config, train_config, result, pack_seconds),
+        feature_tokens=features.tokens if features is not None else [],
     )
     if out_path:
         checkpoint.save(out_path)

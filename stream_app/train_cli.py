@@ -101,11 +101,26 @@ def train(
         int, typer.Option(help="torch threads; 1 is bit-for-bit reproducible (0 = torch's default).")
     ] = 1,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    item_features: Annotated[
+        Optional[Path],
+        typer.Option(help="Item side features (RecBole .item, CSV or JSONL: item_id → tokens).", exists=True),
+    ] = None,
+    item_features_format: Annotated[
+        Optional[str], typer.Option(help="recbole, csv or jsonl (default: from the file name).")
+    ] = None,
+    item_fields: Annotated[
+        Optional[str], typer.Option(help="Comma-separated feature fields (default: all), e.g. class,release_year.")
+    ] = None,
+    feature_min_count: Annotated[int, typer.Option(min=1, help="Drop tokens carried by fewer items.")] = 2,
+    similarity_k: Annotated[
+        int, typer.Option(min=0, max=64, help="Similarity edges: k most similar items per node (0 = off).")
+    ] = 0,
 ) -> None:
     """Train the graph encoder on next-item prediction; write a checkpoint and its training curves."""
     import torch
 
     from operators.encoder import EncoderConfig
+    from operators.item_features import read_item_features
     from operators.training import TrainConfig, curves_path, train_encoder
 
     if threads > 0:
@@ -127,7 +142,12 @@ def train(
             actions=settings.actions,
             dropout=dropout,
             norm_scale=norm_scale,
+            similarity_k=similarity_k,
         )
+        features = None
+        if item_features is not None:
+            fields = [f.strip() for f in item_fields.split(",") if f.strip()] if item_fields else None
+            features = read_item_features(str(item_features), item_features_format, fields, feature_min_count)
         cfg = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -141,7 +161,9 @@ def train(
             max_minutes=max_minutes,
             progress=progress,
         )
-        ckpt, result = train_encoder(split, settings.graph_config(), enc, cfg, str(out), log=console.print)
+        ckpt, result = train_encoder(
+            split, settings.graph_config(), enc, cfg, str(out), log=console.print, features=features
+        )
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return
@@ -221,7 +243,7 @@ def evaluate(
             graph = graph_config_of(ckpt)
             if max_nodes is not None:
                 graph = dataclasses.replace(graph, max_nodes=max_nodes)
-            name = f"{ckpt.config.conv.upper()} ({path.name})"
+            name = f"{model_label(ckpt.config)} ({path.name})"
             report = run_evaluate(GraphScorer(ckpt, graph, name), split.test, ks, batch_size, exclude_seen)
             report.info.update(
                 model_version=ckpt.model_version,
@@ -273,6 +295,16 @@ def evaluate(
         os.makedirs(os.path.dirname(os.path.abspath(json_out)) or ".", exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2) + "\n")
         console.print(f"results: [bold]{json_out}[/]")
+
+
+def model_label(config) -> str:
+    """``GCN``, ``GCN+sim5``, ``GCN+feat``: the conv and the optional parts of a checkpoint."""
+    label = config.conv.upper()
+    if config.similarity_k:
+        label += f"+sim{config.similarity_k}"
+    if config.feature_tokens:
+        label += "+feat"
+    return label
 
 
 def _brief(metrics: dict[str, float]) -> str:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from graph_state import GraphConfig, MemoryStore, UserGraph, decode, encode
 from operators import Checkpoint, Embedder, EncoderConfig, IncrementalPolicy
 from operators.incremental import affected_sets
+from operators.item_features import ItemFeatures
 from stream_app import Pipeline, RawRecord
 from tests.conftest import Ev, random_stream, to_json
 
@@ -80,3 +81,42 @@ def test_affected_sets_grow_by_one_hop_per_layer():
     sets = affected_sets(g, {c}, 3)
     names = [{g.item_ids[s] for s in level} for level in sets]
     assert names == [set("bcd"), set("abcde"), set("abcdef")]
+
+
+SIDE_FEATURES = ItemFeatures.from_tokens({f"i{n}": [f"g={n % 4}", f"h={n % 3}"] for n in range(0, 30, 2)}, "mem")
+OPTIONAL_MODELS = [
+    Checkpoint.seeded(EncoderConfig(dim=16), seed=5, vocab=[f"i{n}" for n in range(20)], features=SIDE_FEATURES),
+    Checkpoint.seeded(EncoderConfig(dim=16, layers=2, similarity_k=2), seed=6),
+    Checkpoint.seeded(EncoderConfig(dim=16, layers=1, similarity_k=4), seed=7, features=SIDE_FEATURES),
+]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 100_000),
+    n=st.integers(5, 120),
+    max_nodes=st.integers(2, 25),
+    batch_size=st.integers(1, 20),
+    model=st.integers(0, 2),
+)
+def test_incremental_equals_full_with_side_features_and_similarity_edges(seed, n, max_nodes, batch_size, model):
+    # Similarity edges can change anywhere in the graph when one item arrives or leaves, so
+    # those models take the exact full forward for every user; side features keep the
+    # incremental path (they change node inputs only). Both must publish the from-scratch vector.
+    events = random_stream(seed, n, n_users=3, n_items=30)
+    store = MemoryStore(GraphConfig(max_nodes=max_nodes))
+    ckpt = OPTIONAL_MODELS[model]
+    pipeline = Pipeline(store, Embedder(ckpt, ALWAYS))
+    records = [RawRecord(to_json(ev)) for ev in events]
+    for start in range(0, len(records), batch_size):
+        result = pipeline.process(records[start : start + batch_size])
+        pipeline.commit(result)
+        for emb in result.embeddings:
+            graph = store.get_many([emb.user_id])[emb.user_id]
+            vec, _ = full_layers(graph, ckpt)
+            np.testing.assert_allclose(emb.embedding, vec, atol=1e-5)
+            alone = Embedder(ckpt).embed_one(decode(encode(graph), graph.config))
+            np.testing.assert_allclose(emb.embedding, alone, atol=1e-5)
+    stats = pipeline.embedder.incremental.stats
+    if ckpt.config.similarity_k:
+        assert stats["incremental"] == 0 and stats["full"] > 0
