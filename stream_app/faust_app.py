@@ -47,6 +47,7 @@ from stream_app.file_runner import load_checkpoint
 from stream_app.kafka_connection import faust_credentials
 from stream_app.metrics import Metrics
 from stream_app.model_swap import SWAPPED, ModelWatcher, ReloadResult
+from stream_app.offset_guard import OffsetGuard, fetch_range, in_partition_order
 from stream_app.pipeline import BatchResult, Pipeline
 from stream_app.records import DeadLetter, RawRecord, json_encoder
 from stream_app.settings import Settings
@@ -80,6 +81,8 @@ class StreamWorker:
     """Held by each event batch and each batch of deletion requests: they never interleave."""
     generation: int | None = None
     watcher: ModelWatcher | None = None
+    guard: OffsetGuard = field(default_factory=OffsetGuard)
+    """Next expected offset per input partition: holes the consumer left are read again."""
     """Looks for a new checkpoint at ``RIPPLE_MODEL_PATH`` (``None``: no live swap)."""
 
     @property
@@ -91,8 +94,10 @@ class StreamWorker:
         records = [to_record(event) for event in events]
         async with self.lock:
             self.sync_assignment()
+            refetched = await self.refetch_holes(records)
+            records = in_partition_order(records, refetched)
             try:
-                with self.store.routing(events):
+                with self.store.routing(events, also=refetched):
                     result = self.pipeline.process(records)
                     await self.publish(result)
                     self.pipeline.commit(result)
@@ -100,8 +105,26 @@ class StreamWorker:
                 # process() mutates cached graphs in place; uncommitted, they must not outlive the batch.
                 self.forget_cached()
                 raise
+            self.guard.advance(records)
         self.pipeline.observe_published(result)
         return result
+
+    async def refetch_holes(self, records: Sequence[RawRecord]) -> list[RawRecord]:
+        """Input offsets the consumer skipped before this batch (see ``stream_app/offset_guard.py``)."""
+        refetched: list[RawRecord] = []
+        for partition, start, end in self.guard.holes(records):
+            got = await fetch_range(self.settings, self.settings.input_topic, partition, start, end)
+            log.warning(
+                "input partition %d: offsets %d..%d were skipped by the consumer after a rebalance; "
+                "read %d message(s) again and processing them first",
+                partition, start, end - 1, len(got),
+            )  # fmt: skip
+            self.metrics.refetched.inc(len(got))
+            refetched.extend(got)
+        return refetched
+
+    def on_partitions_assigned(self, partitions: set[int], generation: int) -> None:
+        self.guard.on_assigned(partitions, generation)
 
     async def process_deletions(self, events: Sequence[EventT]) -> list[str]:
         """Carry out a batch of deletion requests; returns the users deleted (known or not).
@@ -349,6 +372,11 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     async def delete_users(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             await worker.process_deletions(batch)
+
+    @app.on_partitions_assigned.connect
+    async def track_assignment(sender: faust.App, assigned: set, **kwargs: object) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == settings.input_topic}
+        worker.on_partitions_assigned(partitions, app.consumer_generation_id)
 
     @app.timer(LAG_INTERVAL_S)
     async def report_lag() -> None:

@@ -29,6 +29,11 @@ class Metrics:
             registry=r,
         )
         self.published = Counter("ripple_embeddings_published_total", "User embeddings published.", registry=r)
+        self.refetched = Counter(
+            "ripple_input_refetched_total",
+            "Input messages the consumer skipped after a rebalance, read again and processed.",
+            registry=r,
+        )
         self.batch_size = Histogram("ripple_batch_size", "Events per micro-batch.", buckets=BATCH_BUCKETS, registry=r)
         self.embed_seconds = Histogram(
             "ripple_embed_seconds",

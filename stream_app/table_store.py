@@ -35,6 +35,7 @@ from faust.types import EventT
 
 from graph_state import GraphConfig, UserGraph, decode, encode
 from stream_app.keys import user_of_message
+from stream_app.records import RawRecord
 
 E_UNROUTED = (
     "user {user!r} is written outside its batch's routing (no event of this batch belongs to it); "
@@ -77,11 +78,18 @@ class TableStore:
         self._routes: dict[str, EventT] = {}
 
     @contextmanager
-    def routing(self, events: Sequence[EventT]) -> Iterator[None]:
-        """Route the users of these events to their events' partitions for the block's duration."""
+    def routing(self, events: Sequence[EventT], also: Sequence[RawRecord] = ()) -> Iterator[None]:
+        """Route the users of these events to their events' partitions for the block's duration.
+
+        ``also``: records of the same partitions read outside the stream (offsets the
+        consumer skipped, see ``stream_app/offset_guard.py``); their users are routed to
+        an event of the batch from the same partition.
+        """
         routes: dict[str, EventT] = {}
+        of_partition: dict[int, EventT] = {}
         for event in events:
             message = event.message
+            of_partition.setdefault(message.partition, event)
             if message.key is None:
                 # Rejected (missing_key): it may have arrived on another partition than the user's
                 # events, and routing the user there would read and write the wrong database.
@@ -89,6 +97,11 @@ class TableStore:
             user = user_of_message(message.key, message.value or b"")
             if user is not None:
                 routes[user] = event
+        for rec in also:
+            carrier = of_partition.get(rec.partition)
+            user = None if rec.key is None or carrier is None else user_of_message(rec.key, rec.value)
+            if user is not None and carrier is not None:
+                routes.setdefault(user, carrier)
         previous, self._routes = self._routes, routes
         try:
             yield

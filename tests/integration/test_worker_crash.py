@@ -18,7 +18,6 @@ import random
 import time
 
 import msgspec
-import pytest
 
 from stream_app.file_runner import replay
 from stream_app.generate import GeneratorSpec, generate_events
@@ -45,13 +44,6 @@ EVENTS = 3000
 RATE = 25.0  # events/s until the last kill (a restart takes ~15 s here), then the rest at once
 SESSION_TIMEOUT_S = 6  # the broker's minimum: a restarted worker waits this long for its dead predecessor
 
-LOSES_EVENTS_AFTER_ASSIGNMENT = pytest.mark.xfail(
-    strict=False,
-    reason="open bug: an event can be lost right after a partition assignment (docs/worker.md, Known limits)",
-)
-"""Marks the crash and failover tests until that bug is fixed; they still run and report XPASS when they hold."""
-
-
 def uninterrupted_run(events_path: str, tmp_path) -> tuple[dict[str, UserEmbedding], list[UserEmbedding]]:
     """The file runner on the same events: final embedding per user, and everything it published."""
     out = tmp_path / "file.out"
@@ -63,7 +55,6 @@ def uninterrupted_run(events_path: str, tmp_path) -> tuple[dict[str, UserEmbeddi
     return latest_by_user(published), published
 
 
-@LOSES_EVENTS_AFTER_ASSIGNMENT
 def test_sigkill_at_random_moments_then_restart_equals_an_uninterrupted_run(broker, unique, tmp_path):
     rng = random.Random(SEED)
     lines = list(generate_events(GeneratorSpec(users=40, items=120, events=EVENTS, seed=SEED)))

@@ -37,7 +37,7 @@ from tests.integration.streaming import (
     wait_for_assignment,
     worker_env,
 )
-from tests.integration.test_worker_crash import LOSES_EVENTS_AFTER_ASSIGNMENT, uninterrupted_run
+from tests.integration.test_worker_crash import uninterrupted_run
 
 SEED = 67
 PARTITIONS = 4
@@ -51,7 +51,6 @@ def table_partitions(state_dir: Path) -> set[int]:
     return {int(p.name.removesuffix(".db").rsplit("-", 1)[1]) for p in state_dir.glob("*/v*/tables/user-graphs-*.db")}
 
 
-@LOSES_EVENTS_AFTER_ASSIGNMENT
 def test_kill_one_of_two_workers_then_a_third_joins_equals_a_single_run(broker, unique, tmp_path):
     rng = random.Random(SEED)
     lines = list(generate_events(GeneratorSpec(users=48, items=150, events=EVENTS, seed=SEED)))
