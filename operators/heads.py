@@ -229,6 +229,8 @@ class HeadConfig:
     threshold: float | None = None
     """Decision threshold on the probability (None = the one with the best validation F1)."""
     seed: int = 0
+    threads: int = 1
+    """torch threads while fitting (1 = reproducible, and fastest for a model this small; 0 = torch's setting)."""
 
 
 class Classifier(nn.Module):
@@ -270,6 +272,23 @@ def fit_classifier(
     hidden: int | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """Train on ``features``/``labels`` (the training examples); validate on a part split off like the test set."""
+    previous = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        return _fit_classifier(features, labels, examples, split, config, hidden)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit_classifier(
+    features: np.ndarray,
+    labels: np.ndarray,
+    examples: Sequence[Example],
+    split: str,
+    config: HeadConfig,
+    hidden: int | None,
+) -> tuple[Classifier, dict[str, Any]]:
     y = np.asarray(labels, dtype=np.float32)
     if y.min() == y.max():
         raise ValueError(E_ONE_CLASS.format(label=int(y[0])))

@@ -145,6 +145,7 @@ def explain(
     console.print(f"state_version {graph.state_version}, {graph.n_nodes} nodes, model {checkpoint.model_version}")
 
 
+from stream_app import head_cli as _head_cli  # noqa: E402, F401  (registers train-head/evaluate-head)
 from stream_app import kafka_cli as _kafka_cli  # noqa: E402, F401  (registers worker, produce, tail)
 from stream_app import train_cli as _train_cli  # noqa: E402, F401  (registers train/evaluate)
 
