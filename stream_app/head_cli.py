@@ -211,8 +211,8 @@ def _describe(info: dict[str, Any]) -> str:
 
 def print_metrics(rows: list[tuple[str, dict[str, float]]], title: str) -> None:
     table = Table(title=title)
-    table.add_column("predictor")
-    for name in ("accuracy", "precision", "recall", "F1", "ROC-AUC", "predicted +"):
+    table.add_column("predictor", no_wrap=True)
+    for name in ("acc", "prec", "recall", "F1", "ROC-AUC", "pred+"):
         table.add_column(name, justify="right")
     for name, m in rows:
         auc = m["roc_auc"]
@@ -226,4 +226,6 @@ def print_metrics(rows: list[tuple[str, dict[str, float]]], title: str) -> None:
             f"{100 * m['predicted_positive_rate']:.1f}",
         )
     Console().print(table)
-    console.print("metrics in % (ROC-AUC as a probability); predicted + = share of examples predicted positive")
+    console.print(
+        "accuracy, precision, recall, F1 in %; ROC-AUC as a probability; pred+ = % of examples predicted positive"
+    )
