@@ -22,6 +22,7 @@ from tqdm import tqdm
 from graph_state import CachedStore, GraphStore, RocksStore
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
 from operators.evaluation import graph_config_of
+from operators.heads import LabelHead
 from stream_app.metrics import Metrics
 from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
 from stream_app.readers import count_lines, read_events
@@ -70,6 +71,15 @@ def load_checkpoint(settings: Settings) -> Checkpoint:
     checkpoint = Checkpoint.load(settings.model_path)
     check_servable(checkpoint, settings)
     return checkpoint
+
+
+def load_head(settings: Settings, checkpoint: Checkpoint) -> LabelHead | None:
+    """The label head named by ``RIPPLE_HEAD_PATH`` (None when unset), refused unless trained on ``checkpoint``."""
+    if not settings.head_path:
+        return None
+    head = LabelHead.load(settings.head_path)
+    head.check_encoder(checkpoint, settings.model_path or "the seeded default model", settings.head_path)
+    return head
 
 
 def check_servable(checkpoint: Checkpoint, settings: Settings) -> None:
@@ -146,13 +156,13 @@ def replay(
     """Run a file through the pipeline; see the module docstring for the commit order."""
     set_threads(settings.torch_threads)
     checkpoint = load_checkpoint(settings)
+    head = load_head(settings, checkpoint)
     store: GraphStore = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
     if settings.graph_cache_users > 0:
         store = CachedStore(store, settings.graph_cache_users)
     try:
-        pipeline = Pipeline(
-            store, Embedder(checkpoint, settings.incremental_policy()), settings.event_limits(), metrics
-        )
+        embedder = Embedder(checkpoint, settings.incremental_policy())
+        pipeline = Pipeline(store, embedder, settings.event_limits(), metrics, head)
         progress_key = PROGRESS_PREFIX + file_identity(events_path)
         done = store.get_meta(progress_key)
         start_line = 0 if (from_start or done is None) else int(done)

@@ -21,6 +21,7 @@ are committed — otherwise a table rebuilt from the changelog would miss events
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from graph_state import GraphStore, UserGraph
 from operators import Checkpoint, Embedder, UserDelta
+from operators.heads import LabelHead
 from stream_app.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
 from stream_app.metrics import Metrics
 from stream_app.records import DeadLetter, RawRecord, UserEmbedding
@@ -39,6 +41,11 @@ E_ACTIONS = (
     "the model was trained with actions {model} but the settings define {settings}; "
     "set RIPPLE_ACTIONS to the model's actions or retrain the model."
 )
+W_HEAD_STALE = (
+    "label head %s was trained on encoder %s, not on the swapped-in model %s: embeddings carry no head_score "
+    "until the worker restarts with a head trained on it (ripple train-head --model <new checkpoint>)"
+)
+log = logging.getLogger("ripple.pipeline")
 
 
 @dataclass
@@ -67,12 +74,17 @@ class Pipeline:
         embedder: Embedder,
         limits: EventLimits | None = None,
         metrics: Metrics | None = None,
+        head: LabelHead | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.limits = limits or EventLimits(actions=store.config.actions)
         self.metrics = metrics
         self.check_actions(embedder.checkpoint, store.config.actions)
+        if head is not None:
+            head.check_encoder(embedder.checkpoint)
+        self.head = head
+        self.head_version = head.head_version if head is not None else None
         if metrics is not None:
             metrics.set_model(embedder.model_version)
 
@@ -93,6 +105,8 @@ class Pipeline:
         self.check_actions(embedder.checkpoint, self.store.config.actions)
         old = self.embedder.model_version
         self.embedder = embedder
+        if self.head is not None and self.head.encoder_version != embedder.model_version:
+            log.warning(W_HEAD_STALE, self.head_version, self.head.encoder_version, embedder.model_version)
         if self.metrics is not None:
             self.metrics.set_model(embedder.model_version)
         return old
@@ -171,6 +185,10 @@ class Pipeline:
         vectors = self.embedder.embed_changed(list(graphs.values()), [deltas.get(uid) for uid in graphs])
         now = time.time()
         version = self.embedder.model_version
+        # A head scores only the vectors of the encoder it was trained on (after a live swap: none).
+        head = self.head if self.head is not None and self.head.encoder_version == version else None
+        scores: list[float | None] = head.score_many(vectors).tolist() if head is not None else [None] * len(graphs)
+        head_version = self.head_version if head is not None else None
         return [
             UserEmbedding(
                 user_id=uid,
@@ -181,8 +199,10 @@ class Pipeline:
                 event_ts=g.last_ts,
                 computed_at=now,
                 n_nodes=g.n_nodes,
+                head_score=score,
+                head_version=head_version,
             )
-            for (uid, g), vec in zip(graphs.items(), vectors, strict=True)
+            for (uid, g), vec, score in zip(graphs.items(), vectors, scores, strict=True)
         ]
 
     def commit(self, result: BatchResult, meta: Mapping[str, bytes] | None = None) -> None:

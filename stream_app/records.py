@@ -19,8 +19,13 @@ class RawRecord(msgspec.Struct, frozen=True):
     """When the message entered the system (Kafka record timestamp), for latency."""
 
 
-class UserEmbedding(msgspec.Struct, frozen=True):
-    """The published record (DESIGN.md contract). Consumers dedupe by (user_id, state_version)."""
+class UserEmbedding(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The published record (DESIGN.md contract). Consumers dedupe by (user_id, state_version).
+
+    ``head_score``/``head_version`` are present only when a label head is configured
+    (``RIPPLE_HEAD_PATH``) and trained on the serving model; otherwise the record has
+    exactly the contract's fields.
+    """
 
     user_id: str
     embedding: list[float]
@@ -30,6 +35,9 @@ class UserEmbedding(msgspec.Struct, frozen=True):
     event_ts: float
     computed_at: float
     n_nodes: int
+    head_score: float | None = None
+    """Probability of the head's positive label for this vector (``ripple train-head``)."""
+    head_version: str | None = None
 
 
 MAX_DEAD_LETTER_RAW_BYTES = 256 * 1024

@@ -97,6 +97,9 @@ class Settings:
         "How often the worker looks for a new checkpoint at model_path and swaps it in live (seconds; 0 = never).",
         10.0,
     )
+    head_path: str = _doc(
+        "Label head (ripple train-head) whose score is published beside each embedding; empty = none.", ""
+    )
     incremental: bool = _doc("Recompute only the L-hop neighbourhood of changed nodes when a cache allows.", True)
     incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully (measured rule).", 64)
     incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)

@@ -1,0 +1,88 @@
+"""RIPPLE_HEAD_PATH: the head's score travels beside the embedding, only for the encoder it was trained on."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import numpy as np
+import pytest
+
+from graph_state import MemoryStore
+from operators import Checkpoint, Embedder, EncoderConfig
+from operators.heads import HeadConfig, LabelledData, train_label_head
+from operators.labels import TaskSpec
+from stream_app.faust_app import build_worker
+from stream_app.file_runner import replay
+from stream_app.pipeline import Pipeline
+from stream_app.records import RawRecord, UserEmbedding
+from stream_app.settings import Settings
+from stream_app.train_cli import read_histories
+from tests.conftest import random_stream, to_json, write_jsonl
+
+ENCODER = EncoderConfig(dim=16, hash_buckets=32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Events, the seeded encoder as a file, and a (tiny) click head trained on it."""
+    root = tmp_path_factory.mktemp("head-score")
+    events = write_jsonl(root / "events.jsonl", [to_json(ev) for ev in random_stream(5, 400, n_users=8)])
+    model = root / "enc.ckpt"
+    checkpoint = Checkpoint.seeded(ENCODER, seed=0)
+    checkpoint.save(model)
+    histories, _ = read_histories(events, "jsonl", Settings.from_env({}))
+    spec = TaskSpec("click", test_share=0.3)
+    head = train_label_head(checkpoint, LabelledData.of(histories, spec, None), spec, HeadConfig(hidden=8, epochs=5))
+    head.save(root / "head.pt")
+    return root, events, str(model), head
+
+
+def _replay(root, events, model, name, **env):
+    settings = Settings.from_env(
+        {"RIPPLE_MODEL_PATH": model, **env}, state_dir=str(root / f"state-{name}"), batch_size=50
+    )
+    out = root / f"{name}.jsonl"
+    replay(events, "jsonl", str(out), settings, progress=False)
+    return out.read_bytes().splitlines()
+
+
+def test_replay_publishes_the_heads_score_of_each_vector(setup):
+    root, events, model, head = setup
+    lines = _replay(root, events, model, "with", RIPPLE_HEAD_PATH=str(root / "head.pt"))
+    records = [msgspec.json.decode(line, type=UserEmbedding) for line in lines]
+    vectors = np.asarray([r.embedding for r in records], dtype=np.float32)
+    np.testing.assert_allclose([r.head_score for r in records], head.score_many(vectors), atol=1e-6)
+    assert {r.head_version for r in records} == {head.head_version}
+    plain = _replay(root, events, model, "without")
+    assert b"head_score" not in b"".join(plain) and b"head_version" not in b"".join(plain)
+    decoded = [msgspec.json.decode(line, type=UserEmbedding) for line in plain]
+    assert [r.embedding for r in decoded] == [r.embedding for r in records]  # the vectors are untouched
+
+
+def test_a_head_of_another_encoder_is_refused_at_start(setup):
+    root, events, _, head = setup
+    other = root / "other.ckpt"
+    Checkpoint.seeded(ENCODER, seed=1).save(other)
+    with pytest.raises(ValueError, match="trained on the embeddings of encoder") as err:
+        _replay(root, events, str(other), "refused", RIPPLE_HEAD_PATH=str(root / "head.pt"))
+    assert head.encoder_version in str(err.value) and "head.pt" in str(err.value)
+    assert not (root / "refused.jsonl").exists() and not (root / "state-refused").exists()
+    settings = Settings.from_env(
+        {"RIPPLE_MODEL_PATH": str(other), "RIPPLE_HEAD_PATH": str(root / "head.pt")}, state_dir=str(root / "w")
+    )
+    with pytest.raises(ValueError, match="retrain the head"):
+        build_worker(settings)
+
+
+def test_after_a_live_swap_to_another_encoder_the_score_is_left_out(setup, caplog):
+    _, _, model, head = setup
+    checkpoint = Checkpoint.load(model)
+    pipeline = Pipeline(MemoryStore(Settings.from_env({}).graph_config()), Embedder(checkpoint), head=head)
+    first, second = random_stream(1, 2, n_users=1)
+    assert pipeline.process([RawRecord(to_json(first), b"u0")]).embeddings[0].head_score is not None
+    with caplog.at_level(logging.WARNING, logger="ripple.pipeline"):
+        pipeline.swap_model(Embedder(Checkpoint.seeded(ENCODER, seed=2)))
+    assert "no head_score" in caplog.text and head.encoder_version in caplog.text
+    published = pipeline.process([RawRecord(to_json(second), b"u0")]).embeddings[0]
+    assert published.head_score is None and published.head_version is None
