@@ -13,6 +13,8 @@ from torch.nn import functional as F
 from graph_state import GraphConfig, UserGraph
 from operators import Checkpoint, Embedder, EncoderConfig, graphs_to_batch
 from operators.encoder import knn_edges
+from operators.explain import explain
+from operators.item_features import ItemFeatures
 from tests.conftest import Ev, random_stream
 
 
@@ -74,3 +76,14 @@ def test_a_user_embeds_the_same_alone_or_in_a_batch():
     together = Embedder(ckpt).embed_many([graphs[u] for u in users])
     for i, u in enumerate(users):
         np.testing.assert_allclose(together[i], Embedder(ckpt).embed_one(graphs[u]), atol=1e-5)
+
+
+def test_explanations_stay_additive_with_similarity_edges_and_side_features():
+    features = ItemFeatures.from_tokens({f"i{n}": [f"g={n % 3}"] for n in range(10)}, "mem")
+    vocab = [f"i{n}" for n in range(10)]
+    ckpt = Checkpoint.seeded(EncoderConfig(dim=8, similarity_k=2), vocab=vocab, features=features)
+    g = UserGraph(GraphConfig())
+    for n, item in enumerate(["i1", "i2", "i3", "x", "i1", "i4"]):
+        g.apply(Ev(str(n), item, ts=float(n)))
+    parts = explain(ckpt, g)
+    assert abs(sum(p.share for p in parts) - 1.0) < 1e-4 and len(parts) == 5
