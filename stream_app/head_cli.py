@@ -91,7 +91,7 @@ def train_head(
         histories, label_file = _load_data(data, format, task.value, labels)
         spec = TaskSpec(
             task=task.value,
-            labels_path=str(labels) if labels is not None else "",
+            labels_path=os.path.abspath(labels) if labels is not None else "",  # evaluate-head runs from anywhere
             labels_digest=label_file.digest if label_file is not None else "",
             split=split.value,
             test_share=test_share,
@@ -104,7 +104,7 @@ def train_head(
         config = HeadConfig(
             hidden=hidden, epochs=epochs, lr=lr, weight_decay=weight_decay, threshold=threshold, seed=seed
         )
-        head = train_label_head(checkpoint, labelled, spec, config, str(model), log=console.print)
+        head = train_label_head(checkpoint, labelled, spec, config, os.path.abspath(model), log=console.print)
         head.info.update(data=str(data), format=format.value, fingerprint=fingerprint_files([str(data)], format.value))
         version = head.save(out)
     except (ValueError, FileNotFoundError) as exc:
