@@ -358,7 +358,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     # user's other events and start a second graph there (rejected as missing_key).
     limits = dataclasses.replace(settings.event_limits(), require_key=True)
     head = load_head(settings, embedder.checkpoint)  # RIPPLE_HEAD_PATH: head_score beside each embedding
-    pipeline = Pipeline(store if cache is None else cache, embedder, limits, metrics, head)
+    pipeline = Pipeline(store if cache is None else cache, embedder, limits, metrics, head, settings.explain_top)
     worker = StreamWorker(
         settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions,
         watcher=watcher,

@@ -162,7 +162,7 @@ def replay(
         store = CachedStore(store, settings.graph_cache_users)
     try:
         embedder = Embedder(checkpoint, settings.incremental_policy())
-        pipeline = Pipeline(store, embedder, settings.event_limits(), metrics, head)
+        pipeline = Pipeline(store, embedder, settings.event_limits(), metrics, head, settings.explain_top)
         progress_key = PROGRESS_PREFIX + file_identity(events_path)
         done = store.get_meta(progress_key)
         start_line = 0 if (from_start or done is None) else int(done)

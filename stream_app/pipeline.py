@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 
 from graph_state import GraphStore, UserGraph
 from operators import Checkpoint, Embedder, UserDelta
+from operators.explain import explain
 from operators.heads import LabelHead
 from stream_app.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
 from stream_app.metrics import Metrics
-from stream_app.records import DeadLetter, RawRecord, UserEmbedding
+from stream_app.records import DeadLetter, Explained, RawRecord, UserEmbedding
 
 APPLIED = "applied"
 DUPLICATE = "duplicate"
@@ -75,6 +76,7 @@ class Pipeline:
         limits: EventLimits | None = None,
         metrics: Metrics | None = None,
         head: LabelHead | None = None,
+        explain_top: int = 0,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -84,6 +86,7 @@ class Pipeline:
         if head is not None:
             head.check_encoder(embedder.checkpoint)
         self.head = head
+        self.explain_top = explain_top
         self.head_version = head.head_version if head is not None else None
         if metrics is not None:
             metrics.set_model(embedder.model_version)
@@ -189,6 +192,13 @@ class Pipeline:
         head = self.head if self.head is not None and self.head.encoder_version == version else None
         scores: list[float | None] = head.score_many(vectors).tolist() if head is not None else [None] * len(graphs)
         head_version = self.head_version if head is not None else None
+        explanations: list[list[Explained] | None] = [None] * len(graphs)
+        if self.explain_top > 0:
+            checkpoint = self.embedder.checkpoint
+            explanations = [
+                [Explained(p.item_id, p.action, round(p.share, 6)) for p in explain(checkpoint, g, self.explain_top)]
+                for g in graphs.values()
+            ]
         return [
             UserEmbedding(
                 user_id=uid,
@@ -201,8 +211,9 @@ class Pipeline:
                 n_nodes=g.n_nodes,
                 head_score=score,
                 head_version=head_version,
+                explanation=why,
             )
-            for (uid, g), vec, score in zip(graphs.items(), vectors, scores, strict=True)
+            for (uid, g), vec, score, why in zip(graphs.items(), vectors, scores, explanations, strict=True)
         ]
 
     def commit(self, result: BatchResult, meta: Mapping[str, bytes] | None = None) -> None:

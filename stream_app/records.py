@@ -19,6 +19,14 @@ class RawRecord(msgspec.Struct, frozen=True):
     """When the message entered the system (Kafka record timestamp), for latency."""
 
 
+class Explained(msgspec.Struct, frozen=True):
+    """One behaviour's part in a published vector (``operators/explain.py``; the shares of all sum to 1)."""
+
+    item_id: str
+    action: str
+    share: float
+
+
 class UserEmbedding(msgspec.Struct, frozen=True, omit_defaults=True):
     """The published record (DESIGN.md contract). Consumers dedupe by (user_id, state_version).
 
@@ -38,6 +46,8 @@ class UserEmbedding(msgspec.Struct, frozen=True, omit_defaults=True):
     head_score: float | None = None
     """Probability of the head's positive label for this vector (``ripple train-head``)."""
     head_version: str | None = None
+    explanation: list[Explained] | None = None
+    """The top ``RIPPLE_EXPLAIN_TOP`` behaviours by share of this vector, largest first (absent when 0)."""
 
 
 MAX_DEAD_LETTER_RAW_BYTES = 256 * 1024

@@ -100,6 +100,10 @@ class Settings:
     head_path: str = _doc(
         "Label head (ripple train-head) whose score is published beside each embedding; empty = none.", ""
     )
+    explain_top: int = _doc(
+        "Put the top N behaviours' shares of each published vector in its record (0 = off; one more forward per user).",
+        0,
+    )
     incremental: bool = _doc("Recompute only the L-hop neighbourhood of changed nodes when a cache allows.", True)
     incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully (measured rule).", 64)
     incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)
@@ -137,6 +141,7 @@ class Settings:
             ),
             ("max_weight", 0 < self.max_weight <= 1e12, "must be in (0, 1e12]"),
             ("model_poll_s", 0 <= self.model_poll_s <= 86400, "must be in [0, 86400] seconds (0 = never)"),
+            ("explain_top", 0 <= self.explain_top <= 1000, "must be between 0 (off) and 1000"),
         ]
         for name, ok, why in checks:
             if not ok:

@@ -175,3 +175,29 @@ def test_cli_explain_shows_the_users_behaviours(tmp_path):
     assert "share" in res.output and "state_version" in res.output
     res = runner.invoke(app, ["explain", "--user", "nobody", "--state", str(tmp_path / "st")])
     assert res.exit_code == 2 and "no state for user" in res.output
+
+
+def test_explain_top_puts_the_top_behaviours_of_each_published_vector_in_its_record(tmp_path):
+    from graph_state import RocksStore
+    from operators import Checkpoint, EncoderConfig
+    from operators.explain import explain
+
+    path = write_jsonl(tmp_path / "events.jsonl", lines(n=800, malformed=0.0))
+    plain, explained = settings(tmp_path, "plain"), settings(tmp_path, "explained", explain_top=3)
+    replay(str(path), "jsonl", str(tmp_path / "plain.jsonl"), plain, progress=False)
+    replay(str(path), "jsonl", str(tmp_path / "explained.jsonl"), explained, progress=False)
+    assert b"explanation" not in (tmp_path / "plain.jsonl").read_bytes()  # off by default: the contract's fields only
+    with_why = final_embeddings(tmp_path / "explained.jsonl")
+    assert_same(with_why, final_embeddings(tmp_path / "plain.jsonl"))  # the vectors do not change
+    checkpoint = Checkpoint.seeded(EncoderConfig(actions=explained.actions), seed=explained.model_seed)
+    store = RocksStore(explained.state_dir, explained.graph_config(), explained.rocks_options())
+    try:
+        graphs = store.get_many(sorted(with_why))
+    finally:
+        store.close()
+    for uid, emb in with_why.items():
+        assert emb.explanation is not None and 1 <= len(emb.explanation) <= 3
+        want = explain(checkpoint, graphs[uid], 3)
+        assert [(e.item_id, e.action) for e in emb.explanation] == [(p.item_id, p.action) for p in want]
+        np.testing.assert_allclose([e.share for e in emb.explanation], [p.share for p in want], atol=1e-5)
+        assert [e.share for e in emb.explanation] == sorted((e.share for e in emb.explanation), reverse=True)
