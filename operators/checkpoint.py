@@ -24,6 +24,20 @@ E_UNREADABLE = "model checkpoint {path} cannot be read ({cause}); it is not a Ri
 E_FORMAT = "model checkpoint {path} has format {found}, this build reads {expected}; retrain or upgrade Ripple."
 
 
+def save_atomically(payload: dict, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file, fsync, rename: a reader (a live model swap) never sees half a file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 @dataclass
 class Checkpoint:
     """Encoder weights with everything needed to use them.
@@ -108,16 +122,7 @@ class Checkpoint:
         }
         if self.feature_tokens:
             payload["feature_tokens"] = self.feature_tokens
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_atomically(payload, path)
         return self.model_version
 
     @classmethod

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from graph_state import Behavior, GraphConfig, UserGraph, decode, encode
-from operators.checkpoint import Checkpoint
+from operators.checkpoint import Checkpoint, save_atomically
 from operators.evaluation import graph_config_of
 from operators.inference import Embedder
 from operators.labels import Example, ExampleSet, Labels, TaskSpec, ordered_histories, split_examples
@@ -410,16 +409,7 @@ class LabelHead:
             "metrics": self.metrics,
             "info": self.info,
         }
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_atomically(payload, path)
         return self.head_version
 
     @classmethod
