@@ -81,9 +81,9 @@ class StreamWorker:
     """Held by each event batch and each batch of deletion requests: they never interleave."""
     generation: int | None = None
     watcher: ModelWatcher | None = None
+    """Looks for a new checkpoint at ``RIPPLE_MODEL_PATH`` (``None``: no live swap)."""
     guard: OffsetGuard = field(default_factory=OffsetGuard)
     """Next expected offset per input partition: holes the consumer left are read again."""
-    """Looks for a new checkpoint at ``RIPPLE_MODEL_PATH`` (``None``: no live swap)."""
 
     @property
     def changelog_topic(self) -> str:
