@@ -44,6 +44,7 @@ EVENTS = 3000
 RATE = 25.0  # events/s until the last kill (a restart takes ~15 s here), then the rest at once
 SESSION_TIMEOUT_S = 6  # the broker's minimum: a restarted worker waits this long for its dead predecessor
 
+
 def uninterrupted_run(events_path: str, tmp_path) -> tuple[dict[str, UserEmbedding], list[UserEmbedding]]:
     """The file runner on the same events: final embedding per user, and everything it published."""
     out = tmp_path / "file.out"
