@@ -38,6 +38,24 @@ def save_atomically(payload: dict, path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
+def load_payload(path: str, expected_format: int, e_missing: str, e_unreadable: str, e_format: str) -> dict:
+    """``torch.load`` (weights only) of a file written by :func:`save_atomically`, format checked.
+
+    The messages name the path (``{path}``) and, for the last two, the cause or the formats found
+    and expected (``{cause}``, ``{found}``, ``{expected}``).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(e_missing.format(path=path))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        fmt = payload.get("format")
+    except Exception as exc:
+        raise ValueError(e_unreadable.format(path=path, cause=exc)) from exc
+    if fmt != expected_format:
+        raise ValueError(e_format.format(path=path, found=fmt, expected=expected_format))
+    return payload
+
+
 @dataclass
 class Checkpoint:
     """Encoder weights with everything needed to use them.
@@ -128,15 +146,7 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(E_MISSING.format(path=path))
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            fmt = payload.get("format")
-        except Exception as exc:
-            raise ValueError(E_UNREADABLE.format(path=path, cause=exc)) from exc
-        if fmt != CHECKPOINT_FORMAT:
-            raise ValueError(E_FORMAT.format(path=path, found=fmt, expected=CHECKPOINT_FORMAT))
+        payload = load_payload(path, CHECKPOINT_FORMAT, E_MISSING, E_UNREADABLE, E_FORMAT)
         try:
             config = EncoderConfig(**payload["config"])
             index = ItemIndex(payload["vocab"], config.hash_buckets)

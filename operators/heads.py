@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from graph_state import Behavior, GraphConfig, UserGraph, decode, encode
-from operators.checkpoint import Checkpoint, save_atomically
+from operators.checkpoint import Checkpoint, load_payload, save_atomically
 from operators.evaluation import graph_config_of
 from operators.inference import Embedder
 from operators.labels import Example, ExampleSet, Labels, TaskSpec, ordered_histories, split_examples
@@ -415,15 +415,7 @@ class LabelHead:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabelHead:
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(E_HEAD_MISSING.format(path=path))
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            fmt = payload.get("format")
-        except Exception as exc:
-            raise ValueError(E_HEAD_UNREADABLE.format(path=path, cause=exc)) from exc
-        if fmt != HEAD_FORMAT:
-            raise ValueError(E_HEAD_FORMAT.format(path=path, found=fmt, expected=HEAD_FORMAT))
+        payload = load_payload(path, HEAD_FORMAT, E_HEAD_MISSING, E_HEAD_UNREADABLE, E_HEAD_FORMAT)
         try:
             classifier = Classifier(int(payload["n_inputs"]), int(payload["hidden"]))
             classifier.load_state_dict(payload["state_dict"])
