@@ -1,30 +1,52 @@
 """Versioned compact binary codec for :class:`UserGraph`.
 
-Layout: one version byte, then a msgpack array whose numeric columns are packed
-little-endian byte strings (``array`` module), so a 1000-node graph decodes with
-a handful of ``frombytes`` calls instead of thousands of Python objects.
+Version 2 (written): one version byte, a 4-byte little-endian header length, a msgpack
+header (scalars, item ids, row counts), then the raw little-endian columns back to back —
+the node columns, the edge columns, the dedupe ring and the layer cache. Encoding is a
+header plus ``tobytes()`` of each column; decoding is ``np.frombuffer`` over the record
+(no copy: a graph copies its columns only when an event is applied to it).
+
+Version 1 (read, never written): one version byte, then a msgpack array whose numeric
+columns are packed byte strings. State on disk and in changelogs outlives a release, so a
+v1 record decodes to the same graph and is written back as v2 the next time it changes.
 """
 
 from __future__ import annotations
 
-import sys
-from array import array
+import struct
 
 import msgspec
+import numpy as np
 
 from graph_state.config import GraphConfig
-from graph_state.user_graph import UserGraph
+from graph_state.user_graph import EDGE_COLUMNS, NODE_COLUMNS, UserGraph
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 E_EMPTY = "cannot decode an empty graph record; the store holds a zero-length value for this key (delete it)."
 E_VERSION = (
-    "graph record has codec version {found}, this build reads version {expected}; "
+    "graph record has codec version {found}, this build reads versions {expected}; "
     "upgrade Ripple or rebuild the state from the changelog/events."
 )
 E_CORRUPT = "graph record is corrupt ({cause}); delete the key and rebuild it from the changelog/events."
+_RING = np.dtype("<i8")
+_LEN = struct.Struct("<I")
 
 
-class _Record(msgspec.Struct, array_like=True):
+class _Header(msgspec.Struct, array_like=True):
+    state_version: int
+    last_slot: int
+    last_ts: float
+    last_event_id: str
+    item_ids: list[str]
+    n_edges: int
+    ring_len: int
+    ring_pos: int
+    cache_key: str
+    cache_len: int
+
+
+class _RecordV1(msgspec.Struct, array_like=True):
     state_version: int
     last_slot: int
     last_ts: float
@@ -46,23 +68,9 @@ class _Record(msgspec.Struct, array_like=True):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Record)
-_LITTLE = sys.byteorder == "little"
-
-
-def _pack(code: str, values: list[int] | list[float]) -> bytes:
-    arr = array(code, values)
-    if not _LITTLE:
-        arr.byteswap()
-    return arr.tobytes()
-
-
-def _unpack(code: str, raw: bytes) -> list:
-    arr = array(code)
-    arr.frombytes(raw)
-    if not _LITTLE:
-        arr.byteswap()
-    return arr.tolist()
+_header_decoder = msgspec.msgpack.Decoder(_Header)
+_v1_decoder = msgspec.msgpack.Decoder(_RecordV1)
+_V1_CODES = {"counts": "<i8", "last_seen": "<f8", "last_seq": "<i8", "last_action": "<i1", "action_mask": "<u8"}
 
 
 def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
@@ -72,74 +80,108 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
     often larger than the graph, and a graph stored without it is simply
     recomputed in full the next time it is embedded.
     """
-    src: list[int] = []
-    dst: list[int] = []
-    weight: list[float] = []
-    for s, targets in enumerate(graph.out_edges):
-        if targets:
-            src.extend([s] * len(targets))
-            dst.extend(targets.keys())
-            weight.extend(targets.values())
-    record = _Record(
-        state_version=graph.state_version,
-        last_slot=graph.last_slot,
-        last_ts=graph.last_ts,
-        last_event_id=graph.last_event_id,
-        item_ids=graph.item_ids,
-        counts=_pack("q", graph.counts),
-        last_seen=_pack("d", graph.last_seen),
-        last_seq=_pack("q", graph.last_seq),
-        last_action=_pack("b", graph.last_action),
-        action_mask=_pack("Q", graph.action_mask),
-        weight_sum=_pack("d", graph.weight_sum),
-        edge_src=_pack("i", src),
-        edge_dst=_pack("i", dst),
-        edge_weight=_pack("d", weight),
-        ring=_pack("q", graph.ring),
-        ring_pos=graph.ring_pos,
-        cache_key=graph.cache_key if include_cache else "",
-        cache=graph.cache if include_cache else b"",
+    cache = graph.cache if include_cache else b""
+    ring = np.asarray(graph.ring, dtype=_RING)
+    header = _encoder.encode(
+        _Header(
+            state_version=graph.state_version,
+            last_slot=graph.last_slot,
+            last_ts=graph.last_ts,
+            last_event_id=graph.last_event_id,
+            item_ids=graph.item_ids,
+            n_edges=graph.n_edges,
+            ring_len=len(ring),
+            ring_pos=graph.ring_pos,
+            cache_key=graph.cache_key if include_cache else "",
+            cache_len=len(cache),
+        )
     )
-    return bytes((CODEC_VERSION,)) + _encoder.encode(record)
+    parts = [bytes((CODEC_VERSION,)), _LEN.pack(len(header)), header]
+    parts.extend(graph.column(name).tobytes() for name in NODE_COLUMNS)
+    parts.extend(col.tobytes() for col in (graph.edge_src, graph.edge_dst, graph.edge_weight))
+    parts.append(ring.tobytes())
+    parts.append(cache)
+    return b"".join(parts)
 
 
 def decode(data: bytes, config: GraphConfig) -> UserGraph:
-    """Inverse of :func:`encode`; raises ``ValueError`` naming the cause and the fix."""
+    """Inverse of :func:`encode` (and reader of version 1); raises ``ValueError`` naming the cause and the fix."""
     if not data:
         raise ValueError(E_EMPTY)
-    if data[0] != CODEC_VERSION:
-        raise ValueError(E_VERSION.format(found=data[0], expected=CODEC_VERSION))
+    version = data[0]
+    if version not in READABLE_VERSIONS:
+        raise ValueError(E_VERSION.format(found=version, expected=", ".join(map(str, READABLE_VERSIONS))))
     try:
-        r = _decoder.decode(memoryview(data)[1:])
-        n = len(r.item_ids)
-        out_edges: list[dict[int, float]] = [{} for _ in range(n)]
-        for s, d, w in zip(
-            _unpack("i", r.edge_src), _unpack("i", r.edge_dst), _unpack("d", r.edge_weight), strict=True
-        ):
-            out_edges[s][d] = w
-        columns = {
-            "counts": _unpack("q", r.counts),
-            "last_seen": _unpack("d", r.last_seen),
-            "last_seq": _unpack("q", r.last_seq),
-            "last_action": _unpack("b", r.last_action),
-            "action_mask": _unpack("Q", r.action_mask),
-            "weight_sum": _unpack("d", r.weight_sum),
-        }
-        if any(len(col) != n for col in columns.values()):
-            raise ValueError("node columns differ in length")
-        return UserGraph(
-            config=config,
-            state_version=r.state_version,
-            last_slot=r.last_slot,
-            last_ts=r.last_ts,
-            last_event_id=r.last_event_id,
-            item_ids=r.item_ids,
-            out_edges=out_edges,
-            ring=_unpack("q", r.ring),
-            ring_pos=r.ring_pos,
-            cache_key=r.cache_key,
-            cache=r.cache,
-            **columns,
-        )
-    except (msgspec.DecodeError, ValueError, IndexError) as exc:
+        return _decode_v2(data, config) if version == 2 else _decode_v1(data, config)
+    except (msgspec.DecodeError, ValueError, IndexError, struct.error) as exc:
         raise ValueError(E_CORRUPT.format(cause=exc)) from exc
+
+
+def _decode_v2(data: bytes, config: GraphConfig) -> UserGraph:
+    (header_len,) = _LEN.unpack_from(data, 1)
+    start = 5 + header_len
+    h = _header_decoder.decode(memoryview(data)[5:start])
+    n, ne = len(h.item_ids), h.n_edges
+    offset = start
+    columns: dict[str, np.ndarray] = {}
+    for name, dtype in NODE_COLUMNS.items():
+        columns[name] = np.frombuffer(data, dtype=dtype, count=n, offset=offset)
+        offset += n * dtype.itemsize
+    edges = []
+    for dtype in EDGE_COLUMNS.values():
+        edges.append(np.frombuffer(data, dtype=dtype, count=ne, offset=offset))
+        offset += ne * dtype.itemsize
+    ring = np.frombuffer(data, dtype=_RING, count=h.ring_len, offset=offset)
+    offset += h.ring_len * _RING.itemsize
+    cache = data[offset : offset + h.cache_len]
+    if offset + h.cache_len != len(data):
+        raise ValueError(f"record has {len(data)} bytes, its header describes {offset + h.cache_len}")
+    _check_edges(edges[0], edges[1], n)
+    return UserGraph(
+        config,
+        state_version=h.state_version,
+        last_slot=h.last_slot,
+        last_ts=h.last_ts,
+        last_event_id=h.last_event_id,
+        item_ids=h.item_ids,
+        columns=columns,
+        edges=(edges[0], edges[1], edges[2]),
+        ring=ring.tolist(),
+        ring_pos=h.ring_pos,
+        cache_key=h.cache_key,
+        cache=cache,
+    )
+
+
+def _decode_v1(data: bytes, config: GraphConfig) -> UserGraph:
+    r = _v1_decoder.decode(memoryview(data)[1:])
+    n = len(r.item_ids)
+    columns = {name: np.frombuffer(getattr(r, name), dtype=code) for name, code in _V1_CODES.items()}
+    columns["weight_sum"] = np.frombuffer(r.weight_sum, dtype="<f8")
+    src = np.frombuffer(r.edge_src, dtype="<i4")
+    dst = np.frombuffer(r.edge_dst, dtype="<i4")
+    weight = np.frombuffer(r.edge_weight, dtype="<f8")
+    if any(len(col) != n for col in columns.values()):
+        raise ValueError("node columns differ in length")
+    _check_edges(src, dst, n)
+    return UserGraph(
+        config,
+        state_version=r.state_version,
+        last_slot=r.last_slot,
+        last_ts=r.last_ts,
+        last_event_id=r.last_event_id,
+        item_ids=r.item_ids,
+        columns=columns,
+        edges=(src, dst, weight),
+        ring=np.frombuffer(r.ring, dtype="<i8").tolist(),
+        ring_pos=r.ring_pos,
+        cache_key=r.cache_key,
+        cache=r.cache,
+    )
+
+
+def _check_edges(src: np.ndarray, dst: np.ndarray, n: int) -> None:
+    if len(src) != len(dst):
+        raise ValueError("edge columns differ in length")
+    if len(src) and (min(int(src.min()), int(dst.min())) < 0 or max(int(src.max()), int(dst.max())) >= n):
+        raise ValueError("an edge points outside the graph's nodes")

@@ -269,15 +269,13 @@ class _GraphPacker:
 
     def add(self, g: UserGraph, target: int) -> None:
         self.rows.extend(self.index.rows(g.item_ids))
-        self.actions.extend(g.last_action)
-        self.counts.extend(g.counts)
+        self.actions.extend(g.last_action.tolist())
+        self.counts.extend(g.counts.tolist())
         version = g.state_version
-        self.ago.extend(version - s for s in g.last_seq)
-        for s, out in enumerate(g.out_edges):
-            if out:
-                self.src.extend([s] * len(out))
-                self.dst.extend(out.keys())
-                self.weight.extend(out.values())
+        self.ago.extend((version - g.last_seq).tolist())
+        self.src.extend(g.edge_src.tolist())
+        self.dst.extend(g.edge_dst.tolist())
+        self.weight.extend(g.edge_weight.tolist())
         self.node_ptr.append(len(self.rows))
         self.edge_ptr.append(len(self.src))
         self.last.append(g.last_slot)

@@ -223,8 +223,18 @@ class GraphEncoder(nn.Module):
 
     def readout(self, h: torch.Tensor, b: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (user vectors [B, d], attention weight of every node [N])."""
+        return self.readout_projected(h, self.att_node(h), b)
+
+    def readout_projected(
+        self, h: torch.Tensor, projected: torch.Tensor, b: GraphBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`readout` given ``projected = att_node(h)``, the part a node's own state alone decides.
+
+        The incremental engine keeps ``projected`` per node beside its layer outputs, so an event
+        that changes a few nodes of a large graph does not project every node again.
+        """
         h_last = h[b.last_node]
-        gate = torch.sigmoid(self.att_last(h_last)[b.batch] + self.att_node(h) + self.recency_emb(b.recency))
+        gate = torch.sigmoid(self.att_last(h_last)[b.batch] + projected + self.recency_emb(b.recency))
         alpha = self.att_q(gate).squeeze(-1)
         summary = scatter(alpha.unsqueeze(-1) * h, b.batch, dim=0, dim_size=b.num_graphs, reduce="sum")
         user = self.out(torch.cat([h_last, self.dropout(summary)], dim=-1))

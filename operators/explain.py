@@ -54,11 +54,11 @@ def explain(checkpoint: Checkpoint, graph: UserGraph, top: int | None = None) ->
     parts = [
         Attribution(
             item_id=graph.item_ids[i],
-            action=actions[graph.last_action[i]],
+            action=actions[int(graph.last_action[i])],
             share=float(shares[i]),
             attention=float(alpha[i]),
             events_ago=recency[i],
-            count=graph.counts[i],
+            count=int(graph.counts[i]),
         )
         for i in range(graph.n_nodes)
     ]

@@ -11,9 +11,13 @@ and its neighbours' inputs, the weights of its edges and the degrees of itself
 and its neighbours, and a degree changes only at an endpoint of a changed edge.
 Only ``A_l`` is recomputed at layer ``l`` (with degree normalisation computed
 from the full graph), the cached rest is reused, and the readout runs over all
-nodes. Users without a valid cache, or whose ``A_L`` covers most of the graph,
-take the batched full forward instead — that choice is the measured rule
-``IncrementalPolicy.full_share`` (see docs/benchmarks.md).
+nodes. Besides ``H^1..H^L`` the cache keeps each node's readout projection
+``att_node(H^L)`` (the readout part that a node's own state decides), refreshed for
+``A_L`` only, so the readout of a large graph is elementwise work, not a matmul per node.
+Everything per node is numpy or torch over the concatenated columns of the batch's
+graphs: the Python work per user is constant, whatever the window. Users without a
+valid cache, or whose ``A_L`` covers most of the graph, take the batched full forward
+instead — that choice is the measured rule ``IncrementalPolicy.full_share`` (see docs/benchmarks.md).
 
 Models with similarity edges (``EncoderConfig.similarity_k > 0``) always take the full
 forward: one new or evicted item can change the k nearest neighbours of every node of
@@ -24,7 +28,6 @@ function of the item alone, so they keep the incremental path.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -35,10 +38,10 @@ from torch_geometric.utils import scatter
 
 from graph_state import UserGraph
 from operators.checkpoint import Checkpoint
-from operators.item_index import ItemIndex
 from operators.tensors import GraphBatch, graphs_to_batch, recency_buckets
 
-CACHE_LAYOUT = 1
+CACHE_LAYOUT = 2
+"""1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block the readout projection."""
 
 
 class UserDelta(NamedTuple):
@@ -65,20 +68,37 @@ def cache_key(checkpoint: Checkpoint, state_version: int) -> str:
     return f"{checkpoint.model_version}:{cfg.layers}x{cfg.dim}:L{CACHE_LAYOUT}@{state_version}"
 
 
-def affected_sets(graph: UserGraph, changed: frozenset[int] | set[int], layers: int) -> list[set[int]]:
-    """``[A_1, …, A_L]`` for the changed slots (see the module docstring)."""
-    out: list[set[int]] = []
-    frontier = set(changed)
-    current = set(changed)
-    for _ in range(layers):
-        grown = set(current)
-        for slot in frontier:
-            grown.update(graph.out_edges[slot])
-            grown.update(graph.in_neighbors(slot))
-        frontier = grown - current
-        current = grown
-        out.append(set(current))
+def _grow(mask: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``mask`` plus every node one undirected edge away from it."""
+    out = mask.copy()
+    out[dst[mask[src]]] = True
+    out[src[mask[dst]]] = True
     return out
+
+
+def affected_masks(graph: UserGraph, changed: Sequence[int], layers: int) -> list[np.ndarray]:
+    """``[A_1, …, A_L]`` as boolean masks over the graph's slots (see the module docstring)."""
+    current = np.zeros(graph.n_nodes, dtype=bool)
+    current[np.fromiter(changed, dtype=np.int64, count=len(changed))] = True
+    src, dst = graph.edge_src, graph.edge_dst
+    out = []
+    for _ in range(layers):
+        current = _grow(current, src, dst)
+        out.append(current)
+    return out
+
+
+def affected_sets(graph: UserGraph, changed: frozenset[int] | set[int], layers: int) -> list[set[int]]:
+    """``[A_1, …, A_L]`` for the changed slots, as sets of slots."""
+    return [set(np.flatnonzero(m).tolist()) for m in affected_masks(graph, sorted(changed), layers)]
+
+
+class _Plan(NamedTuple):
+    graph: UserGraph
+    layers: np.ndarray
+    """``[L + 1, n_nodes, d]`` float32, writable: refreshed in place and kept as the graph's cache."""
+    sets: list[np.ndarray]
+    """``A_1..A_L`` as masks over the graph's slots."""
 
 
 class IncrementalEncoder:
@@ -100,44 +120,50 @@ class IncrementalEncoder:
         cfg = self.checkpoint.config
         out = np.zeros((len(graphs), cfg.dim), dtype=np.float32)
         full: list[int] = []
-        incr: list[tuple[int, list[set[int]], np.ndarray]] = []
+        incr: list[int] = []
+        plans: list[_Plan] = []
         for i, (graph, delta) in enumerate(zip(graphs, deltas, strict=True)):
             plan = self._plan(graph, delta)
             if plan is None:
                 full.append(i)
             else:
-                incr.append((i, *plan))
+                incr.append(i)
+                plans.append(plan)
         with torch.inference_mode():
             if full:
-                vectors = self._full([graphs[i] for i in full])
-                out[full] = vectors
+                out[full] = self._full([graphs[i] for i in full])
             if incr:
-                vectors = self._incremental([graphs[i] for i, _, _ in incr], [(a, c) for _, a, c in incr])
-                out[[i for i, _, _ in incr]] = vectors
+                out[incr] = self._incremental(plans)
         self.stats["full"] += len(full)
         self.stats["incremental"] += len(incr)
         return out
 
-    def _plan(self, graph: UserGraph, delta: UserDelta | None) -> tuple[list[set[int]], np.ndarray] | None:
+    def _plan(self, graph: UserGraph, delta: UserDelta | None) -> _Plan | None:
         p = self.policy
-        if not (p.enabled and self.supported and delta is not None and graph.n_nodes >= p.min_nodes):
+        n = graph.n_nodes
+        if not (p.enabled and self.supported and delta is not None and n >= p.min_nodes):
             return None
         if graph.cache_key != cache_key(self.checkpoint, delta.base_version):
             return None
+        cached = graph.cache_array()
+        if cached is None:
+            return None
         cfg = self.checkpoint.config
-        cached = np.frombuffer(graph.cache, dtype=np.float32)
-        rows = cached.size // (cfg.layers * cfg.dim)
-        if rows * cfg.layers * cfg.dim != cached.size or rows > graph.n_nodes:
+        depth = cfg.layers + 1
+        rows = cached.size // (depth * cfg.dim)
+        if rows * depth * cfg.dim != cached.size or rows > n:
             return None
-        missing = set(range(rows, graph.n_nodes))
-        if not missing <= delta.slots:
+        if rows < n and not set(range(rows, n)) <= delta.slots:
             return None
-        sets = affected_sets(graph, delta.slots, cfg.layers)
-        if len(sets[-1]) > p.full_share * graph.n_nodes:
+        sets = affected_masks(graph, sorted(delta.slots), cfg.layers)
+        if int(sets[-1].sum()) > p.full_share * n:
             return None
-        layers = np.zeros((cfg.layers, graph.n_nodes, cfg.dim), dtype=np.float32)
-        layers[:, :rows] = cached.reshape(cfg.layers, rows, cfg.dim)
-        return sets, layers
+        if rows == n and cached.ndim == 3 and cached.flags.writeable:
+            layers = cached  # the graph's own array from the previous batch: refreshed in place
+        else:
+            layers = np.zeros((depth, n, cfg.dim), dtype=np.float32)
+            layers[:, :rows] = cached.reshape(depth, rows, cfg.dim)
+        return _Plan(graph, layers, sets)
 
     # ---- full forward ------------------------------------------------------------
 
@@ -150,74 +176,87 @@ class IncrementalEncoder:
         for layer in enc.layers:
             h = layer(h, b.edge_index, b.edge_weight, sim)
             states.append(h)
-        user, _ = enc.readout(h, b)
-        stacked = torch.stack(states).numpy()  # [L, N, d]
-        ptr = b.ptr.tolist()
+        projected = enc.att_node(h)
+        user, _ = enc.readout_projected(h, projected, b)
         keep_from = self.policy.min_nodes if self.policy.enabled and self.supported else None
+        stacked: np.ndarray | None = None
+        ptr = b.ptr.tolist()
         for i, graph in enumerate(graphs):
             if keep_from is not None and graph.n_nodes >= keep_from:
-                self._store(graph, stacked[:, ptr[i] : ptr[i + 1]])
-            elif graph.cache:
+                if stacked is None:
+                    stacked = torch.stack([*states, projected]).numpy()  # [L + 1, N, d]
+                self._store(graph, stacked[:, ptr[i] : ptr[i + 1]].copy())
+            elif graph.has_cache:
                 graph.cache_key, graph.cache = "", b""  # too small to ever be recomputed incrementally
             self.stats["recomputed_nodes"] += graph.n_nodes
             self.stats["total_nodes"] += graph.n_nodes
         return user.numpy()
 
     def _store(self, graph: UserGraph, layers: np.ndarray) -> None:
-        graph.cache = np.ascontiguousarray(layers, dtype=np.float32).tobytes()
+        graph.cache = layers
         graph.cache_key = cache_key(self.checkpoint, graph.state_version)
 
     # ---- incremental forward -----------------------------------------------------
 
-    def _incremental(
-        self, graphs: Sequence[UserGraph], plans: Sequence[tuple[list[set[int]], np.ndarray]]
-    ) -> np.ndarray:
+    def _incremental(self, plans: Sequence[_Plan]) -> np.ndarray:
+        """All plans' users at once: every array below spans the concatenated graphs."""
         enc = self.checkpoint.encoder
-        index = self.checkpoint.index
+        graphs = [p.graph for p in plans]
+        sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
+        ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=ptr[1:])
+        n_total = int(ptr[-1])
+        n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
+        offset = np.repeat(ptr[:-1], n_edges)
+        src = np.concatenate([g.edge_src for g in graphs]).astype(np.int64) + offset
+        dst = np.concatenate([g.edge_dst for g in graphs]).astype(np.int64) + offset
+        weight = np.concatenate([g.edge_weight for g in graphs])
+        # GCN normalisation from the full graphs (self loops of weight 1 included).
+        in_deg = 1.0 + np.bincount(dst, weights=weight, minlength=n_total)
+        out_deg = 1.0 + np.bincount(src, weights=weight, minlength=n_total)
         n_layers = len(enc.layers)
-        layer_states = [torch.from_numpy(layers) for _, layers in plans]  # each [L, N, d], updated in place
         for l_idx, layer in enumerate(enc.layers):
-            targets_per_user = [sorted(sets[l_idx]) for sets, _ in plans]
-            # Sources: targets and their neighbours, per user; their H^(l-1) feeds the convolution.
-            src_nodes: list[list[int]] = []
-            for g, targets in zip(graphs, targets_per_user, strict=True):
-                s = set(targets)
-                for t in targets:
-                    s.update(g.out_edges[t])
-                    s.update(g.in_neighbors(t))
-                src_nodes.append(sorted(s))
+            targets = np.concatenate([p.sets[l_idx] for p in plans])
+            sources = _grow(targets, src, dst)
+            s_idx = np.flatnonzero(sources)
             if l_idx == 0:
-                h_src = self._inputs(graphs, src_nodes, index)
+                h_src = self._inputs(plans, s_idx, ptr)
             else:
-                h_src = torch.cat([st[l_idx - 1][nodes] for st, nodes in zip(layer_states, src_nodes, strict=True)])
-            h_out = self._layer(layer, graphs, targets_per_user, src_nodes, h_src)
-            offset = 0
-            for st, targets in zip(layer_states, targets_per_user, strict=True):
-                st[l_idx][targets] = h_out[offset : offset + len(targets)]
-                offset += len(targets)
-        # Readout over every node of each user, from the refreshed last layer.
-        h_last = torch.cat([st[n_layers - 1] for st in layer_states])
-        b = _readout_batch(graphs)
-        user, _ = enc.readout(h_last, b)
-        for g, st, (sets, _) in zip(graphs, layer_states, plans, strict=True):
-            self._store(g, st.numpy())
-            self.stats["recomputed_nodes"] += len(sets[-1])
-            self.stats["total_nodes"] += g.n_nodes
+                h_src = torch.from_numpy(_gather(plans, l_idx - 1, s_idx, ptr))
+            h_out = self._layer(layer, h_src, targets, s_idx, src, dst, weight, in_deg, out_deg)
+            _scatter_back(plans, l_idx, np.flatnonzero(targets), ptr, h_out.numpy())
+        # The readout projection of every node whose last layer changed.
+        last = np.concatenate([p.sets[-1] for p in plans])
+        changed_last = np.flatnonzero(last)
+        projected = enc.att_node(torch.from_numpy(_gather(plans, n_layers - 1, changed_last, ptr)))
+        _scatter_back(plans, n_layers, changed_last, ptr, projected.numpy())
+        h_last = torch.from_numpy(np.concatenate([p.layers[n_layers - 1] for p in plans]))
+        p_all = torch.from_numpy(np.concatenate([p.layers[n_layers] for p in plans]))
+        user, _ = enc.readout_projected(h_last, p_all, _readout_batch(graphs, ptr))
+        for p in plans:
+            self._store(p.graph, p.layers)
+            self.stats["recomputed_nodes"] += int(p.sets[-1].sum())
+            self.stats["total_nodes"] += p.graph.n_nodes
         return user.numpy()
 
-    def _inputs(self, graphs: Sequence[UserGraph], nodes: Sequence[list[int]], index: ItemIndex) -> torch.Tensor:
+    def _inputs(self, plans: Sequence[_Plan], nodes: np.ndarray, ptr: np.ndarray) -> torch.Tensor:
+        """Layer inputs of the given (global) nodes, from their graphs' columns."""
         enc = self.checkpoint.encoder
+        index = self.checkpoint.index
+        bounds = np.searchsorted(nodes, ptr)
         rows: list[int] = []
-        actions: list[int] = []
-        counts: list[float] = []
-        for g, ns in zip(graphs, nodes, strict=True):
-            rows.extend(index.row(g.item_ids[n]) for n in ns)
-            actions.extend(g.last_action[n] for n in ns)
-            counts.extend(math.log1p(g.counts[n]) for n in ns)
+        actions = []
+        counts = []
+        for u, p in enumerate(plans):
+            local = nodes[bounds[u] : bounds[u + 1]] - ptr[u]
+            ids = p.graph.item_ids
+            rows.extend(index.rows([ids[i] for i in local.tolist()]))
+            actions.append(p.graph.last_action[local])
+            counts.append(p.graph.counts[local])
         partial = GraphBatch(
             item_rows=torch.tensor(rows, dtype=torch.long),
-            actions=torch.tensor(actions, dtype=torch.long),
-            log_counts=torch.tensor(counts, dtype=torch.float32),
+            actions=torch.from_numpy(np.concatenate(actions).astype(np.int64)),
+            log_counts=torch.from_numpy(np.log1p(np.concatenate(counts).astype(np.float32))),
             recency=torch.zeros(len(rows), dtype=torch.long),
             edge_index=torch.zeros((2, 0), dtype=torch.long),
             edge_weight=torch.zeros(0),
@@ -227,64 +266,68 @@ class IncrementalEncoder:
         )
         return enc.node_inputs(partial)
 
+    @staticmethod
     def _layer(
-        self,
         layer,
-        graphs: Sequence[UserGraph],
-        targets_per_user: Sequence[list[int]],
-        src_nodes: Sequence[list[int]],
         h_src: torch.Tensor,
+        targets: np.ndarray,
+        s_idx: np.ndarray,
+        src: np.ndarray,
+        dst: np.ndarray,
+        weight: np.ndarray,
+        in_deg: np.ndarray,
+        out_deg: np.ndarray,
     ) -> torch.Tensor:
-        """GCN layer outputs of the target nodes, with normalisation from the full graphs."""
-        f_src, f_tgt, f_w, b_src, b_tgt, b_w, self_src = [], [], [], [], [], [], []
-        self_f, self_b = [], []
-        src_offset = 0
-        tgt_offset = 0
-        for g, targets, sources in zip(graphs, targets_per_user, src_nodes, strict=True):
-            local = {n: src_offset + i for i, n in enumerate(sources)}
-            need = sources
-            in_deg = {n: 1.0 + sum(g.out_edges[u][n] for u in g.in_neighbors(n)) for n in need}
-            out_deg = {n: 1.0 + sum(g.out_edges[n].values()) for n in need}
-            for j, t in enumerate(targets):
-                tj = tgt_offset + j
-                for u in g.in_neighbors(t):  # forward conv: u → t
-                    f_src.append(local[u])
-                    f_tgt.append(tj)
-                    f_w.append(g.out_edges[u][t] / np.sqrt(in_deg[u] * in_deg[t]))
-                for x, w in g.out_edges[t].items():  # backward conv: t ← x in the reversed graph
-                    b_src.append(local[x])
-                    b_tgt.append(tj)
-                    b_w.append(w / np.sqrt(out_deg[x] * out_deg[t]))
-                self_src.append(local[t])
-                self_f.append(1.0 / in_deg[t])
-                self_b.append(1.0 / out_deg[t])
-            src_offset += len(sources)
-            tgt_offset += len(targets)
-        n_t = tgt_offset
+        """GCN layer outputs of the target nodes (a mask over all nodes), given ``h_src`` of ``s_idx``."""
+        n_total = len(targets)
+        pos = np.full(n_total, -1, dtype=np.int64)
+        pos[s_idx] = np.arange(len(s_idx))
+        t_idx = np.flatnonzero(targets)
+        tpos = np.full(n_total, -1, dtype=np.int64)
+        tpos[t_idx] = np.arange(len(t_idx))
+        n_t = len(t_idx)
+        fe = targets[dst]  # forward conv: src → dst for dst in targets
+        be = targets[src]  # backward conv (reversed edges): dst → src for src in targets
+        f_src, f_dst = src[fe], dst[fe]
+        b_src, b_dst = src[be], dst[be]
+        f_w = weight[fe] / np.sqrt(in_deg[f_src] * in_deg[f_dst])
+        b_w = weight[be] / np.sqrt(out_deg[b_dst] * out_deg[b_src])
         xf = layer.fwd.lin(h_src)
         xb = layer.bwd.lin(h_src)
-        selfs = torch.tensor(self_src, dtype=torch.long)
-        mf = xf[selfs] * torch.tensor(self_f, dtype=torch.float32).unsqueeze(-1)
-        mb = xb[selfs] * torch.tensor(self_b, dtype=torch.float32).unsqueeze(-1)
-        if f_src:
-            msg = xf[torch.tensor(f_src)] * torch.tensor(f_w, dtype=torch.float32).unsqueeze(-1)
-            mf = mf + scatter(msg, torch.tensor(f_tgt), dim=0, dim_size=n_t, reduce="sum")
-        if b_src:
-            msg = xb[torch.tensor(b_src)] * torch.tensor(b_w, dtype=torch.float32).unsqueeze(-1)
-            mb = mb + scatter(msg, torch.tensor(b_tgt), dim=0, dim_size=n_t, reduce="sum")
+        selfs = torch.from_numpy(pos[t_idx])
+        mf = xf[selfs] * torch.from_numpy((1.0 / in_deg[t_idx]).astype(np.float32)).unsqueeze(-1)
+        mb = xb[selfs] * torch.from_numpy((1.0 / out_deg[t_idx]).astype(np.float32)).unsqueeze(-1)
+        if len(f_src):
+            msg = xf[torch.from_numpy(pos[f_src])] * torch.from_numpy(f_w.astype(np.float32)).unsqueeze(-1)
+            mf = mf + scatter(msg, torch.from_numpy(tpos[f_dst]), dim=0, dim_size=n_t, reduce="sum")
+        if len(b_src):
+            msg = xb[torch.from_numpy(pos[b_dst])] * torch.from_numpy(b_w.astype(np.float32)).unsqueeze(-1)
+            mb = mb + scatter(msg, torch.from_numpy(tpos[b_src]), dim=0, dim_size=n_t, reduce="sum")
         m = mf + layer.fwd.bias + mb + layer.bwd.bias
-        h_self = h_src[selfs]
-        return layer.norm(h_self + torch.relu(m))
+        return layer.norm(h_src[selfs] + torch.relu(m))
 
 
-def _readout_batch(graphs: Sequence[UserGraph]) -> GraphBatch:
-    sizes = [g.n_nodes for g in graphs]
-    ptr = np.concatenate([[0], np.cumsum(sizes)])
+def _gather(plans: Sequence[_Plan], depth: int, nodes: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """Rows ``nodes`` (global, sorted) of cache block ``depth`` of each plan's graph, concatenated."""
+    bounds = np.searchsorted(nodes, ptr)
+    return np.concatenate([p.layers[depth][nodes[bounds[u] : bounds[u + 1]] - ptr[u]] for u, p in enumerate(plans)])
+
+
+def _scatter_back(plans: Sequence[_Plan], depth: int, nodes: np.ndarray, ptr: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` (rows of ``nodes``, global, sorted) into cache block ``depth`` of each plan."""
+    bounds = np.searchsorted(nodes, ptr)
+    for u, p in enumerate(plans):
+        lo, hi = bounds[u], bounds[u + 1]
+        if hi > lo:
+            p.layers[depth][nodes[lo:hi] - ptr[u]] = values[lo:hi]
+
+
+def _readout_batch(graphs: Sequence[UserGraph], ptr: np.ndarray) -> GraphBatch:
+    sizes = ptr[1:] - ptr[:-1]
     batch = np.repeat(np.arange(len(graphs)), sizes)
-    recency = recency_buckets(
-        np.concatenate([g.state_version - np.asarray(g.last_seq, dtype=np.int64) for g in graphs])
-    )
-    last = np.asarray([g.last_slot for g in graphs]) + ptr[:-1]
+    versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
+    recency = recency_buckets(np.repeat(versions, sizes) - np.concatenate([g.last_seq for g in graphs]))
+    last = np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs)) + ptr[:-1]
     empty = torch.zeros(0, dtype=torch.long)
     return GraphBatch(
         item_rows=empty,

@@ -52,50 +52,32 @@ def recency_buckets(events_ago: np.ndarray) -> np.ndarray:
 
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
-    """Concatenate graphs, offsetting node ids; Python only gathers, numpy does the arithmetic."""
-    rows: list[int] = []
-    actions: list[int] = []
-    counts: list[int] = []
-    last_seq: list[int] = []
-    src: list[int] = []
-    dst: list[int] = []
-    weights: list[float] = []
-    sizes: list[int] = []
-    n_edges: list[int] = []
-    versions: list[int] = []
-    last: list[int] = []
+    """Concatenate graphs' columns, offsetting node ids: numpy does all of it but the item rows."""
+    sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
     for g_idx, g in enumerate(graphs):
-        n = g.n_nodes
-        if n == 0 or g.last_slot < 0:
+        if g.n_nodes == 0 or g.last_slot < 0:
             raise ValueError(E_EMPTY_GRAPH.format(index=g_idx))
-        rows.extend(index.rows(g.item_ids))
-        actions.extend(g.last_action)
-        counts.extend(g.counts)
-        last_seq.extend(g.last_seq)
-        before = len(src)
-        for s, targets in enumerate(g.out_edges):
-            if targets:
-                src.extend([s] * len(targets))
-                dst.extend(targets.keys())
-                weights.extend(targets.values())
-        n_edges.append(len(src) - before)
-        sizes.append(n)
-        versions.append(g.state_version)
-        last.append(g.last_slot)
-    size_arr = np.asarray(sizes, dtype=np.int64)
-    ptr = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(size_arr, out=ptr[1:])
+    n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
+    ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=ptr[1:])
     edge_offset = np.repeat(ptr[:-1], n_edges)
-    edge_index = np.stack([np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)]) + edge_offset
-    ago = np.repeat(np.asarray(versions, dtype=np.int64), size_arr) - np.asarray(last_seq, dtype=np.int64)
+    src = np.concatenate([g.edge_src for g in graphs]).astype(np.int64) + edge_offset
+    dst = np.concatenate([g.edge_dst for g in graphs]).astype(np.int64) + edge_offset
+    versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
+    ago = np.repeat(versions, sizes) - np.concatenate([g.last_seq for g in graphs])
+    counts = np.concatenate([g.counts for g in graphs]).astype(np.float32)
+    last = np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs))
+    rows: list[int] = []
+    for g in graphs:
+        rows.extend(index.rows(g.item_ids))
     return GraphBatch(
         item_rows=torch.tensor(rows, dtype=torch.long),
-        actions=torch.tensor(actions, dtype=torch.long),
-        log_counts=torch.from_numpy(np.log1p(np.asarray(counts, dtype=np.float32))),
+        actions=torch.from_numpy(np.concatenate([g.last_action for g in graphs]).astype(np.int64)),
+        log_counts=torch.from_numpy(np.log1p(counts)),
         recency=torch.from_numpy(recency_buckets(ago)),
-        edge_index=torch.from_numpy(edge_index.reshape(2, -1)),
-        edge_weight=torch.tensor(weights, dtype=torch.float32),
-        batch=torch.from_numpy(np.repeat(np.arange(len(sizes), dtype=np.int64), size_arr)),
-        last_node=torch.from_numpy(np.asarray(last, dtype=np.int64) + ptr[:-1]),
+        edge_index=torch.from_numpy(np.stack([src, dst])),
+        edge_weight=torch.from_numpy(np.concatenate([g.edge_weight for g in graphs]).astype(np.float32)),
+        batch=torch.from_numpy(np.repeat(np.arange(len(graphs), dtype=np.int64), sizes)),
+        last_node=torch.from_numpy(last + ptr[:-1]),
         ptr=torch.from_numpy(ptr),
     )

@@ -51,10 +51,10 @@ def test_eviction_drops_least_recent_node_and_its_edges():
 
 def test_duplicate_event_changes_nothing():
     g = build([Ev("1", "a"), Ev("2", "b")])
-    before = (g.state_version, g.counts[:], g.edges())
+    before = (g.state_version, g.counts.tolist(), g.edges())
     change = g.apply(Ev("1", "a"))
     assert change.duplicate
-    assert (g.state_version, g.counts[:], g.edges()) == before
+    assert (g.state_version, g.counts.tolist(), g.edges()) == before
 
 
 def test_unknown_action_counts_as_other():
