@@ -70,7 +70,16 @@ class _RecordV1(msgspec.Struct, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 _v1_decoder = msgspec.msgpack.Decoder(_RecordV1)
-_V1_CODES = {"counts": "<i8", "last_seen": "<f8", "last_seq": "<i8", "last_action": "<i1", "action_mask": "<u8"}
+_V1_CODES = {
+    "counts": "<i8",
+    "last_seen": "<f8",
+    "last_seq": "<i8",
+    "last_action": "<i1",
+    "action_mask": "<u8",
+    "weight_sum": "<f8",
+}
+"""The v1 node columns, in the order of the node block's rows (NODE_COLUMNS)."""
+_BLOCK = np.dtype("<i8")
 
 
 def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
@@ -96,12 +105,17 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
             cache_len=len(cache),
         )
     )
-    parts = [bytes((CODEC_VERSION,)), _LEN.pack(len(header)), header]
-    parts.extend(graph.column(name).tobytes() for name in NODE_COLUMNS)
-    parts.extend(col.tobytes() for col in (graph.edge_src, graph.edge_dst, graph.edge_weight))
-    parts.append(ring.tobytes())
-    parts.append(cache)
-    return b"".join(parts)
+    return b"".join(
+        (
+            bytes((CODEC_VERSION,)),
+            _LEN.pack(len(header)),
+            header,
+            graph.node_block().tobytes(),  # row by row: each node column in NODE_COLUMNS order
+            graph.edge_block().tobytes(),  # sources, destinations, weights
+            ring.tobytes(),
+            cache,
+        )
+    )
 
 
 def decode(data: bytes, config: GraphConfig) -> UserGraph:
@@ -123,14 +137,11 @@ def _decode_v2(data: bytes, config: GraphConfig) -> UserGraph:
     h = _header_decoder.decode(memoryview(data)[5:start])
     n, ne = len(h.item_ids), h.n_edges
     offset = start
-    columns: dict[str, np.ndarray] = {}
-    for name, dtype in NODE_COLUMNS.items():
-        columns[name] = np.frombuffer(data, dtype=dtype, count=n, offset=offset)
-        offset += n * dtype.itemsize
-    edges = []
-    for dtype in EDGE_COLUMNS.values():
-        edges.append(np.frombuffer(data, dtype=dtype, count=ne, offset=offset))
-        offset += ne * dtype.itemsize
+    rows, edge_rows = len(NODE_COLUMNS), len(EDGE_COLUMNS)
+    nodes = np.frombuffer(data, dtype=_BLOCK, count=rows * n, offset=offset).reshape(rows, n)
+    offset += nodes.nbytes
+    edges = np.frombuffer(data, dtype=_BLOCK, count=edge_rows * ne, offset=offset).reshape(edge_rows, ne)
+    offset += edges.nbytes
     ring = np.frombuffer(data, dtype=_RING, count=h.ring_len, offset=offset)
     offset += h.ring_len * _RING.itemsize
     cache = data[offset : offset + h.cache_len]
@@ -144,8 +155,8 @@ def _decode_v2(data: bytes, config: GraphConfig) -> UserGraph:
         last_ts=h.last_ts,
         last_event_id=h.last_event_id,
         item_ids=h.item_ids,
-        columns=columns,
-        edges=(edges[0], edges[1], edges[2]),
+        nodes=nodes,
+        edges=edges,
         ring=ring.tolist(),
         ring_pos=h.ring_pos,
         cache_key=h.cache_key,
@@ -156,14 +167,18 @@ def _decode_v2(data: bytes, config: GraphConfig) -> UserGraph:
 def _decode_v1(data: bytes, config: GraphConfig) -> UserGraph:
     r = _v1_decoder.decode(memoryview(data)[1:])
     n = len(r.item_ids)
-    columns = {name: np.frombuffer(getattr(r, name), dtype=code) for name, code in _V1_CODES.items()}
-    columns["weight_sum"] = np.frombuffer(r.weight_sum, dtype="<f8")
-    src = np.frombuffer(r.edge_src, dtype="<i4")
-    dst = np.frombuffer(r.edge_dst, dtype="<i4")
-    weight = np.frombuffer(r.edge_weight, dtype="<f8")
-    if any(len(col) != n for col in columns.values()):
+    columns = [np.frombuffer(getattr(r, name), dtype=code) for name, code in _V1_CODES.items()]
+    if any(len(col) != n for col in columns):
         raise ValueError("node columns differ in length")
+    # The node block keeps every column as 8-byte values, floats and the mask by their bits.
+    nodes = np.stack(
+        [col.astype(NODE_COLUMNS[name]).view(_BLOCK) for name, col in zip(_V1_CODES, columns, strict=True)]
+    )
+    src = np.frombuffer(r.edge_src, dtype="<i4").astype(_BLOCK)
+    dst = np.frombuffer(r.edge_dst, dtype="<i4").astype(_BLOCK)
+    weight = np.frombuffer(r.edge_weight, dtype="<f8")
     _check_edges(src, dst, n)
+    edges = np.stack([src, dst, weight.view(_BLOCK)])
     return UserGraph(
         config,
         state_version=r.state_version,
@@ -171,8 +186,8 @@ def _decode_v1(data: bytes, config: GraphConfig) -> UserGraph:
         last_ts=r.last_ts,
         last_event_id=r.last_event_id,
         item_ids=r.item_ids,
-        columns=columns,
-        edges=(src, dst, weight),
+        nodes=nodes.reshape(len(NODE_COLUMNS), n),
+        edges=edges.reshape(len(EDGE_COLUMNS), -1),
         ring=np.frombuffer(r.ring, dtype="<i8").tolist(),
         ring_pos=r.ring_pos,
         cache_key=r.cache_key,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +23,18 @@ NODE_COLUMNS: dict[str, np.dtype] = {
     "counts": np.dtype("<i8"),
     "last_seen": np.dtype("<f8"),
     "last_seq": np.dtype("<i8"),
-    "last_action": np.dtype("<i1"),
+    "last_action": np.dtype("<i8"),
     "action_mask": np.dtype("<u8"),
     "weight_sum": np.dtype("<f8"),
 }
-"""Name and little-endian dtype of every node column (the codec writes them in this order)."""
-EDGE_COLUMNS: dict[str, np.dtype] = {"src": np.dtype("<i4"), "dst": np.dtype("<i4"), "weight": np.dtype("<f8")}
+"""Name and little-endian dtype of every node column, in the order of the node block's rows.
+
+All are 8 bytes wide: a graph keeps them as the rows of one ``int64`` block (floats and the
+mask are views of their rows), so copying, growing, batching and encoding a graph's nodes is
+one array operation, not one per column."""
+COUNTS, LAST_SEEN, LAST_SEQ, LAST_ACTION, ACTION_MASK, WEIGHT_SUM = range(len(NODE_COLUMNS))
+EDGE_COLUMNS: dict[str, np.dtype] = {"src": np.dtype("<i8"), "dst": np.dtype("<i8"), "weight": np.dtype("<f8")}
+"""Likewise the rows of the edge block."""
 _MIN_CAPACITY = 8
 
 
@@ -58,13 +65,13 @@ class GraphChange:
     """Seconds the refused event lay before the newest applied one (0 = not refused)."""
 
 
-def _grown(column: np.ndarray, size: int) -> np.ndarray:
-    """A writable copy of ``column`` with room for at least ``size`` rows (doubling)."""
-    capacity = max(_MIN_CAPACITY, len(column))
+def _grown(block: np.ndarray, used: int, size: int) -> np.ndarray:
+    """A writable ``int64`` copy of ``block[:, :used]`` with room for at least ``size`` columns (doubling)."""
+    capacity = max(_MIN_CAPACITY, block.shape[1])
     while capacity < size:
         capacity *= 2
-    out = np.zeros(capacity, dtype=column.dtype)
-    out[: len(column)] = column
+    out = np.zeros((block.shape[0], capacity), dtype=np.int64)
+    out[:, :used] = block[:, :used]
     return out
 
 
@@ -102,8 +109,8 @@ class UserGraph:
         last_ts: float = 0.0,
         last_event_id: str = "",
         item_ids: list[str] | None = None,
-        columns: dict[str, np.ndarray] | None = None,
-        edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        nodes: np.ndarray | None = None,
+        edges: np.ndarray | None = None,
         ring: list[int] | None = None,
         ring_pos: int = 0,
         cache_key: str = "",
@@ -115,24 +122,21 @@ class UserGraph:
         self.last_ts = last_ts
         self.last_event_id = last_event_id
         self.item_ids: list[str] = item_ids if item_ids is not None else []
-        n = len(self.item_ids)
-        self._n = n
-        # Columns may be read-only views of a stored record: they are copied on the first write.
-        self._cols: dict[str, np.ndarray] = {}
-        for name, dtype in NODE_COLUMNS.items():
-            col = columns[name] if columns is not None else np.zeros(0, dtype)
-            if len(col) != n:
-                raise ValueError(f"node column {name} has {len(col)} rows for {n} items")
-            self._cols[name] = col
-        if edges is None:
-            edges = tuple(np.zeros(0, dtype) for dtype in EDGE_COLUMNS.values())  # type: ignore[assignment]
-        assert edges is not None
-        self._src, self._dst, self._w = edges
-        self._ne = len(self._src)
-        if not (len(self._dst) == len(self._w) == self._ne):
-            raise ValueError("edge columns differ in length")
+        self._n = len(self.item_ids)
+        # The blocks may be read-only views of a stored record: they are copied on the first write.
+        self._set_nodes(nodes if nodes is not None else np.zeros((len(NODE_COLUMNS), 0), dtype=np.int64))
+        self._set_edges(edges if edges is not None else np.zeros((len(EDGE_COLUMNS), 0), dtype=np.int64))
+        self._ne = self._edges.shape[1]
+        if self._nodes.shape != (len(NODE_COLUMNS), self._n):
+            raise ValueError(f"node block has shape {self._nodes.shape} for {self._n} items")
+        if self._edges.shape[0] != len(EDGE_COLUMNS):
+            raise ValueError(f"edge block has shape {self._edges.shape}")
         self._writable = False
+        self._edge_at: dict[int, int] | None = None
         self._slot_of = {item: slot for slot, item in enumerate(self.item_ids)}
+        self._rows_owner: object | None = None
+        self._rows: list[int] = []
+        self._stale_rows: list[int] = []
         self.ring = list(ring) if ring is not None else []
         self.ring_pos = ring_pos
         size = config.dedupe_ring
@@ -146,6 +150,15 @@ class UserGraph:
         self._cache_bytes: bytes = b""
         self._cache_array: np.ndarray | None = None
         self.cache = cache
+
+    def _set_nodes(self, block: np.ndarray) -> None:
+        self._nodes = block
+        self._fnodes = block.view(np.float64)
+        self._unodes = block.view(np.uint64)
+
+    def _set_edges(self, block: np.ndarray) -> None:
+        self._edges = block
+        self._fedges = block.view(np.float64)
 
     # ---- the per-node layer cache (owned by ``operators``) ------------------------
 
@@ -183,28 +196,69 @@ class UserGraph:
     def n_edges(self) -> int:
         return self._ne
 
+    def node_block(self) -> np.ndarray:
+        """``[len(NODE_COLUMNS), n_nodes]`` int64: every node column as a row (floats as their bits)."""
+        return self._nodes[:, : self._n]
+
+    def edge_block(self) -> np.ndarray:
+        """``[3, n_edges]`` int64: source, destination and weight (float64 bits) of every edge."""
+        return self._edges[:, : self._ne]
+
     def column(self, name: str) -> np.ndarray:
         """A node column (see :data:`NODE_COLUMNS`) as a view of length ``n_nodes``."""
-        return self._cols[name][: self._n]
+        row = list(NODE_COLUMNS).index(name)
+        return self._nodes[row, : self._n].view(NODE_COLUMNS[name])
 
-    counts = property(lambda self: self.column("counts"))
-    last_seen = property(lambda self: self.column("last_seen"))
-    last_seq = property(lambda self: self.column("last_seq"))
-    last_action = property(lambda self: self.column("last_action"))
-    action_mask = property(lambda self: self.column("action_mask"))
-    weight_sum = property(lambda self: self.column("weight_sum"))
+    @property
+    def counts(self) -> np.ndarray:
+        return self._nodes[COUNTS, : self._n]
+
+    @property
+    def last_seen(self) -> np.ndarray:
+        return self._fnodes[LAST_SEEN, : self._n]
+
+    @property
+    def last_seq(self) -> np.ndarray:
+        return self._nodes[LAST_SEQ, : self._n]
+
+    @property
+    def last_action(self) -> np.ndarray:
+        return self._nodes[LAST_ACTION, : self._n]
+
+    @property
+    def action_mask(self) -> np.ndarray:
+        return self._unodes[ACTION_MASK, : self._n]
+
+    @property
+    def weight_sum(self) -> np.ndarray:
+        return self._fnodes[WEIGHT_SUM, : self._n]
 
     @property
     def edge_src(self) -> np.ndarray:
-        return self._src[: self._ne]
+        return self._edges[0, : self._ne]
 
     @property
     def edge_dst(self) -> np.ndarray:
-        return self._dst[: self._ne]
+        return self._edges[1, : self._ne]
 
     @property
     def edge_weight(self) -> np.ndarray:
-        return self._w[: self._ne]
+        return self._fedges[2, : self._ne]
+
+    def slot_rows(self, owner: object, lookup: Callable[[str], int]) -> list[int]:
+        """``lookup(item_id)`` of every slot, memoised for ``owner`` and refreshed only for changed slots.
+
+        ``operators`` keeps the item index's embedding rows here, so a batch does not look up
+        every item of every graph again; a graph holds the memo of one owner at a time.
+        """
+        if self._rows_owner is not owner:
+            self._rows = [lookup(item) for item in self.item_ids]
+            self._rows_owner, self._stale_rows = owner, []
+        elif self._stale_rows:
+            for slot in self._stale_rows:
+                self._rows[slot] = lookup(self.item_ids[slot])
+            self._stale_rows = []
+        return self._rows
 
     def items(self) -> list[str]:
         return list(self.item_ids)
@@ -252,24 +306,24 @@ class UserGraph:
         nodes: set[int] = set()
         edges: set[tuple[int, int]] = set()
         evicted: str | None = None
-        cols = self._cols
 
         slot = self._slot_of.get(event.item_id)
         if slot is None:
             if self._n < cfg.max_nodes:
                 slot = self._new_slot(event.item_id)
             else:
-                slot = int(np.argmin(cols["last_seq"][: self._n]))
+                slot = int(np.argmin(self._nodes[LAST_SEQ, : self._n]))
                 evicted = self.item_ids[slot]
                 self._evict(slot, nodes, edges)
                 self._reset_slot(slot, event.item_id)
         nodes.add(slot)
-        cols["counts"][slot] += 1
-        cols["last_seen"][slot] = ts
-        cols["last_seq"][slot] = self.state_version + 1
-        cols["last_action"][slot] = action
-        cols["action_mask"][slot] |= np.uint64(1 << action)
-        cols["weight_sum"][slot] += weight
+        block, floats = self._nodes, self._fnodes
+        block[COUNTS, slot] += 1
+        floats[LAST_SEEN, slot] = ts
+        block[LAST_SEQ, slot] = self.state_version + 1
+        block[LAST_ACTION, slot] = action
+        block[ACTION_MASK, slot] |= 1 << action
+        floats[WEIGHT_SUM, slot] += weight
 
         prev = self.last_slot
         if prev >= 0 and prev != slot:
@@ -286,40 +340,46 @@ class UserGraph:
         return GraphChange(frozenset(nodes), frozenset(edges), evicted)
 
     def _own(self) -> None:
-        """Make every column a writable array of our own (decoded columns view the record's bytes)."""
-        for name, col in self._cols.items():
-            self._cols[name] = _grown(col, self._n)
-        self._src, self._dst, self._w = (_grown(c[: self._ne], self._ne) for c in (self._src, self._dst, self._w))
+        """Make both blocks writable arrays of our own (decoded blocks view the record's bytes)."""
+        self._set_nodes(_grown(self._nodes, self._n, self._n))
+        self._set_edges(_grown(self._edges, self._ne, self._ne))
         self._writable = True
 
     def _add_edge_weight(self, src: int, dst: int, weight: float) -> None:
-        ne = self._ne
-        hit = np.flatnonzero((self._src[:ne] == src) & (self._dst[:ne] == dst))
-        if len(hit):
-            self._w[hit[0]] += weight
+        at = self._edge_at
+        if at is None:
+            keys = (self._edges[0, : self._ne] << 32) | self._edges[1, : self._ne]
+            at = self._edge_at = dict(zip(keys.tolist(), range(self._ne), strict=True))
+        key = (src << 32) | dst
+        found = at.get(key)
+        if found is not None:
+            self._fedges[2, found] += weight
             return
-        if ne == len(self._src):
-            self._src, self._dst, self._w = (_grown(c, ne + 1) for c in (self._src, self._dst, self._w))
-        self._src[ne] = src
-        self._dst[ne] = dst
-        self._w[ne] = weight
+        ne = self._ne
+        if ne == self._edges.shape[1]:
+            self._set_edges(_grown(self._edges, ne, ne + 1))
+        self._edges[0, ne] = src
+        self._edges[1, ne] = dst
+        self._fedges[2, ne] = weight
+        at[key] = ne
         self._ne = ne + 1
 
     def _new_slot(self, item_id: str) -> int:
         slot = self._n
-        if slot == len(self._cols["counts"]):
-            for name, col in self._cols.items():
-                self._cols[name] = _grown(col, slot + 1)
-        for col in self._cols.values():
-            col[slot] = 0
+        if slot == self._nodes.shape[1]:
+            self._set_nodes(_grown(self._nodes, slot, slot + 1))
+        self._nodes[:, slot] = 0
         self.item_ids.append(item_id)
         self._n = slot + 1
         self._slot_of[item_id] = slot
+        if self._rows_owner is not None:
+            self._rows.append(-1)
+            self._stale_rows.append(slot)
         return slot
 
     def _evict(self, slot: int, nodes: set[int], edges: set[tuple[int, int]]) -> None:
         ne = self._ne
-        src, dst = self._src[:ne], self._dst[:ne]
+        src, dst = self._edges[0, :ne], self._edges[1, :ne]
         gone = (src == slot) | (dst == slot)
         if gone.any():
             for s, d in zip(src[gone].tolist(), dst[gone].tolist(), strict=True):
@@ -327,18 +387,20 @@ class UserGraph:
                 nodes.add(d if s == slot else s)
             keep = ~gone
             kept = int(keep.sum())
-            for col in (self._src, self._dst, self._w):
-                col[:kept] = col[:ne][keep]
+            self._edges[:, :kept] = self._edges[:, :ne][:, keep]
             self._ne = kept
+            self._edge_at = None
         if self.last_slot == slot:
             self.last_slot = -1
         del self._slot_of[self.item_ids[slot]]
 
     def _reset_slot(self, slot: int, item_id: str) -> None:
         self.item_ids[slot] = item_id
-        for col in self._cols.values():
-            col[slot] = 0
+        self._nodes[:, slot] = 0
         self._slot_of[item_id] = slot
+        if self._rows_owner is not None:
+            self._rows[slot] = -1
+            self._stale_rows.append(slot)
 
     def _remember(self, key: int) -> None:
         size = self.config.dedupe_ring

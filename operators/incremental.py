@@ -208,9 +208,9 @@ class IncrementalEncoder:
         n_total = int(ptr[-1])
         n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
         offset = np.repeat(ptr[:-1], n_edges)
-        src = np.concatenate([g.edge_src for g in graphs]).astype(np.int64) + offset
-        dst = np.concatenate([g.edge_dst for g in graphs]).astype(np.int64) + offset
-        weight = np.concatenate([g.edge_weight for g in graphs])
+        edges = np.concatenate([g.edge_block() for g in graphs], axis=1)
+        src, dst = edges[0] + offset, edges[1] + offset
+        weight = edges[2].view(np.float64)
         # GCN normalisation from the full graphs (self loops of weight 1 included).
         in_deg = 1.0 + np.bincount(dst, weights=weight, minlength=n_total)
         out_deg = 1.0 + np.bincount(src, weights=weight, minlength=n_total)
@@ -249,8 +249,8 @@ class IncrementalEncoder:
         counts = []
         for u, p in enumerate(plans):
             local = nodes[bounds[u] : bounds[u + 1]] - ptr[u]
-            ids = p.graph.item_ids
-            rows.extend(index.rows([ids[i] for i in local.tolist()]))
+            slot_rows = p.graph.slot_rows(index, index.row)
+            rows.extend([slot_rows[i] for i in local.tolist()])
             actions.append(p.graph.last_action[local])
             counts.append(p.graph.counts[local])
         partial = GraphBatch(

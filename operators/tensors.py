@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from graph_state import UserGraph
+from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.item_index import ItemIndex
 
 RECENCY_BUCKETS = 16
@@ -52,31 +53,29 @@ def recency_buckets(events_ago: np.ndarray) -> np.ndarray:
 
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
-    """Concatenate graphs' columns, offsetting node ids: numpy does all of it but the item rows."""
-    sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
+    """Concatenate graphs' node and edge blocks, offsetting node ids: one numpy call per block."""
     for g_idx, g in enumerate(graphs):
         if g.n_nodes == 0 or g.last_slot < 0:
             raise ValueError(E_EMPTY_GRAPH.format(index=g_idx))
+    nodes = np.concatenate([g.node_block() for g in graphs], axis=1)
+    edges = np.concatenate([g.edge_block() for g in graphs], axis=1)
+    sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
     n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
     ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
     np.cumsum(sizes, out=ptr[1:])
-    edge_offset = np.repeat(ptr[:-1], n_edges)
-    src = np.concatenate([g.edge_src for g in graphs]).astype(np.int64) + edge_offset
-    dst = np.concatenate([g.edge_dst for g in graphs]).astype(np.int64) + edge_offset
+    edge_index = edges[:2] + np.repeat(ptr[:-1], n_edges)
     versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
-    ago = np.repeat(versions, sizes) - np.concatenate([g.last_seq for g in graphs])
-    counts = np.concatenate([g.counts for g in graphs]).astype(np.float32)
     last = np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs))
     rows: list[int] = []
     for g in graphs:
-        rows.extend(index.rows(g.item_ids))
+        rows.extend(g.slot_rows(index, index.row))
     return GraphBatch(
         item_rows=torch.tensor(rows, dtype=torch.long),
-        actions=torch.from_numpy(np.concatenate([g.last_action for g in graphs]).astype(np.int64)),
-        log_counts=torch.from_numpy(np.log1p(counts)),
-        recency=torch.from_numpy(recency_buckets(ago)),
-        edge_index=torch.from_numpy(np.stack([src, dst])),
-        edge_weight=torch.from_numpy(np.concatenate([g.edge_weight for g in graphs]).astype(np.float32)),
+        actions=torch.from_numpy(nodes[LAST_ACTION]),
+        log_counts=torch.from_numpy(np.log1p(nodes[COUNTS].astype(np.float32))),
+        recency=torch.from_numpy(recency_buckets(np.repeat(versions, sizes) - nodes[LAST_SEQ])),
+        edge_index=torch.from_numpy(edge_index),
+        edge_weight=torch.from_numpy(edges[2].view(np.float64).astype(np.float32)),
         batch=torch.from_numpy(np.repeat(np.arange(len(graphs), dtype=np.int64), sizes)),
         last_node=torch.from_numpy(last + ptr[:-1]),
         ptr=torch.from_numpy(ptr),

@@ -150,7 +150,9 @@ class Broken:
 
 BASE = {"event_id": "e", "user_id": "u", "item_id": "i", "action": "view", "ts": 1_767_225_600.0}
 STRINGS = ("event_id", "user_id", "item_id", "action")
-NOT_A_STRING = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers(), max_size=2))
+NOT_A_STRING = st.one_of(
+    st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.lists(st.integers(), max_size=2)
+)
 
 
 def _enc(event: dict[str, Any]) -> bytes:
