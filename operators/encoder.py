@@ -108,12 +108,20 @@ class GraphLayer(nn.Module):
         edge_index: torch.Tensor,
         edge_weight: torch.Tensor,
         sim_index: torch.Tensor | None = None,
+        plan: GcnPlan | None = None,
     ) -> torch.Tensor:
-        """``sim_index``: undirected similarity edges (both directions listed), for layers built with them."""
-        rev = edge_index.flip(0)
-        if self.conv == "gcn":
+        """``sim_index``: undirected similarity edges (both directions listed), for layers built with them.
+
+        ``plan``: the batch's normalised GCN adjacency (:func:`gcn_plan`), shared by every layer;
+        without one, PyG's ``GCNConv`` normalises the same edges again in each convolution.
+        """
+        if self.conv == "gcn" and plan is not None:
+            m = self._both_directions(h, plan)
+        elif self.conv == "gcn":
+            rev = edge_index.flip(0)
             m = self.fwd(h, edge_index, edge_weight) + self.bwd(h, rev, edge_weight)
         else:
+            rev = edge_index.flip(0)
             attr = edge_weight.unsqueeze(-1)
             m = self.fwd(h, edge_index, attr) + self.bwd(h, rev, attr)
         if self.sim is not None:
@@ -121,6 +129,54 @@ class GraphLayer(nn.Module):
                 sim_index = torch.zeros((2, 0), dtype=torch.long, device=h.device)
             m = m + self.sim(h, sim_index)
         return self.norm(h + torch.relu(m))
+
+    def _both_directions(self, h: torch.Tensor, plan: GcnPlan) -> torch.Tensor:
+        """``GCNConv`` forward along the edges plus ``GCNConv`` backward along them, in one gather and scatter.
+
+        The same function as the two PyG convolutions (self loops of weight 1, symmetric degree
+        normalisation per direction, then the bias), up to float summation order.
+        """
+        fwd: GCNConv = self.fwd  # type: ignore[assignment]
+        bwd: GCNConv = self.bwd  # type: ignore[assignment]
+        x = F.linear(h, torch.cat([fwd.lin.weight, bwd.lin.weight]))  # [n, 2d]: forward | backward
+        rows = x.reshape(-1, h.shape[1])  # row 2i: node i's forward transform, 2i + 1: its backward one
+        messages = rows[plan.source] * plan.weight.unsqueeze(-1)
+        out = torch.zeros_like(h).index_add_(0, plan.target, messages)
+        return out + (fwd.bias + bwd.bias)
+
+
+class GcnPlan(NamedTuple):
+    """Every message of both GCN directions of a batch, with its normalised weight (see :func:`gcn_plan`)."""
+
+    source: torch.Tensor
+    """Row of the message's transformed source: ``2 j`` (forward conv) or ``2 j + 1`` (backward conv)."""
+    target: torch.Tensor
+    weight: torch.Tensor
+
+
+def gcn_plan(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: int) -> GcnPlan:
+    """The normalised adjacency of the forward and the backward GCN convolution, once per batch.
+
+    Forward conv (messages ``src → dst``): ``deg = 1 + sum of incoming weights`` and
+    ``w / sqrt(deg[src] deg[dst])``, plus a self loop ``1 / deg[i]``; the backward conv is the
+    same on the reversed edges (degrees from outgoing weights). As ``gcn_norm`` with
+    ``add_self_loops=True`` computes it for each ``GCNConv`` call — the graphs have no self loops.
+
+    >>> p = gcn_plan(torch.tensor([[0], [1]]), torch.tensor([3.0]), 2)
+    >>> p.source.tolist(), p.target.tolist(), [round(w, 3) for w in p.weight.tolist()]
+    ([0, 3, 0, 2, 1, 3], [1, 0, 0, 1, 0, 1], [1.5, 1.5, 1.0, 0.25, 0.25, 1.0])
+    """
+    src, dst = edge_index[0], edge_index[1]
+    w = edge_weight.to(torch.float32)
+    loops = torch.arange(n_nodes, dtype=torch.long, device=edge_index.device)
+    deg_in = torch.ones(n_nodes, dtype=torch.float32).index_add_(0, dst, w)
+    deg_out = torch.ones(n_nodes, dtype=torch.float32).index_add_(0, src, w)
+    inv_in, inv_out = deg_in.rsqrt(), deg_out.rsqrt()
+    return GcnPlan(
+        source=torch.cat([2 * src, 2 * dst + 1, 2 * loops, 2 * loops + 1]),
+        target=torch.cat([dst, src, loops, loops]),
+        weight=torch.cat([inv_in[src] * w * inv_in[dst], inv_out[dst] * w * inv_out[src], 1.0 / deg_in, 1.0 / deg_out]),
+    )
 
 
 class GraphEncoder(nn.Module):
@@ -214,11 +270,18 @@ class GraphEncoder(nn.Module):
             vectors = F.normalize(self.item_rows_vectors(b.item_rows).detach().to(torch.float64), dim=-1)
             return knn_edges(vectors, b.ptr, k)
 
+    def gcn_plan(self, b: GraphBatch) -> GcnPlan | None:
+        """The batch's GCN adjacency for :meth:`GraphLayer.forward` (``None`` for GAT layers)."""
+        if self.config.conv != "gcn":
+            return None
+        return gcn_plan(b.edge_index, b.edge_weight, int(b.batch.shape[0]))
+
     def node_states(self, b: GraphBatch) -> torch.Tensor:
         h = self.dropout(self.node_inputs(b))
         sim = self.similarity_edges(b)
+        plan = self.gcn_plan(b)
         for layer in self.layers:
-            h = layer(h, b.edge_index, b.edge_weight, sim)
+            h = layer(h, b.edge_index, b.edge_weight, sim, plan)
         return h
 
     def readout(self, h: torch.Tensor, b: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:

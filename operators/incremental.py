@@ -172,9 +172,10 @@ class IncrementalEncoder:
         b = graphs_to_batch(graphs, self.checkpoint.index)
         h = enc.node_inputs(b)
         sim = enc.similarity_edges(b)
+        plan = enc.gcn_plan(b)
         states = []
         for layer in enc.layers:
-            h = layer(h, b.edge_index, b.edge_weight, sim)
+            h = layer(h, b.edge_index, b.edge_weight, sim, plan)
             states.append(h)
         projected = enc.att_node(h)
         user, _ = enc.readout_projected(h, projected, b)

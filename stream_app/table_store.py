@@ -21,6 +21,18 @@ this adapter makes the current event truthful for each user:
 Writes are atomic per user, not per batch: a batch cut short is redelivered
 (at-least-once), and the graphs' ``event_id`` rings turn the already stored part
 into duplicates.
+
+**Direct writes** (``direct=True``, the worker outside exactly-once): a table write
+through Faust costs a store call, a ``FutureMessage`` through the producer buffer, a
+persisted-offset write and sensor calls *per key* — more than the whole rest of the
+pipeline per event (``bench/worker_ceiling.py``). So :meth:`put_many` does what Faust
+does, once per partition per batch: one RocksDB ``WriteBatch`` into the partition's
+database (Faust's own store, the same keys, the key index updated), and the changelog
+records go out through :meth:`flush_changelog` as one producer batch per partition, whose
+ack sets the partition's persisted changelog offset (what Faust's ``_on_changelog_sent``
+does per record). Faust still flushes the producer before it commits input offsets, so
+the at-least-once order is Faust's: state and changelog first, input offsets after.
+Under exactly-once the table is written the Faust way, inside its transactions.
 """
 
 from __future__ import annotations
@@ -31,9 +43,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import TP, EventT
+from rocksdict import WriteBatch
 
 from graph_state import GraphConfig, UserGraph, decode, encode
+from stream_app.batch_send import send_batched
 from stream_app.keys import user_of_message
 from stream_app.records import RawRecord
 
@@ -72,10 +86,23 @@ class TableStore:
     (['u1'], None)
     """
 
-    def __init__(self, table: MutableMapping[Any, Any], config: GraphConfig) -> None:
+    def __init__(
+        self,
+        table: MutableMapping[Any, Any],
+        config: GraphConfig,
+        direct: bool = False,
+        persist_cache_every: int = 32,
+    ) -> None:
         self.table = table
         self.config = config
+        self.direct = direct
+        self.persist_cache_every = persist_cache_every
+        """A graph's layer cache is written only at state versions that are multiples of this
+        (0 = always): it is derived data, often the largest part of the record, and between
+        persisted versions it lives in the worker's graph cache (as ``RocksOptions``)."""
         self._routes: dict[str, EventT] = {}
+        self._pending: list[tuple[bytes, bytes | None, int]] = []
+        """Changelog records written to RocksDB by direct writes, not yet handed to the producer."""
 
     @contextmanager
     def routing(self, events: Sequence[EventT], also: Sequence[RawRecord] = ()) -> Iterator[None]:
@@ -125,23 +152,83 @@ class TableStore:
             groups[partition][1].append(uid)
         return list(groups.values())
 
+    def _writes_directly(self) -> bool:
+        return self.direct and not self.table.app.in_transaction  # type: ignore[attr-defined]
+
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserGraph]:
         found: dict[str, UserGraph] = {}
+        direct = self._writes_directly()
         for event, ids in self._by_partition(user_ids, write=False):
-            with acting_as(event):
-                for uid in ids:
-                    raw = self.table.get(uid.encode("utf-8"))
-                    if raw is not None:
-                        found[uid] = decode(raw, self.config)
+            keys = [uid.encode("utf-8") for uid in ids]
+            if direct and event is not None:
+                # One multi-get on the partition's database (what Faust's _get does key by key).
+                db = self.table.data._db_for_partition(event.message.partition)  # type: ignore[attr-defined]
+                values = db.get(keys)
+            else:
+                with acting_as(event):
+                    values = [self.table.get(key) for key in keys]
+            for uid, raw in zip(ids, values, strict=True):
+                if raw is not None:
+                    found[uid] = decode(raw, self.config)
         return found
+
+    def _encode(self, graph: UserGraph) -> bytes:
+        every = self.persist_cache_every
+        return encode(graph, include_cache=every <= 0 or graph.state_version % every == 0)
 
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
         if meta:
             raise ValueError(E_META)
+        direct = self._writes_directly()
         for event, ids in self._by_partition(graphs, write=True):
+            if direct:
+                assert event is not None
+                items = [(uid.encode("utf-8"), self._encode(graphs[uid])) for uid in ids]
+                self._write_direct(event.message.partition, items)
+                continue
             with acting_as(event):
                 for uid in ids:
-                    self.table[uid.encode("utf-8")] = encode(graphs[uid])
+                    self.table[uid.encode("utf-8")] = self._encode(graphs[uid])
+
+    def _write_direct(self, partition: int, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """One atomic RocksDB batch into the partition's database; the changelog records are queued."""
+        store = self.table.data  # type: ignore[attr-defined]
+        batch = WriteBatch(raw_mode=True)
+        for key, value in items:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        store._db_for_partition(partition).write(batch)
+        for key, value in items:
+            if value is None:
+                store._key_index.pop(key, None)
+            else:
+                store._key_index[key] = partition
+            self._pending.append((key, value, partition))
+
+    async def flush_changelog(self) -> list[Any]:
+        """Hand the queued changelog records to the producer (one batch per partition); returns the futures.
+
+        Each partition's ack records its last offset as the table's persisted changelog offset,
+        as Faust does for each record it sends itself. Nothing to do after Faust-way writes.
+        """
+        if not self._pending:
+            return []
+        pending, self._pending = self._pending, []
+        table = self.table
+        topic = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
+        store = table.data  # type: ignore[attr-defined]
+
+        def persisted(partition: int, offset: int) -> None:
+            store.set_persisted_offset(TP(topic, partition), offset)
+
+        producer = await table.app.maybe_start_producer()  # type: ignore[attr-defined]
+        return await send_batched(producer, topic, pending, on_sent=persisted)
+
+    def discard_pending(self) -> None:
+        """Forget queued changelog records (a failed batch: its users are forgotten and reloaded)."""
+        self._pending.clear()
 
     def delete(self, user_id: str) -> bool:
         """Delete a routed user: RocksDB of its partition plus a changelog tombstone there.
@@ -153,6 +240,12 @@ class TableStore:
         """
         ((event, _),) = self._by_partition([user_id], write=True)
         key = user_id.encode("utf-8")
+        if self._writes_directly():
+            assert event is not None
+            db = self.table.data._db_for_partition(event.message.partition)  # type: ignore[attr-defined]
+            existed = db.get(key) is not None
+            self._write_direct(event.message.partition, [(key, None)])
+            return existed
         with acting_as(event):
             existed = self.table.get(key) is not None
             try:

@@ -44,10 +44,12 @@ def test_incremental_equals_full(seed, n, max_nodes, batch_size, model, swap_at,
     store = MemoryStore(GraphConfig(max_nodes=max_nodes))
     ckpt = MODELS[model]
     pipeline = Pipeline(store, Embedder(ckpt, ALWAYS))
+    pipelines = [pipeline]
     for start in range(0, len(records), batch_size):
         if swap_at is not None and start >= swap_at and ckpt is MODELS[model]:
             ckpt = MODELS[(model + 1) % 3]  # a model reload: every cache is now stale
             pipeline = Pipeline(store, Embedder(ckpt, ALWAYS))
+            pipelines.append(pipeline)
         result = pipeline.process(records[start : start + batch_size])
         pipeline.commit(result)
         for emb in result.embeddings:
@@ -56,8 +58,8 @@ def test_incremental_equals_full(seed, n, max_nodes, batch_size, model, swap_at,
             np.testing.assert_allclose(emb.embedding, vec, atol=1e-5)
             if emb.user_id in result.graphs:  # republished duplicates store nothing
                 np.testing.assert_allclose(np.frombuffer(graph.cache, dtype=np.float32), layers, atol=1e-5)
-    stats = pipeline.embedder.incremental.stats
-    assert stats["full"] + stats["incremental"] > 0
+    # Something was embedded (after a swap late in a short stream, only by the first model).
+    assert sum(p.embedder.incremental.stats["full"] + p.embedder.incremental.stats["incremental"] for p in pipelines)
 
 
 def test_incremental_path_is_taken_and_recomputes_few_nodes():

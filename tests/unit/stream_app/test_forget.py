@@ -98,7 +98,12 @@ def test_a_deletion_request_names_its_user_by_key():
 
 
 class FakeProducer:
-    """Records what the worker sends; sends to ``hold_topic`` wait until ``release`` is set."""
+    """Records what the worker sends; sends to ``hold_topic`` wait until ``release`` is set.
+
+    Both ways the worker sends: Faust's ``Producer.send`` and, through ``_ensure_producer()``,
+    aiokafka's record batches (``stream_app/batch_send.py``: embeddings, dead letters and the
+    table's changelog). Changelog records are recorded as ``("changelog", partition, key, value)``.
+    """
 
     def __init__(self, sent: list, hold_topic: str | None = None) -> None:
         self.sent = sent
@@ -109,9 +114,47 @@ class FakeProducer:
         if topic == self.hold_topic:
             await self.release.wait()
         self.sent.append((topic, key, value))
+        return self._done()
+
+    @staticmethod
+    def _done():
         done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        done.set_result(SimpleNamespace(offset=0))
         return done
+
+    # aiokafka's batch interface
+    def _ensure_producer(self):
+        return self
+
+    async def partitions_for(self, topic):
+        return {0, 1, 2, 3}
+
+    @staticmethod
+    def _partitioner(key, all_partitions, available):
+        return all_partitions[0]
+
+    def create_batch(self):
+        return FakeBatch()
+
+    async def send_batch(self, batch, topic, *, partition):
+        if topic == self.hold_topic:
+            await self.release.wait()
+        for key, value in batch.records:
+            entry = ("changelog", partition, key, value) if topic.endswith("-changelog") else (topic, key, value)
+            self.sent.append(entry)
+        return self._done()
+
+
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def append(self, *, timestamp, key, value):
+        self.records.append((key, value))
+        return True
+
+    def record_count(self) -> int:
+        return len(self.records)
 
 
 def message_event(worker, topic: str, partition: int, key: bytes | None, value: bytes = b"{}") -> faust.Event:
