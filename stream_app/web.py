@@ -8,12 +8,15 @@ every embedding: the table is the single source of truth.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor, setup_prometheus_sensors
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from operators.explain import explain
 
@@ -66,20 +69,43 @@ def add_views(worker: StreamWorker) -> None:
         }
         return web.json(body, status=200 if ok else 503)
 
-    # Faust's own consumer/producer/commit metrics join Ripple's on one registry; the page is GET /metrics.
+    # Faust's own metrics join Ripple's on one registry; the page is GET /metrics.
     setup_prometheus_sensors(app, pattern="/metrics", registry=worker.metrics.registry, name_prefix="faust")
-    app.monitor = LeanPrometheusMonitor(metrics=app.monitor._metrics)
+    metrics = app.monitor._metrics
+    app.monitor = LeanPrometheusMonitor(metrics=metrics)
+    registry = worker.metrics.registry
+    for per_message in PER_MESSAGE_METRICS:
+        registry.unregister(getattr(metrics, per_message))
+    registry.register(MonitorCounts(app.monitor))
+
+
+PER_MESSAGE_METRICS = (
+    "messages_received",
+    "active_messages",
+    "messages_received_per_topics",
+    "messages_received_per_topics_partition",
+    "events_runtime_latency",
+    "total_events",
+    "total_active_events",
+    "total_events_per_stream",
+    "topic_messages_sent",
+    "total_sent_messages",
+    "producer_send_latency",
+)
+"""Faust metrics its ``PrometheusMonitor`` updates for every message, event or send."""
 
 
 class LeanPrometheusMonitor(PrometheusMonitor):
     """Faust's Prometheus sensors without their per-message work.
 
-    ``PrometheusMonitor`` updates four labelled metrics for every message and stream event
-    (``faust_messages_received_per_topics``, ``faust_total_events_per_stream``, …): about a
-    tenth of the worker's CPU under py-spy, for counts that ``ripple_events_processed_total``
-    and ``ripple_consumer_lag`` already give per batch. Those hooks keep only the plain
-    counters of Faust's base ``Monitor`` (what every Faust app pays); everything else —
-    commits, sends, rebalances, assignment, web requests — is reported as before.
+    ``PrometheusMonitor`` updates about ten Prometheus metrics, four of them labelled, for
+    every message, stream event and send: about a tenth of the worker's CPU under py-spy
+    (``bench/worker_ceiling.py --profile``). Those hooks keep only the plain counters of
+    Faust's base ``Monitor`` (what every Faust app pays), and :class:`MonitorCounts` turns
+    the counters into the same ``faust_*`` samples when Prometheus scrapes. The per-event
+    latency histograms (``faust_events_runtime_ms``, ``faust_producer_send_latency``) are
+    left out; commits, rebalances, assignments, table operations and web requests are
+    reported as before.
     """
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
@@ -99,3 +125,42 @@ class LeanPrometheusMonitor(PrometheusMonitor):
 
     def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
         Monitor.on_send_completed(self, producer, state, metadata)
+
+
+class MonitorCounts(Collector):
+    """The per-message ``faust_*`` counters and gauges, read from Faust's ``Monitor`` at scrape time."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.monitor
+        yield CounterMetricFamily("faust_messages_received", "Total messages received", m.messages_received_total)
+        yield GaugeMetricFamily("faust_active_messages", "Total active messages", m.messages_active)
+        per_topic = CounterMetricFamily(
+            "faust_messages_received_per_topic", "Messages received per topic", labels=["topic"]
+        )
+        for topic, count in list(m.messages_received_by_topic.items()):
+            per_topic.add_metric([topic], count)
+        yield per_topic
+        offsets = GaugeMetricFamily(
+            "faust_messages_received_per_topics_partition",
+            "Messages received per topic/partition",
+            labels=["topic", "partition"],
+        )
+        for tp, offset in list(m.tp_read_offsets.items()):
+            offsets.add_metric([tp.topic, str(tp.partition)], offset)
+        yield offsets
+        yield CounterMetricFamily("faust_total_events", "Total events received", m.events_total)
+        yield GaugeMetricFamily("faust_total_active_events", "Total active events", m.events_active)
+        per_stream = CounterMetricFamily(
+            "faust_total_events_per_stream", "Events received per Stream", labels=["stream"]
+        )
+        for stream, count in list(m.events_by_stream.items()):
+            per_stream.add_metric([str(stream)], count)
+        yield per_stream
+        sent = CounterMetricFamily("faust_topic_messages_sent", "Total messages sent per topic", labels=["topic"])
+        for topic, count in list(m.messages_sent_by_topic.items()):
+            sent.add_metric([f"topic.{topic}"], count)
+        yield sent
+        yield CounterMetricFamily("faust_total_sent_messages", "Total messages sent", m.messages_sent)
