@@ -164,16 +164,23 @@ class UserGraph:
         self._nodes = block
         self._fnodes = block.view(np.float64)
         self._unodes = block.view(np.uint64)
-        if block.flags.writeable:  # scalar access from Python: memoryviews are ~2x faster than numpy indexing
-            self._inodes_mv = _scalars(block)
-            self._fnodes_mv = _scalars(self._fnodes)
+        self._node_views: tuple[Any, Any] | None = None  # made on the first scalar write (see _nodes_mv)
 
     def _set_edges(self, block: np.ndarray) -> None:
         self._edges = block
         self._fedges = block.view(np.float64)
-        if block.flags.writeable:
-            self._iedges_mv = _scalars(block)
-            self._fedges_mv = _scalars(self._fedges)
+        self._edge_views: tuple[Any, Any] | None = None
+
+    def _nodes_mv(self) -> tuple[Any, Any]:
+        """(int, float) 2-d memoryviews of the node block: scalar writes ~2x faster than numpy indexing."""
+        if self._node_views is None:
+            self._node_views = (_scalars(self._nodes), _scalars(self._fnodes))
+        return self._node_views
+
+    def _edges_mv(self) -> tuple[Any, Any]:
+        if self._edge_views is None:
+            self._edge_views = (_scalars(self._edges), _scalars(self._fedges))
+        return self._edge_views
 
     # ---- the per-node layer cache (owned by ``operators``) ------------------------
 
@@ -333,7 +340,7 @@ class UserGraph:
                 self._evict(slot, nodes, edges)
                 self._reset_slot(slot, event.item_id)
         nodes.add(slot)
-        block, floats = self._inodes_mv, self._fnodes_mv
+        block, floats = self._nodes_mv()
         block[COUNTS, slot] += 1
         floats[LAST_SEEN, slot] = ts
         block[LAST_SEQ, slot] = self.state_version + 1
@@ -369,15 +376,15 @@ class UserGraph:
         key = (src << 32) | dst
         found = at.get(key)
         if found is not None:
-            self._fedges_mv[2, found] += weight
+            self._edges_mv()[1][2, found] += weight
             return
         ne = self._ne
         if ne == self._edges.shape[1]:
             self._set_edges(_grown(self._edges, ne, ne + 1))
-        edges = self._iedges_mv
+        edges, floats = self._edges_mv()
         edges[0, ne] = src
         edges[1, ne] = dst
-        self._fedges_mv[2, ne] = weight
+        floats[2, ne] = weight
         at[key] = ne
         self._ne = ne + 1
 
