@@ -226,6 +226,10 @@ class UserGraph:
         """``[3, n_edges]`` int64: source, destination and weight (float64 bits) of every edge."""
         return self._edges[:, : self._ne]
 
+    def batch_view(self) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """(node block, edge block, state_version, last_slot) in one call: what batching a graph reads."""
+        return self._nodes[:, : self._n], self._edges[:, : self._ne], self.state_version, self.last_slot
+
     def column(self, name: str) -> np.ndarray:
         """A node column (see :data:`NODE_COLUMNS`) as a view of length ``n_nodes``."""
         row = list(NODE_COLUMNS).index(name)

@@ -54,21 +54,24 @@ def recency_buckets(events_ago: np.ndarray) -> np.ndarray:
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
     """Concatenate graphs' node and edge blocks, offsetting node ids: one numpy call per block."""
-    for g_idx, g in enumerate(graphs):
-        if g.n_nodes == 0 or g.last_slot < 0:
-            raise ValueError(E_EMPTY_GRAPH.format(index=g_idx))
-    nodes = np.concatenate([g.node_block() for g in graphs], axis=1)
-    edges = np.concatenate([g.edge_block() for g in graphs], axis=1)
-    sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
-    n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
+    views = [g.batch_view() for g in graphs]
+    node_blocks, edge_blocks, version_list, last_list = zip(*views, strict=True) if views else ((), (), (), ())
+    sizes = np.fromiter((b.shape[1] for b in node_blocks), dtype=np.int64, count=len(graphs))
+    last = np.fromiter(last_list, dtype=np.int64, count=len(graphs))
+    if len(graphs) and (sizes.min() == 0 or last.min() < 0):
+        bad = int(np.flatnonzero((sizes == 0) | (last < 0))[0])
+        raise ValueError(E_EMPTY_GRAPH.format(index=bad))
+    nodes = np.concatenate(node_blocks, axis=1)
+    edges = np.concatenate(edge_blocks, axis=1)
+    n_edges = np.fromiter((b.shape[1] for b in edge_blocks), dtype=np.int64, count=len(graphs))
     ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
     np.cumsum(sizes, out=ptr[1:])
     edge_index = edges[:2] + np.repeat(ptr[:-1], n_edges)
-    versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
-    last = np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs))
+    versions = np.fromiter(version_list, dtype=np.int64, count=len(graphs))
     rows: list[int] = []
+    row = index.row
     for g in graphs:
-        rows.extend(g.slot_rows(index, index.row))
+        rows.extend(g.slot_rows(index, row))
     return GraphBatch(
         item_rows=torch.tensor(rows, dtype=torch.long),
         actions=torch.from_numpy(nodes[LAST_ACTION]),

@@ -91,6 +91,7 @@ PER_MESSAGE_METRICS = (
     "topic_messages_sent",
     "total_sent_messages",
     "producer_send_latency",
+    "topic_partition_end_offset",
 )
 """Faust metrics its ``PrometheusMonitor`` updates for every message, event or send."""
 
@@ -99,7 +100,7 @@ class LeanPrometheusMonitor(PrometheusMonitor):
     """Faust's Prometheus sensors without their per-message work.
 
     ``PrometheusMonitor`` updates about ten Prometheus metrics, four of them labelled, for
-    every message, stream event and send: about a tenth of the worker's CPU under py-spy
+    every message, stream event, send and fetch: about a tenth of the worker's CPU under py-spy
     (``bench/worker_ceiling.py --profile``). Those hooks keep only the plain counters of
     Faust's base ``Monitor`` (what every Faust app pays), and :class:`MonitorCounts` turns
     the counters into the same ``faust_*`` samples when Prometheus scrapes. The per-event
@@ -125,6 +126,9 @@ class LeanPrometheusMonitor(PrometheusMonitor):
 
     def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
         Monitor.on_send_completed(self, producer, state, metadata)
+
+    def track_tp_end_offset(self, tp: Any, offset: int) -> None:
+        Monitor.track_tp_end_offset(self, tp, offset)
 
 
 class MonitorCounts(Collector):
@@ -164,3 +168,9 @@ class MonitorCounts(Collector):
             sent.add_metric([f"topic.{topic}"], count)
         yield sent
         yield CounterMetricFamily("faust_total_sent_messages", "Total messages sent", m.messages_sent)
+        ends = GaugeMetricFamily(
+            "faust_topic_partition_end_offset", "Offset ends per topic/partition", labels=["topic", "partition"]
+        )
+        for tp, offset in list(m.tp_end_offsets.items()):
+            ends.add_metric([tp.topic, str(tp.partition)], offset)
+        yield ends
