@@ -166,16 +166,20 @@ def gcn_plan(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: int) 
     >>> p.source.tolist(), p.target.tolist(), [round(w, 3) for w in p.weight.tolist()]
     ([0, 3, 0, 2, 1, 3], [1, 0, 0, 1, 0, 1], [1.5, 1.5, 1.0, 0.25, 0.25, 1.0])
     """
-    src, dst = edge_index[0], edge_index[1]
-    w = edge_weight.to(torch.float32)
-    loops = torch.arange(n_nodes, dtype=torch.long, device=edge_index.device)
-    deg_in = torch.ones(n_nodes, dtype=torch.float32).index_add_(0, dst, w)
-    deg_out = torch.ones(n_nodes, dtype=torch.float32).index_add_(0, src, w)
-    inv_in, inv_out = deg_in.rsqrt(), deg_out.rsqrt()
+    # numpy: a micro-batch's plan is a dozen small array operations, and numpy's per-call cost
+    # is a fraction of torch's (the plan holds no gradient: the weights are data, not parameters).
+    src, dst = edge_index[0].numpy(), edge_index[1].numpy()
+    w = edge_weight.detach().numpy().astype(np.float32, copy=False)
+    deg_in = np.bincount(dst, weights=w, minlength=n_nodes).astype(np.float32) + np.float32(1)
+    deg_out = np.bincount(src, weights=w, minlength=n_nodes).astype(np.float32) + np.float32(1)
+    inv_in, inv_out = 1 / np.sqrt(deg_in), 1 / np.sqrt(deg_out)
+    loops = np.arange(n_nodes, dtype=np.int64)
     return GcnPlan(
-        source=torch.cat([2 * src, 2 * dst + 1, 2 * loops, 2 * loops + 1]),
-        target=torch.cat([dst, src, loops, loops]),
-        weight=torch.cat([inv_in[src] * w * inv_in[dst], inv_out[dst] * w * inv_out[src], 1.0 / deg_in, 1.0 / deg_out]),
+        source=torch.from_numpy(np.concatenate([2 * src, 2 * dst + 1, 2 * loops, 2 * loops + 1])),
+        target=torch.from_numpy(np.concatenate([dst, src, loops, loops])),
+        weight=torch.from_numpy(
+            np.concatenate([inv_in[src] * w * inv_in[dst], inv_out[dst] * w * inv_out[src], 1 / deg_in, 1 / deg_out])
+        ),
     )
 
 
