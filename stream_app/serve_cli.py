@@ -13,7 +13,15 @@ from rich.console import Console
 from rich.table import Table
 
 from stream_app.cli import app, console, fail
-from stream_app.kafka_cli import settings_from
+from stream_app.settings import Settings
+
+
+def settings_from(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
 
 
 @app.command()
