@@ -11,6 +11,10 @@ random known users, one at a time over one persistent connection, to each target
 * the worker: ``GET /users/<id>/embedding`` (the stored graph embedded again, per request);
 * the worker: ``GET /users/<id>/recommendations?k=20`` (that plus ranking 43,083 items).
 
+Then the feed's own rate: ``--feed-records`` synthetic 100-dim records produced to a fresh
+topic, one fresh feed (batch ``RIPPLE_FEED_BATCH_SIZE``, default 1000) writing them to Redis,
+timed between 10 % and 90 % written; and the feed's memory (RSS).
+
     bash deploy/kafka/kafka.sh start
     python bench/online_store.py --data ../shared/data/diginetica --clients 8 --requests 500 --repeats 3
 """
@@ -35,7 +39,8 @@ from bench.recommend import diginetica_checkpoint, diginetica_events
 from bench.report import markdown, median, record, show
 from stream_app.kafka_cli import produce_events
 from stream_app.settings import Settings
-from tests.integration.online import FeedProcess, feed_env, wait_committed
+from tests.integration.online import FeedProcess, create_topic, feed_env, produce, wait_committed
+from tests.integration.online import record as embedding_record
 from tests.integration.streaming import TopicReader, WorkerProcess, worker_env
 from tests.redis_server import RedisServer
 
@@ -99,6 +104,37 @@ def load(target: str, address: str, prefix: str, users: list[str], clients: int,
     return {"p50": float(p50), "p99": float(p99), "rps": len(latencies) / wall}
 
 
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def feed_rate(broker: str, redis_url: str, n: int, tmp: Path) -> tuple[float, float]:
+    """(records/s written by one feed, its RSS in MiB after writing them)."""
+    name = f"rate-{uuid.uuid4().hex[:8]}"
+    topic = f"emb-{name}"
+    create_topic(broker, topic)
+    messages = [
+        (f"u{i % 20_000}", embedding_record(f"u{i % 20_000}", 1 + i // 20_000, seed=i, dim=100)) for i in range(n)
+    ]
+    produce(broker, topic, messages)
+    feed = FeedProcess(feed_env(broker, redis_url, name, topic, log_level="warning"), tmp / f"{name}.log").start()
+    try:
+        feed.wait_healthy(60)
+        marks: list[tuple[float, float]] = []
+        deadline = time.monotonic() + 600
+        while not marks or marks[-1][1] < n:
+            assert time.monotonic() < deadline, feed.log()
+            marks.append((time.perf_counter(), feed.metric("ripple_feed_written_total")))
+            time.sleep(0.1)
+        t10, w10 = next((t, w) for t, w in marks if w >= 0.1 * n)
+        t90, w90 = next((t, w) for t, w in marks if w >= 0.9 * n)
+        assert feed.proc is not None
+        return (w90 - w10) / (t90 - t10), rss_mib(feed.proc.pid)
+    finally:
+        feed.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", default=os.environ.get("RIPPLE_TEST_BROKER", "127.0.0.1:9092"))
@@ -107,6 +143,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=500, help="Per client and target.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--feed-records", type=int, default=100_000)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -127,6 +164,8 @@ def main() -> None:
     worker = WorkerProcess(env, tmp / "worker.log").start()
     feed = FeedProcess(fenv, tmp / "feed.log").start()
     runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
+    rates: list[float] = []
+    rss: dict[str, float] = {}
     try:
         worker.wait_healthy(120)
         feed.wait_healthy(60)
@@ -147,6 +186,12 @@ def main() -> None:
             for target in TARGETS:  # interleaved, so that machine noise hits all alike
                 runs[target].append(load(target, addresses[target], prefix, users, args.clients, args.requests, repeat))
                 print(target, runs[target][-1], flush=True)
+        assert feed.proc is not None and worker.proc is not None
+        rss = {"feed (idle)": rss_mib(feed.proc.pid), "worker": rss_mib(worker.proc.pid)}
+        for _ in range(args.repeats):
+            rate, rss["feed (after writing)"] = feed_rate(args.broker, redis_server.url, args.feed_records, tmp)
+            rates.append(rate)
+            print("feed rate", rate, flush=True)
     finally:
         worker.stop()
         feed.stop()
@@ -169,6 +214,12 @@ def main() -> None:
     ]
     title = f"Online-store lookups: {args.clients} concurrent clients, {n_users:,} users, idle stream"
     show(title, header, rows)
+    header2 = ["ripple feed", "value"]
+    rows2 = [
+        ["records/s written to Redis (one feed, batch 1000, 100-dim)", f"{median(rates):,.0f}"],
+        *[[f"RSS of the {what}, MiB", f"{mib:,.0f}"] for what, mib in rss.items()],
+    ]
+    show("ripple feed", header2, rows2)
     if not args.no_record:
         note = (
             f"Medians of {args.repeats} runs, targets interleaved; each run: {args.clients} client processes x "
@@ -178,9 +229,13 @@ def main() -> None:
             "them to Redis (AOF, `appendfsync always`) before the lookups began. Clients, Redis, broker, worker and "
             "feed share the 2 cores."
         )
-        record(
-            "online-store", "Online-store lookups: Redis vs the worker's view", markdown(header, rows) + "\n\n" + note
+        note2 = (
+            f"Feed rate: median of {args.repeats} runs, each a fresh feed and group on a fresh topic of "
+            f"{args.feed_records:,} pre-produced records (20,000 users), timed from 10 % to 90 % written "
+            "(`ripple_feed_written_total`), offsets committed per batch."
         )
+        body = f"{markdown(header, rows)}\n\n{note}\n\n{markdown(header2, rows2)}\n\n{note2}"
+        record("online-store", "Online-store lookups: Redis vs the worker's view", body)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from graph_state import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig, RocksOptions
-from operators import IncrementalPolicy
 from stream_app.events import EventLimits
+
+if TYPE_CHECKING:
+    from operators import IncrementalPolicy
 
 ENV_PREFIX = "RIPPLE_"
 E_BAD_ENV = "environment variable {name}={value!r} is not a valid {kind}: {cause}. Fix or unset it."
@@ -228,6 +230,8 @@ class Settings:
         )
 
     def incremental_policy(self) -> IncrementalPolicy:
+        from operators import IncrementalPolicy  # torch: only where something embeds
+
         return IncrementalPolicy(
             enabled=self.incremental, full_share=self.incremental_full_share, min_nodes=self.incremental_min_nodes
         )
