@@ -156,7 +156,7 @@ def main() -> None:
     users = [c.user_id for c in cases[:n_users]]
 
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    redis_server = RedisServer(tmp / "redis").start()
+    redis_server = RedisServer(tmp / "redis", appendfsync="everysec").start()
     env = worker_env(args.broker, name, tmp / "state", model_path=model, log_level="warning")
     settings = Settings.from_env(env)
     fenv = feed_env(args.broker, redis_server.url, name, settings.output_topic, log_level="warning")
@@ -226,7 +226,7 @@ def main() -> None:
             f"{args.requests} lookups of random users, one at a time over a persistent connection. The worker serves "
             f"the Diginetica-vocabulary checkpoint (43,083 items, dim 100, seeded weights) after "
             f"{args.events:,} events of Diginetica test sessions as {n_users:,} users; the feed had written all of "
-            "them to Redis (AOF, `appendfsync always`) before the lookups began. Clients, Redis, broker, worker and "
+            "them to Redis (AOF, `appendfsync everysec`) before the lookups began. Clients, Redis, broker, worker and "
             "feed share the 2 cores."
         )
         note2 = (

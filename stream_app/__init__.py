@@ -26,7 +26,18 @@ _EXPORTS = {
     "decode_event": "stream_app.events",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BatchResult",
+    "BehaviorEvent",
+    "DeadLetter",
+    "EventLimits",
+    "Pipeline",
+    "RawRecord",
+    "Rejection",
+    "Settings",
+    "UserEmbedding",
+    "decode_event",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -53,21 +53,25 @@ POLL_TIMEOUT_S = 0.5
 FIRST_RETRY_S = 0.1
 
 WRITE_SCRIPT = """
--- KEYS[1]: the user's key. ARGV[1]: state_version, or '' for a tombstone. ARGV[2..]: field, value, ...
+-- KEYS[1]: the user's key. ARGV[1]: '' for a tombstone, else a MessagePack array
+-- {state_version, field, value, ...}; ARGV[2]: the vector's bytes (Redis' cmsgpack has no bin type).
 if ARGV[1] == '' then
   redis.call('DEL', KEYS[1])
   return 2
 end
+local fields = cmsgpack.unpack(ARGV[1])
 local stored = redis.call('HGET', KEYS[1], 'state_version')
-if stored and tonumber(stored) > tonumber(ARGV[1]) then
+if stored and tonumber(stored) > fields[1] then
   return 0
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'embedding', ARGV[2], unpack(fields, 2))
 return 1
 """
 """Atomic in Redis: the compare on ``state_version`` and the replacement cannot interleave with another
-feed's write of the same user. Equal versions are written again (a redelivery: the same vector)."""
+feed's write of the same user. Equal versions are written again (a redelivery: the same vector). One
+script call per record keeps it usable on a Redis Cluster (one key per call); the fields travel as one
+MessagePack argument because packing a command's arguments is most of redis-py's cost per record."""
 SKIPPED, WRITTEN, DELETED = 0, 1, 2
 
 E_REDIS_DOWN = "Redis at {url} is unreachable ({cause}); retrying in {delay:.1f} s, committing nothing meanwhile"
@@ -109,11 +113,13 @@ class WriteCounts:
     deleted: int = 0
 
 
-def store_fields(emb: UserEmbedding) -> list[bytes | str]:
-    """The hash fields of one record, as ``[field, value, field, value, ...]``."""
-    fields: list[bytes | str] = [
-        "embedding",
-        np.asarray(emb.embedding, dtype="<f4").tobytes(),
+_pack = msgspec.msgpack.Encoder()
+
+
+def script_args(emb: UserEmbedding) -> tuple[bytes, bytes]:
+    """:data:`WRITE_SCRIPT`'s arguments for one record: the packed fields and the vector's bytes."""
+    fields: list[int | str] = [
+        emb.state_version,
         "model_version",
         emb.model_version,
         "state_version",
@@ -126,8 +132,8 @@ def store_fields(emb: UserEmbedding) -> list[bytes | str]:
         emb.last_event_id,
     ]
     if emb.recommendations is not None:
-        fields += ["recommendations", msgspec.json.encode(emb.recommendations)]
-    return fields
+        fields += ["recommendations", msgspec.json.encode(emb.recommendations).decode()]
+    return _pack.encode(fields), np.asarray(emb.embedding, dtype="<f4").tobytes()
 
 
 class OnlineStore:
@@ -159,7 +165,7 @@ class OnlineStore:
             return counts
         pipe = self.client.pipeline(transaction=False)
         for user_id, emb in changes:
-            args = [""] if emb is None else [str(emb.state_version), *store_fields(emb)]
+            args = (b"", b"") if emb is None else script_args(emb)
             self.script(keys=[self.key(user_id)], args=args, client=pipe)
         for outcome in pipe.execute():
             if outcome == WRITTEN:
@@ -460,6 +466,10 @@ def make_consumer(settings: Settings) -> Any:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.feed_batch_size,
+        # kafka-python checks CRC32C in pure Python unless the optional crc32c package is installed: two
+        # thirds of the feed's time (cProfile, docs/benchmarks.md). TCP checksums the bytes in flight, and
+        # the broker validated each batch's CRC when it was produced.
+        check_crcs=False,
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=int(min(3.0, settings.session_timeout_s / 3) * 1000),
     )

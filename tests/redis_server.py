@@ -38,6 +38,9 @@ class RedisServer:
 
     data_dir: Path
     port: int = 0
+    appendfsync: str = "always"
+    """``always`` for the tests (nothing acknowledged is lost to SIGKILL); benchmarks use ``everysec``,
+    the usual production setting."""
     proc: subprocess.Popen | None = None
 
     @property
@@ -60,7 +63,7 @@ class RedisServer:
                 "--dir", str(self.data_dir),
                 "--save", "",
                 "--appendonly", "yes",
-                "--appendfsync", "always",
+                "--appendfsync", self.appendfsync,
                 "--protected-mode", "yes",
                 "--daemonize", "no",
             ],
