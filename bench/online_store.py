@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=500, help="Per client and target.")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--feed-records", type=int, default=100_000)
+    parser.add_argument("--feed-records", type=int, default=50_000)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 

@@ -98,10 +98,10 @@ def produce(broker: str, topic: str, messages: list[tuple[str, UserEmbedding | N
             producer.send(topic, key=user.encode(), value=None if emb is None else json_encoder.encode(emb))
             for user, emb in messages
         ]
-        producer.flush(60)
+        producer.flush(300)  # a loaded 2-core machine can take a while for 100,000 records
         ends: dict[int, int] = {}
         for f in futures:
-            meta = f.get(30)
+            meta = f.get(60)
             ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
         return ends
     finally:
