@@ -7,6 +7,7 @@ cd "$root"
 venv=$(bash deploy/bootstrap.sh)
 export PATH="$venv/bin:$PATH"
 bash deploy/prometheus/install.sh  # prometheus + promtool for the observability tests; no-op once present
+bash deploy/redis/install.sh       # redis-server for the online-store (ripple feed) tests; no-op once present
 
 "$venv/bin/ruff" check .
 "$venv/bin/mypy"

@@ -29,6 +29,7 @@ from operators.checkpoint import Checkpoint
 from operators.datasets import Case, case_graph, target_row
 from operators.inference import Embedder
 from operators.item_index import ItemIndex
+from operators.recommend import ItemRanker, exclude_items
 
 DEFAULT_KS: tuple[int, ...] = (10, 20)
 METRICS = ("recall", "mrr", "ndcg")
@@ -103,11 +104,7 @@ def evaluate(
         with torch.inference_mode():
             scores = scorer.scores(chunk).to(torch.float32)
             if exclude_seen:
-                scores = scores.clone()
-                for i, case in enumerate(chunk):
-                    seen = [r for ev in case.history if (r := target_row(index, ev.item_id)) >= 0]
-                    if seen:
-                        scores[i, seen] = -math.inf
+                scores = exclude_items(scores, index, [[ev.item_id for ev in case.history] for case in chunk])
             targets = torch.tensor([target_row(index, c.target) for c in chunk], dtype=torch.long)
             ranks.append(rank_of_targets(scores, targets))
         if progress is not None:
@@ -117,7 +114,11 @@ def evaluate(
 
 
 class GraphScorer(Scorer):
-    """The serving path: history → ``UserGraph.apply`` → ``Embedder.embed_many`` → user · item vectors."""
+    """The serving path: history → ``UserGraph.apply`` → ``Embedder.embed_many`` → user · item vectors.
+
+    The scores are :meth:`operators.recommend.ItemRanker.scores`, the ones ``ripple recommend``
+    and the worker's recommendations rank by.
+    """
 
     def __init__(self, checkpoint: Checkpoint, graph_config: GraphConfig | None = None, name: str = "") -> None:
         self.checkpoint = checkpoint
@@ -125,14 +126,14 @@ class GraphScorer(Scorer):
         self.index = checkpoint.index
         self.graph_config = graph_config or graph_config_of(checkpoint)
         self.name = name or checkpoint.config.conv.upper()
-        with torch.inference_mode():
-            self.item_vectors = checkpoint.encoder.item_vectors()[: self.n_items].detach().clone()
+        self.ranker = ItemRanker(checkpoint)
+        self.item_vectors = self.ranker.item_vectors
 
     def user_vectors(self, cases: Sequence[Case]) -> np.ndarray:
         return self.embedder.embed_many([case_graph(c, self.graph_config) for c in cases])
 
     def scores(self, cases: Sequence[Case]) -> torch.Tensor:
-        return torch.from_numpy(self.user_vectors(cases)) @ self.item_vectors.T
+        return self.ranker.scores(self.user_vectors(cases))
 
 
 def graph_config_of(checkpoint: Checkpoint) -> GraphConfig:

@@ -1,9 +1,30 @@
 """The running service: settings, event contract, pipeline, runners, metrics and CLI."""
 
-from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
-from stream_app.pipeline import BatchResult, Pipeline
-from stream_app.records import DeadLetter, RawRecord, UserEmbedding
-from stream_app.settings import Settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
+    from stream_app.pipeline import BatchResult, Pipeline
+    from stream_app.records import DeadLetter, RawRecord, UserEmbedding
+    from stream_app.settings import Settings
+
+# Imported on first use, not with the package: `ripple feed`, `lookup`, `produce` and `tail` never load
+# torch (the pipeline does), which costs ~5 s and ~800 MiB per process.
+_EXPORTS = {
+    "BatchResult": "stream_app.pipeline",
+    "BehaviorEvent": "stream_app.events",
+    "DeadLetter": "stream_app.records",
+    "EventLimits": "stream_app.events",
+    "Pipeline": "stream_app.pipeline",
+    "RawRecord": "stream_app.records",
+    "Rejection": "stream_app.events",
+    "Settings": "stream_app.settings",
+    "UserEmbedding": "stream_app.records",
+    "decode_event": "stream_app.events",
+}
 
 __all__ = [
     "BatchResult",
@@ -17,3 +38,10 @@ __all__ = [
     "UserEmbedding",
     "decode_event",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stream_app' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -41,7 +41,9 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 @app.command()
 def replay(
     events: Annotated[Path, typer.Option(help="Event file to read, in file order.", exists=True, dir_okay=False)],
-    out: Annotated[Path, typer.Option(help="JSONL file of published UserEmbedding records.")],
+    out: Annotated[
+        Path, typer.Option(help="Output: JSONL of published UserEmbedding records, or Parquet if it ends in .parquet.")
+    ],
     state: Annotated[Path, typer.Option(help="RocksDB state directory; reuse it to resume.")] = Path("./ripple-state"),
     format: Annotated[EventFormat, typer.Option("--format", help="Format of --events.")] = EventFormat.jsonl,
     model: Annotated[Optional[Path], typer.Option(help="Model checkpoint (default: seeded model).")] = None,
@@ -50,10 +52,13 @@ def replay(
     max_nodes: Annotated[Optional[int], typer.Option(help="Distinct items kept per user.")] = None,
     append: Annotated[bool, typer.Option(help="Append to --out/--dead-letter instead of truncating.")] = False,
     from_start: Annotated[bool, typer.Option(help="Ignore the saved progress for this file.")] = False,
+    latest_only: Annotated[
+        bool, typer.Option(help="Write one row per user (the final record of this run) instead of every version.")
+    ] = False,
 ) -> None:
     """Run an event file through the pipeline without Kafka (the embedded default)."""
+    from stream_app.file_runner import W_UNTRAINED, summary_rows
     from stream_app.file_runner import replay as run_replay
-    from stream_app.file_runner import summary_rows
 
     try:
         settings = Settings.from_env(
@@ -62,6 +67,8 @@ def replay(
             batch_size=batch_size,
             max_nodes=max_nodes,
         )
+        if not settings.model_path:
+            console.print(W_UNTRAINED, soft_wrap=True, markup=False)
         summary = run_replay(
             str(events),
             format.value,
@@ -70,6 +77,7 @@ def replay(
             dead_letter_path=str(dead_letter) if dead_letter else None,
             append=append,
             from_start=from_start,
+            latest_only=latest_only,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
@@ -147,6 +155,7 @@ def explain(
 
 from stream_app import head_cli as _head_cli  # noqa: E402, F401  (registers train-head/evaluate-head)
 from stream_app import kafka_cli as _kafka_cli  # noqa: E402, F401  (registers worker, produce, tail)
+from stream_app import serve_cli as _serve_cli  # noqa: E402, F401  (registers feed, recommend)
 from stream_app import train_cli as _train_cli  # noqa: E402, F401  (registers train/evaluate)
 
 

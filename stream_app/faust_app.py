@@ -44,7 +44,7 @@ from faust.types import EventT, TopicT
 from graph_state import CachedStore
 from operators import Embedder, set_threads
 from stream_app.batch_send import send_batched
-from stream_app.file_runner import load_checkpoint, load_head
+from stream_app.file_runner import load_checkpoint, load_head, recommender
 from stream_app.kafka_connection import faust_credentials
 from stream_app.metrics import Metrics
 from stream_app.model_swap import SWAPPED, ModelWatcher, ReloadResult
@@ -384,7 +384,9 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     # user's other events and start a second graph there (rejected as missing_key).
     limits = dataclasses.replace(settings.event_limits(), require_key=True)
     head = load_head(settings, embedder.checkpoint)  # RIPPLE_HEAD_PATH: head_score beside each embedding
-    pipeline = Pipeline(store if cache is None else cache, embedder, limits, metrics, head, settings.explain_top)
+    pipeline = Pipeline(
+        store if cache is None else cache, embedder, limits, metrics, head, settings.explain_top, recommender(settings)
+    )
     worker = StreamWorker(
         settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions,
         watcher=watcher,

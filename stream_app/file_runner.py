@@ -1,10 +1,15 @@
-"""The embedded runner: events from a file through the pipeline, embeddings to a JSONL file.
+"""The embedded runner: events from a file through the pipeline, embeddings to a JSONL (or Parquet) file.
 
 Progress is committed per micro-batch: the state of the batch and the file's
 next line number go into RocksDB in one atomic write, *after* the batch's
 embeddings were flushed to the output. A run that stops anywhere can be
 started again with the same arguments and continues where it stopped; at worst
 the last batch's embeddings are written twice with the same state_version.
+
+The output file holds what this run published (``stream_app/exports.py``): every record
+as JSON lines (default), as Parquet rows (``--out FILE.parquet``), or one final record per
+user (``--latest-only``); the last two are written whole, and renamed into place, when the
+run ends.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from graph_state import CachedStore, GraphStore, RocksStore
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
 from operators.evaluation import graph_config_of
 from operators.heads import LabelHead
+from stream_app.exports import open_sink
 from stream_app.metrics import Metrics
 from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
 from stream_app.readers import count_lines, read_events
+from stream_app.recommend import Recommender
 from stream_app.records import RawRecord, json_encoder
 from stream_app.settings import Settings
 
@@ -51,6 +58,11 @@ class ReplaySummary:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+W_UNTRAINED = (
+    "note: no --model / RIPPLE_MODEL_PATH, so the encoder is the seeded, untrained one (random weights: the "
+    "vectors carry no learned signal); train one with `ripple train --data EVENTS --out model.ckpt` "
+    "(`make demo` shows how) and pass --model model.ckpt."
+)
 E_GRAPH_MISMATCH = (
     "checkpoint {path} was trained on user graphs built with {trained}, but the settings say {current}; "
     "the published embeddings would not be the vectors the model was trained and evaluated on. "
@@ -86,6 +98,12 @@ def check_servable(checkpoint: Checkpoint, settings: Settings) -> None:
     """What a loaded checkpoint must satisfy to be served with ``settings`` (startup and live swap)."""
     if checkpoint.training.get("graph"):
         check_graph_settings(checkpoint, settings)
+    recommender(settings).check(checkpoint)
+
+
+def recommender(settings: Settings) -> Recommender:
+    """``RIPPLE_RECOMMEND_TOP`` / ``RIPPLE_RECOMMEND_EXCLUDE_SEEN`` for the pipeline."""
+    return Recommender(settings.recommend_top, settings.recommend_exclude_seen)
 
 
 def check_graph_settings(checkpoint: Checkpoint, settings: Settings) -> None:
@@ -152,6 +170,7 @@ def replay(
     from_start: bool = False,
     progress: bool | None = None,
     metrics: Metrics | None = None,
+    latest_only: bool = False,
 ) -> ReplaySummary:
     """Run a file through the pipeline; see the module docstring for the commit order."""
     set_threads(settings.torch_threads)
@@ -162,7 +181,9 @@ def replay(
         store = CachedStore(store, settings.graph_cache_users)
     try:
         embedder = Embedder(checkpoint, settings.incremental_policy())
-        pipeline = Pipeline(store, embedder, settings.event_limits(), metrics, head, settings.explain_top)
+        pipeline = Pipeline(
+            store, embedder, settings.event_limits(), metrics, head, settings.explain_top, recommender(settings)
+        )
         progress_key = PROGRESS_PREFIX + file_identity(events_path)
         done = store.get_meta(progress_key)
         start_line = 0 if (from_start or done is None) else int(done)
@@ -171,18 +192,16 @@ def replay(
         mode = "ab" if append else "wb"
         started = time.perf_counter()
         with (
-            open(out_path, mode) as out,
+            open_sink(out_path, latest_only, append) as out,
             open(dead_letter_path, mode) if dead_letter_path else open(os.devnull, "wb") as dlq,
             tqdm(total=total, initial=start_line, unit="ev", disable=None if progress is None else not progress) as bar,
         ):
             for chunk in batched(read_events(events_path, fmt, start_line), settings.batch_size):
                 result = pipeline.process(chunk)
-                for emb in result.embeddings:
-                    out.write(json_encoder.encode(emb) + b"\n")
-                    summary.users.add(emb.user_id)
+                out.write(result.embeddings)
+                summary.users.update(emb.user_id for emb in result.embeddings)
                 for dead in result.dead_letters:
                     dlq.write(json_encoder.encode(dead) + b"\n")
-                out.flush()
                 dlq.flush()
                 pipeline.commit(result, {progress_key: str(chunk[-1].offset + 1).encode()})
                 pipeline.observe_published(result)
@@ -192,6 +211,7 @@ def replay(
                 summary.unknown_actions += result.unknown_actions
                 summary.published += len(result.embeddings)
                 bar.update(chunk[-1].offset + 1 - bar.n)
+            out.finish()
         summary.seconds = time.perf_counter() - started
         return summary
     finally:

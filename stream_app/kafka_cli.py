@@ -184,7 +184,10 @@ def worker(
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
     from stream_app.faust_app import run_worker  # torch and Faust load only once the broker answered
+    from stream_app.file_runner import W_UNTRAINED
 
+    if not settings.model_path:
+        console.print(W_UNTRAINED, soft_wrap=True, markup=False)
     console.print(
         f"worker [bold]{settings.app_id}[/]: {settings.input_topic} → {settings.output_topic} "
         f"(dead letters: {settings.dead_letter_topic}), web on http://{settings.web_host}:{settings.web_port}"

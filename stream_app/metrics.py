@@ -77,3 +77,53 @@ class Metrics:
     def set_model(self, model_version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(model_version=model_version).set(1)
+
+
+class FeedMetrics:
+    """Metrics of ``ripple feed`` (embeddings topic → Redis), served on its own ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.written = Counter(
+            "ripple_feed_written_total", "Embeddings written to the online store (Redis).", registry=r
+        )
+        self.skipped = Counter(
+            "ripple_feed_skipped_stale_total",
+            "Embeddings not written because the store holds a newer state_version of the user.",
+            registry=r,
+        )
+        self.deleted = Counter("ripple_feed_deleted_total", "Tombstones applied (the user's key deleted).", registry=r)
+        self.invalid = Counter(
+            "ripple_feed_invalid_total",
+            "Records of the embeddings topic that could not be decoded (skipped).",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "ripple_feed_redis_errors_total",
+            "Failed Redis round trips (the batch is retried; nothing is committed meanwhile).",
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "ripple_feed_redis_up",
+            "1 when the last Redis round trip succeeded, 0 while Redis is unreachable.",
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "ripple_feed_write_seconds",
+            "Time of one Redis round trip writing a batch of embeddings.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_to_store = Histogram(
+            "ripple_feed_publish_to_store_seconds",
+            "From an embedding entering the topic (record timestamp) to it being in Redis.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "ripple_feed_lag",
+            "Embeddings on the topic not yet in Redis (end offset - next offset to write), per assigned partition.",
+            ["partition"],
+            registry=r,
+        )

@@ -33,6 +33,7 @@ from operators.explain import explain
 from operators.heads import LabelHead
 from stream_app.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
 from stream_app.metrics import Metrics
+from stream_app.recommend import Recommender
 from stream_app.records import DeadLetter, Explained, RawRecord, UserEmbedding
 
 APPLIED = "applied"
@@ -77,6 +78,7 @@ class Pipeline:
         metrics: Metrics | None = None,
         head: LabelHead | None = None,
         explain_top: int = 0,
+        recommender: Recommender | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -87,6 +89,9 @@ class Pipeline:
             head.check_encoder(embedder.checkpoint)
         self.head = head
         self.explain_top = explain_top
+        self.recommender = recommender or Recommender()
+        """``RIPPLE_RECOMMEND_TOP``: the top items of each published vector (see :meth:`embed`)."""
+        self.recommender.check(embedder.checkpoint)
         self.head_version = head.head_version if head is not None else None
         if metrics is not None:
             metrics.set_model(embedder.model_version)
@@ -199,6 +204,7 @@ class Pipeline:
                 [Explained(p.item_id, p.action, round(p.share, 6)) for p in explain(checkpoint, g, self.explain_top)]
                 for g in graphs.values()
             ]
+        recommended = self.recommender.top_many(self.embedder.checkpoint, vectors, graphs.values())
         return [
             UserEmbedding(
                 user_id=uid,
@@ -212,8 +218,11 @@ class Pipeline:
                 head_score=score,
                 head_version=head_version,
                 explanation=why,
+                recommendations=recs,
             )
-            for (uid, g), vec, score, why in zip(graphs.items(), vectors, scores, explanations, strict=True)
+            for (uid, g), vec, score, why, recs in zip(
+                graphs.items(), vectors, scores, explanations, recommended, strict=True
+            )
         ]
 
     def commit(self, result: BatchResult, meta: Mapping[str, bytes] | None = None) -> None:

@@ -27,6 +27,13 @@ class Explained(msgspec.Struct, frozen=True):
     share: float
 
 
+class Recommended(msgspec.Struct, frozen=True):
+    """One recommended item: its id and its score (user · item, the score ``ripple evaluate`` ranks by)."""
+
+    item_id: str
+    score: float
+
+
 class UserEmbedding(msgspec.Struct, frozen=True, omit_defaults=True):
     """The published record (DESIGN.md contract). Consumers dedupe by (user_id, state_version).
 
@@ -48,6 +55,8 @@ class UserEmbedding(msgspec.Struct, frozen=True, omit_defaults=True):
     head_version: str | None = None
     explanation: list[Explained] | None = None
     """The top ``RIPPLE_EXPLAIN_TOP`` behaviours by share of this vector, largest first (absent when 0)."""
+    recommendations: list[Recommended] | None = None
+    """The top ``RIPPLE_RECOMMEND_TOP`` items for this vector, best first (absent when 0)."""
 
 
 MAX_DEAD_LETTER_RAW_BYTES = 256 * 1024

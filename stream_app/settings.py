@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from graph_state import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig, RocksOptions
-from operators import IncrementalPolicy
 from stream_app.events import EventLimits
+
+if TYPE_CHECKING:
+    from operators import IncrementalPolicy
 
 ENV_PREFIX = "RIPPLE_"
 E_BAD_ENV = "environment variable {name}={value!r} is not a valid {kind}: {cause}. Fix or unset it."
@@ -108,6 +110,26 @@ class Settings:
     incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully (measured rule).", 64)
     incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)
     torch_threads: int = _doc("Torch threads for inference (1 is fastest for micro-batches; 0 = torch default).", 1)
+    # Recommendations and the online store (ripple feed)
+    recommend_top: int = _doc(
+        "Put the top K items for each published vector in its record (0 = off; needs a trained model).", 0
+    )
+    recommend_exclude_seen: bool = _doc(
+        "Leave the items of the user's window out of RIPPLE_RECOMMEND_TOP recommendations.", False
+    )
+    redis_url: str = _doc(
+        "Redis the feed writes the latest embedding per user to (redis://, rediss:// or unix://).",
+        "redis://127.0.0.1:6379/0",
+        repr=False,  # may hold a password
+    )
+    redis_key_prefix: str = _doc(
+        "Prefix of the feed's Redis keys (one hash per user: prefix + user_id).", "ripple:user:"
+    )
+    redis_timeout_s: float = _doc("Redis connect and socket timeout of the feed, seconds.", 5.0)
+    feed_group: str = _doc("Consumer group of `ripple feed` (one group per online store).", "ripple-feed")
+    feed_batch_size: int = _doc("Most embeddings the feed writes to Redis per round trip.", 1000)
+    feed_retry_max_s: float = _doc("Longest wait between two tries while Redis is unreachable, seconds.", 10.0)
+    feed_web_port: int = _doc("Port of the feed's /metrics and /healthz (on RIPPLE_WEB_HOST).", 6068)
     # Web
     web_host: str = _doc("Address the web server (views, /metrics) binds to.", "127.0.0.1")
     web_port: int = _doc("Port of the web server.", 6066)
@@ -142,6 +164,16 @@ class Settings:
             ("max_weight", 0 < self.max_weight <= 1e12, "must be in (0, 1e12]"),
             ("model_poll_s", 0 <= self.model_poll_s <= 86400, "must be in [0, 86400] seconds (0 = never)"),
             ("explain_top", 0 <= self.explain_top <= 1000, "must be between 0 (off) and 1000"),
+            ("recommend_top", 0 <= self.recommend_top <= 1000, "must be between 0 (off) and 1000"),
+            (
+                "redis_url",
+                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "must start with redis://, rediss:// or unix://",
+            ),
+            ("redis_timeout_s", 0 < self.redis_timeout_s <= 600, "must be in (0, 600] seconds"),
+            ("feed_batch_size", 1 <= self.feed_batch_size <= 100_000, "must be between 1 and 100000"),
+            ("feed_retry_max_s", 0 < self.feed_retry_max_s <= 3600, "must be in (0, 3600] seconds"),
+            ("feed_web_port", 0 <= self.feed_web_port <= 65535, "must be a TCP port"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -198,6 +230,8 @@ class Settings:
         )
 
     def incremental_policy(self) -> IncrementalPolicy:
+        from operators import IncrementalPolicy  # torch: only where something embeds
+
         return IncrementalPolicy(
             enabled=self.incremental, full_share=self.incremental_full_share, min_nodes=self.incremental_min_nodes
         )

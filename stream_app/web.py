@@ -1,9 +1,11 @@
-"""Web views on the worker's Faust web server: a user's embedding, health, Prometheus metrics.
+"""Web views on the worker's Faust web server: a user's embedding and recommendations, health, Prometheus metrics.
 
 ``GET /users/{user_id}/embedding`` is routed (``table_route``) to the worker that
 owns the user's partition. It embeds the stored graph from scratch, which equals
 the last published vector (streaming equals batch), so it needs no second copy of
 every embedding: the table is the single source of truth.
+``GET /users/{user_id}/recommendations?k=20&exclude_seen=1`` ranks the serving model's items
+for that vector as ``ripple evaluate`` does (``stream_app/recommend.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from operators.explain import explain
+from stream_app.recommend import parse_request, recommendations_of
 
 if TYPE_CHECKING:
     from stream_app.faust_app import StreamWorker
@@ -56,6 +59,26 @@ def add_views(worker: StreamWorker) -> None:
                 "behaviours": [asdict(p) for p in parts],
             }
         )
+
+    @app.page("/users/{user_id}/recommendations")
+    @app.table_route(table=worker.table, match_info="user_id")
+    async def user_recommendations(web: Any, request: Any, user_id: str) -> Any:
+        graph = store.get_many([user_id]).get(user_id)
+        if graph is None:
+            return web.json({"error": E_UNKNOWN_USER.format(user=user_id)}, status=404)
+        try:
+            k, exclude_seen = parse_request(request.query)
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        embedder = pipeline.embedder
+        vectors = embedder.embed_many([graph])
+        try:
+            (body,) = recommendations_of(
+                pipeline.recommender, embedder.checkpoint, vectors, [user_id], [graph], k, exclude_seen
+            )
+        except ValueError as exc:  # a model without items (the seeded default)
+            return web.json({"error": str(exc)}, status=409)
+        return web.json(body)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

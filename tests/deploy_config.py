@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from stream_app.metrics import Metrics
+from stream_app.metrics import FeedMetrics, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -27,7 +27,8 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 # Labels Prometheus attaches to every scraped series (or that histogram buckets carry).
 TARGET_LABELS = {"job", "instance", "le", "pod", "namespace"}
 # What Grafana substitutes before a panel query reaches Prometheus; the tests do the same.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$job": "ripple", "$instance": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$job": "ripple", "$instance": ".*", "$feed_job": "ripple-feed"}
+FEED_JOB = "ripple-feed"
 
 
 def load_yaml(path: Path) -> Any:
@@ -58,15 +59,20 @@ class MetricDef:
 
 
 def ripple_metrics() -> dict[str, MetricDef]:
-    """Every metric Ripple defines, by name (counters with their ``_total``)."""
-    metrics = Metrics()
+    """Every metric Ripple defines, by name (counters with their ``_total``): the worker's, then the feed's."""
     out = {}
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            kind = value._type
-            name = value._name + "_total" if kind == "counter" else value._name
-            out[name] = MetricDef(name, kind, tuple(value._labelnames), value._documentation)
+    for metrics in (Metrics(), FeedMetrics()):
+        for value in vars(metrics).values():
+            if isinstance(value, MetricWrapperBase):
+                kind = value._type
+                name = value._name + "_total" if kind == "counter" else value._name
+                out[name] = MetricDef(name, kind, tuple(value._labelnames), value._documentation)
     return out
+
+
+def feed_metric_names() -> set[str]:
+    """The metrics of ``ripple feed`` (served by the feed, not by the workers)."""
+    return {name for name in ripple_metrics() if name.startswith("ripple_feed_")}
 
 
 def series_owner() -> dict[str, MetricDef]:
@@ -125,11 +131,20 @@ def alert_queries() -> list[Query]:
 
 
 def compose_workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The compose services that run the Ripple worker image."""
+    """The compose services that run the Ripple image as a worker (its default command)."""
     return {
         name: svc
         for name, svc in compose["services"].items()
-        if svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile"
+        if svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile" and svc.get("command") in (None, ["worker"])
+    }
+
+
+def compose_feeds(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The compose services that run the Ripple image as ``ripple feed``."""
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile" and svc.get("command") == ["feed"]
     }
 
 

@@ -1,12 +1,15 @@
-"""Integration fixtures: the real Kafka broker started by deploy/kafka/kafka.sh."""
+"""Integration fixtures: the real Kafka broker started by deploy/kafka/kafka.sh, and a real redis-server."""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
+
+from tests.redis_server import E_NO_REDIS, RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +37,18 @@ def broker() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return address
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free loopback port (AOF on); fails, never skips, when Redis is not installed."""
+    if redis_binary() is None:
+        pytest.fail(E_NO_REDIS)
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

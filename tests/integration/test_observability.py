@@ -1,10 +1,11 @@
-"""A real Prometheus scrapes a real worker with the project's scrape config and alert rules.
+"""A real Prometheus scrapes a real worker and a real feed with the project's scrape config and alert rules.
 
-The module fixture starts `python -m stream_app worker`, renders deploy/prometheus/prometheus.yml
-to point at it (1 s scrape and rule evaluation, a temporary data directory), starts Debian's
+The module fixture starts `python -m stream_app worker`, and `python -m stream_app feed` writing
+the worker's embeddings to a real redis-server, renders deploy/prometheus/prometheus.yml to point
+at them (1 s scrape and rule evaluation, a temporary data directory), starts Debian's
 `prometheus` binary on a free port, sends two waves of events through Kafka and then asks the
 Prometheus HTTP API what it saw: every expression of the Grafana dashboard and of the alert
-rules must evaluate in a real Prometheus against the worker's real metrics.
+rules must evaluate in a real Prometheus against the real metrics.
 """
 
 from __future__ import annotations
@@ -30,8 +31,18 @@ from stream_app.generate import GeneratorSpec, generate_events
 from stream_app.kafka_connection import ensure_topics
 from stream_app.keys import message_key
 from stream_app.settings import Settings
-from tests.deploy_config import PROMETHEUS, alert_queries, alert_rules, dashboard_queries, load_yaml, ripple_metrics
+from tests.deploy_config import (
+    FEED_JOB,
+    PROMETHEUS,
+    alert_queries,
+    alert_rules,
+    dashboard_queries,
+    load_yaml,
+    ripple_metrics,
+)
+from tests.integration.online import FeedProcess, feed_env
 from tests.integration.streaming import WorkerProcess, free_port, worker_env
+from tests.redis_server import E_NO_REDIS, RedisServer, redis_binary
 
 # Alerts that must stay quiet on a healthy worker with ~2% bad input. The latency alert is
 # left out: whether p99 exceeds 1 s on a loaded test machine is timing, not correctness.
@@ -43,6 +54,10 @@ QUIET_ALERTS = {
     "RippleDeadLetterRateHigh",
     "RippleModelVersionMismatch",
     "RippleModelReloadRejected",
+    "RippleFeedDown",
+    "RippleFeedRedisUnreachable",
+    "RippleFeedLagGrowing",
+    "RippleFeedInvalidRecords",
 }
 
 
@@ -56,13 +71,15 @@ def prometheus_binary() -> str:
     return found
 
 
-def render_config(target: str, path: Path) -> Path:
-    """The compose scrape config, pointed at ``target``, scraping and evaluating every second."""
+def render_config(target: str, path: Path, feed_target: str) -> Path:
+    """The compose scrape config, pointed at ``target`` (and the feed at ``feed_target``), scraping
+    and evaluating every second."""
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     config["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
     config["rule_files"] = [str(PROMETHEUS / name) for name in config["rule_files"]]
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ripple"]
-    job["static_configs"] = [{"targets": [target]}]
+    for name, where in (("ripple", target), (FEED_JOB, feed_target)):
+        (job,) = [j for j in config["scrape_configs"] if j["job_name"] == name]
+        job["static_configs"] = [{"targets": [where]}]
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -159,15 +176,24 @@ def observed(broker, tmp_path_factory) -> Iterator[Observed]:
     """The worker and Prometheus stay up while the tests query: a target that goes away
     turns its series stale at once, and instant queries would return nothing."""
     tmp = tmp_path_factory.mktemp("observability")
-    env = worker_env(broker, f"obs-{os.getpid()}-{int(time.time())}", tmp / "state", partitions=2)
+    if redis_binary() is None:
+        pytest.fail(E_NO_REDIS)
+    name = f"obs-{os.getpid()}-{int(time.time())}"
+    env = worker_env(broker, name, tmp / "state", partitions=2)
     settings = Settings.from_env(env)
     ensure_topics(settings)
+    redis_server = RedisServer(tmp / "redis").start()
+    fenv = feed_env(broker, redis_server.url, name, settings.output_topic, partitions=2)
     worker = WorkerProcess(env, tmp / "worker.log").start()
+    feed = FeedProcess(fenv, tmp / "feed.log").start()
     prometheus: PrometheusServer | None = None
     producer = KafkaProducer(bootstrap_servers=broker, linger_ms=5)
     try:
         worker.wait_healthy(timeout=60)
-        config = render_config(f"127.0.0.1:{settings.web_port}", tmp / "prometheus.yml")
+        feed.wait_healthy(timeout=60)
+        config = render_config(
+            f"127.0.0.1:{settings.web_port}", tmp / "prometheus.yml", f"127.0.0.1:{fenv['RIPPLE_FEED_WEB_PORT']}"
+        )
         if shutil.which("promtool"):
             check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
             assert check.returncode == 0, check.stdout + check.stderr
@@ -175,6 +201,7 @@ def observed(broker, tmp_path_factory) -> Iterator[Observed]:
         p = prometheus
         try:
             p.wait_for("the first scrape of the worker", lambda: p.value('sum(up{job="ripple"})') == 1)
+            p.wait_for("the first scrape of the feed", lambda: p.value(f'sum(up{{job="{FEED_JOB}"}})') == 1)
         except AssertionError as exc:
             errors = [t.get("lastError") for t in p.api("targets")["activeTargets"]]
             raise AssertionError(f"{exc}; scrape errors: {errors}") from None
@@ -196,6 +223,11 @@ def observed(broker, tmp_path_factory) -> Iterator[Observed]:
             counts.append(p.value("sum(ripple_events_processed_total)"))
         # Lag is reported every few seconds; rules need a couple of evaluations over the new data.
         p.wait_for("the consumer lag gauge", lambda: bool(p.query("ripple_consumer_lag")), timeout=20)
+        p.wait_for(
+            "the feed to write the published embeddings to Redis",
+            lambda: p.value("sum(ripple_feed_written_total)") > 0 and bool(p.query("ripple_feed_lag")),
+            timeout=30,
+        )
         time.sleep(3)
         yield Observed(p, worker, (counts[0], counts[1]), (sent[0], sent[1]))
     finally:
@@ -203,7 +235,10 @@ def observed(broker, tmp_path_factory) -> Iterator[Observed]:
         if prometheus is not None:
             prometheus.stop()
         code = worker.stop()
+        feed_code = feed.stop()
+        redis_server.stop()
     assert code == 0, f"the worker did not stop cleanly:\n{worker.log()}"
+    assert feed_code == 0, f"the feed did not stop cleanly:\n{feed.log()}"
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +260,10 @@ def test_latency_histogram_and_every_ripple_metric_have_samples(prometheus):
     assert not missing, f"Prometheus has no series of {missing}"
 
 
-def test_the_worker_target_is_up(prometheus):
-    (target,) = prometheus.api("targets")["activeTargets"]
-    assert target["labels"]["job"] == "ripple"
-    assert target["scrapeUrl"].endswith("/metrics")
+def test_the_worker_and_feed_targets_are_up(prometheus):
+    targets = prometheus.api("targets")["activeTargets"]
+    assert sorted(t["labels"]["job"] for t in targets) == ["ripple", FEED_JOB]
+    assert all(t["scrapeUrl"].endswith("/metrics") and t["health"] == "up" for t in targets)
 
 
 @pytest.mark.parametrize("query", dashboard_queries(), ids=lambda q: q.where)

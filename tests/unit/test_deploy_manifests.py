@@ -17,6 +17,7 @@ from tests.deploy_config import (
     COMPOSE,
     DASHBOARD,
     DEPLOY,
+    FEED_JOB,
     GRAFANA,
     K8S,
     OPERATIONS,
@@ -25,11 +26,13 @@ from tests.deploy_config import (
     TARGET_LABELS,
     alert_queries,
     alert_rules,
+    compose_feeds,
     compose_workers,
     dashboard,
     dashboard_queries,
     dockerfile_env,
     dockerfile_instructions,
+    feed_metric_names,
     load_yaml,
     load_yaml_all,
     ripple_metrics,
@@ -103,6 +106,30 @@ def test_compose_worker_ports_health_checks_and_state_volumes_match_the_settings
         assert volume in compose["volumes"], f"{name}: state volume {volume} is not a named volume"
         state_volumes.add(volume)
     assert len(state_volumes) == len(workers), "each worker needs its own RocksDB volume"
+
+
+def test_compose_runs_redis_and_a_feed_from_the_worker_image_with_valid_settings(compose, workers):
+    services = compose["services"]
+    feeds = compose_feeds(compose)
+    assert len(feeds) == 1 and "redis" in services
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:\d+(\.\d+)*", redis["image"])
+    assert "--appendonly" in redis["command"], "Redis must persist what the feed committed"
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+    worker_settings = Settings.from_env(ripple_env(next(iter(workers.values()))["environment"]))
+    for name, svc in feeds.items():
+        settings = assert_valid_settings(ripple_env(svc["environment"]), f"compose service {name}")
+        assert svc["build"] == next(iter(workers.values()))["build"], "the feed runs the worker image"
+        assert urlparse(settings.redis_url).hostname == "redis"
+        for dependency in ("kafka", "redis"):
+            assert svc["depends_on"][dependency]["condition"] == "service_healthy"
+        # It reads what the workers publish, and checks the topics they create alike.
+        for field in ("broker", "output_topic", "input_topic", "partitions"):
+            assert getattr(settings, field) == getattr(worker_settings, field), field
+        assert settings.web_host == "0.0.0.0", f"{name} must listen beyond localhost to be scraped"
+        assert {int(str(p).rsplit(":", 1)[1]) for p in svc.get("ports", [])} <= {settings.feed_web_port}
+        assert f":{settings.feed_web_port}/healthz" in " ".join(svc["healthcheck"]["test"])
+    assert "redis-data" in compose["volumes"]
 
 
 def test_compose_mounts_files_that_exist(compose):
@@ -198,6 +225,42 @@ def test_statefulset_resources_have_requests_within_limits(k8s):
     assert mem(resources["requests"]["memory"]) >= 512 << 20, "torch + Faust alone need about half a GiB"
 
 
+def test_feed_deployment_reads_the_configmap_and_serves_metrics_on_the_feed_port(k8s):
+    deployment = k8s["Deployment/ripple-feed"]
+    settings = Settings.from_env(k8s["ConfigMap/ripple-settings"]["data"])
+    assert urlparse(settings.redis_url).scheme == "redis"
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["feed"]
+    assert container["image"] == k8s["StatefulSet/ripple"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert {"configMapRef": {"name": "ripple-settings"}} in container["envFrom"]
+    assert {e["name"] for e in container.get("env", [])} <= SETTING_NAMES
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": settings.feed_web_port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == settings.feed_web_port
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert 1 <= deployment["spec"]["replicas"] <= settings.partitions
+    # Neither the workers' Service, their PodDisruptionBudget nor their StatefulSet may select feed pods.
+    for selector in (
+        k8s["Service/ripple"]["spec"]["selector"],
+        k8s["PodDisruptionBudget/ripple"]["spec"]["selector"]["matchLabels"],
+        k8s["StatefulSet/ripple"]["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels.items()
+    service = k8s["Service/ripple-feed"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "metrics"
+    monitor = k8s["ServiceMonitor/ripple-feed"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port["name"]]
+
+
 def test_headless_service_selects_the_worker_pods_on_the_web_port(k8s):
     sts, svc = k8s["StatefulSet/ripple"], k8s["Service/ripple"]
     assert sts["spec"]["serviceName"] == "ripple" and svc["spec"]["clusterIP"] == "None"
@@ -221,6 +284,11 @@ def test_prometheus_scrapes_every_compose_worker_on_its_web_port(compose, worker
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     expected = {f"{name}:{Settings.from_env(ripple_env(svc['environment'])).web_port}" for name, svc in workers.items()}
     assert targets == expected
+    (feed_job,) = [j for j in config["scrape_configs"] if j["job_name"] == FEED_JOB]
+    feeds = compose_feeds(compose)
+    assert {t for sc in feed_job["static_configs"] for t in sc["targets"]} == {
+        f"{name}:{Settings.from_env(ripple_env(svc['environment'])).feed_web_port}" for name, svc in feeds.items()
+    }
     assert job.get("metrics_path", "/metrics") == "/metrics"
     for rules in config["rule_files"]:
         assert (PROMETHEUS / rules).is_file()
@@ -228,7 +296,14 @@ def test_prometheus_scrapes_every_compose_worker_on_its_web_port(compose, worker
 
 def test_kubernetes_scrape_config_keeps_the_job_name_the_alerts_use():
     config = load_yaml(PROMETHEUS / "prometheus-k8s.yml")
-    assert [j["job_name"] for j in config["scrape_configs"]] == ["ripple"]
+    assert [j["job_name"] for j in config["scrape_configs"]] == ["ripple", FEED_JOB]
+    components = [
+        rule["regex"]
+        for job in config["scrape_configs"]
+        for rule in job["relabel_configs"]
+        if rule["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+    ]
+    assert components == ["worker", "feed"], "each job keeps only its own pods"
     assert config["rule_files"] == load_yaml(PROMETHEUS / "prometheus.yml")["rule_files"]
 
 
@@ -248,7 +323,13 @@ def test_queries_use_only_metrics_and_labels_ripple_exports(query):
 def test_alert_rules_cover_down_lag_dead_letters_and_latency():
     rules = {rule["alert"]: rule for rule in alert_rules()}
     wanted = {"RippleWorkerDown", "RippleConsumerLagGrowing", "RippleDeadLetterRateHigh", "RippleEventLatencyP99High"}
+    wanted |= {"RippleFeedDown", "RippleFeedRedisUnreachable", "RippleFeedLagGrowing"}
     assert wanted <= set(rules)
+    for name, rule in rules.items():
+        # The feed's metrics come from the feed's job, the workers' from theirs.
+        feed_rule = bool(set(re.findall(r"\bripple_feed_\w+", rule["expr"]))) or FEED_JOB in rule["expr"]
+        assert feed_rule == name.startswith("RippleFeed"), name
+        assert (f'job="{FEED_JOB}"' in rule["expr"]) == feed_rule, name
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
@@ -294,7 +375,12 @@ def test_dashboard_panels_cover_the_issue_list_and_lay_out_cleanly():
         "ripple_users_in_state",
         "ripple_model_info",
     }
+    wanted |= {"ripple_feed_written_total", "ripple_feed_skipped_stale_total", "ripple_feed_deleted_total"}
+    wanted |= {"ripple_feed_lag", "ripple_feed_redis_up", "ripple_feed_write_seconds_bucket"}
     assert wanted <= used, f"dashboard lacks {wanted - used}"
+    for q in dashboard_queries():  # feed panels select the feed job, worker panels the workers'
+        feed_query = bool(q.metric_names & {s for n in feed_metric_names() for s in ripple_metrics()[n].series_names})
+        assert ("$feed_job" in q.expr) == feed_query or "up{" in q.expr, q.where
     outcome_panel = next(p for p in panels if "outcome" in p["targets"][0]["expr"])
     assert "by (outcome)" in outcome_panel["targets"][0]["expr"]
     variables = {v["name"] for v in dash["templating"]["list"]}

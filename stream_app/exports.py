@@ -1,0 +1,203 @@
+"""Where ``ripple replay`` writes embeddings: JSON lines as published, or Parquet for an offline feature store.
+
+Three sinks behind one interface (:meth:`write` per micro-batch, :meth:`finish` at the end):
+
+* :class:`JsonlSink` — every published record, one JSON object per line, flushed per batch
+  (the file runner commits a batch's progress only after that flush);
+* :class:`ParquetSink` — the same records as Parquet rows, written in row groups to a
+  temporary file that is renamed over ``--out`` when the run ends;
+* :class:`LatestSink` (``--latest-only``) — one row per user, the final record of this run,
+  as JSON lines or Parquet, written whole when the run ends.
+
+Parquet columns (:data:`PARQUET_SCHEMA`) are what an offline feature store loads as a file
+source (docs/feature-store.md): ``user_id`` (string), ``event_ts`` (timestamp, UTC, µs),
+``embedding`` (list of float32), ``model_version`` (string), ``state_version`` (int64).
+The published vectors are float32 values, so the Parquet vectors equal the JSON ones exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from stream_app.records import UserEmbedding, json_encoder
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+PARQUET_SUFFIX = ".parquet"
+ROW_GROUP_ROWS = 65_536
+E_APPEND = (
+    "--append cannot be combined with {what}: that file is written whole when the run ends. "
+    "Write to a new file instead (or leave --append out)."
+)
+
+
+def is_parquet(path: str) -> bool:
+    return path.lower().endswith(PARQUET_SUFFIX)
+
+
+def parquet_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("user_id", pa.string(), nullable=False),
+            pa.field("event_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("state_version", pa.int64(), nullable=False),
+        ]
+    )
+
+
+def to_table(records: Sequence[UserEmbedding]) -> pa.Table:
+    """Records as a table of :func:`parquet_schema` (vectors as float32, ``event_ts`` in µs)."""
+    import pyarrow as pa
+
+    dims = np.fromiter((len(r.embedding) for r in records), dtype=np.int32, count=len(records))
+    offsets = np.zeros(len(records) + 1, dtype=np.int32)
+    np.cumsum(dims, out=offsets[1:])
+    values = np.fromiter(
+        (x for r in records for x in r.embedding), dtype=np.float32, count=int(offsets[-1]) if len(records) else 0
+    )
+    micros = np.asarray([round(r.event_ts * 1_000_000) for r in records], dtype=np.int64)
+    columns = [
+        pa.array([r.user_id for r in records], pa.string()),
+        pa.array(micros, pa.timestamp("us", tz="UTC")),
+        pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32())),
+        pa.array([r.model_version for r in records], pa.string()),
+        pa.array([r.state_version for r in records], pa.int64()),
+    ]
+    return pa.Table.from_arrays(columns, schema=parquet_schema())
+
+
+class EmbeddingSink:
+    """Where one run's records go; a context manager that :meth:`close` s on exit."""
+
+    def write(self, records: Sequence[UserEmbedding]) -> None:
+        """Take one micro-batch's records; they are durable (or buffered for :meth:`finish`) on return."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """The run ended normally: complete the file."""
+
+    def close(self) -> None:
+        """Release the file (after :meth:`finish`, or abandoning a failed run's temporary file)."""
+
+    def __enter__(self) -> EmbeddingSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JsonlSink(EmbeddingSink):
+    """Every record as a JSON line, flushed per micro-batch (``append``: after what the file holds)."""
+
+    def __init__(self, path: str, append: bool = False) -> None:
+        self.file: IO[bytes] = open(path, "ab" if append else "wb")
+
+    def write(self, records: Sequence[UserEmbedding]) -> None:
+        for emb in records:
+            self.file.write(json_encoder.encode(emb) + b"\n")
+        self.file.flush()
+
+    def finish(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ParquetSink(EmbeddingSink):
+    """Every record as a Parquet row, row groups of :data:`ROW_GROUP_ROWS`, renamed into place at the end."""
+
+    def __init__(self, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        self.path, self.tmp = path, f"{path}.tmp"
+        self.writer: Any = pq.ParquetWriter(self.tmp, parquet_schema(), compression="zstd")
+        self.pending: list[UserEmbedding] = []
+
+    def write(self, records: Sequence[UserEmbedding]) -> None:
+        self.pending.extend(records)
+        if len(self.pending) >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(to_table(self.pending), row_group_size=ROW_GROUP_ROWS)
+            self.pending = []
+
+    def finish(self) -> None:
+        self._flush()
+        self.writer.close()
+        self.writer = None
+        os.replace(self.tmp, self.path)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            os.unlink(self.tmp)
+
+
+class LatestSink(EmbeddingSink):
+    """The last record of each user (``--latest-only``), written as JSON lines or Parquet at the end.
+
+    Records are kept per user in arrival order, so a user's row is the last one this run
+    published: the highest ``state_version`` (the runner never publishes an older one later).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.latest: dict[str, UserEmbedding] = {}
+
+    def write(self, records: Sequence[UserEmbedding]) -> None:
+        for emb in records:
+            self.latest.pop(emb.user_id, None)  # re-inserted: the file lists users by their last update
+            self.latest[emb.user_id] = emb
+
+    def finish(self) -> None:
+        tmp = f"{self.path}.tmp"
+        records = list(self.latest.values())
+        if is_parquet(self.path):
+            import pyarrow.parquet as pq
+
+            pq.write_table(to_table(records), tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        else:
+            with open(tmp, "wb") as f:
+                for emb in records:
+                    f.write(json_encoder.encode(emb) + b"\n")
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        self.latest.clear()
+
+
+def open_sink(path: str, latest_only: bool = False, append: bool = False) -> EmbeddingSink:
+    """The sink for ``--out path`` (Parquet by the ``.parquet`` suffix)."""
+    if append and (latest_only or is_parquet(path)):
+        raise ValueError(E_APPEND.format(what="--latest-only" if latest_only else "a Parquet --out"))
+    if latest_only:
+        return LatestSink(path)
+    if is_parquet(path):
+        return ParquetSink(path)
+    return JsonlSink(path, append)
+
+
+def read_parquet(path: str) -> dict[str, dict[str, Any]]:
+    """A Parquet export by user (the last row of each user wins): what the tests and examples read back."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
+        out[row["user_id"]] = row
+    return out
