@@ -69,7 +69,9 @@ VALID_KS = (10, 20)
 E_KIND = "unknown kNN method {kind!r}; choose from sknn, vsknn, stan."
 E_WEIGHTING = "unknown {what} {name!r}; choose from {choices}."
 E_POSITIVE = "{name} must be at least 1 (got {value})."
-E_NO_VALID = "no validation cases to tune {kind} on; use data with a validation split (--val-share > 0, users with 3+ events)."
+E_NO_VALID = (
+    "no validation cases to tune {kind} on; use data with a validation split (--val-share > 0, users with 3+ events)."
+)
 
 
 def position_weight(name: str, p: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -245,7 +247,7 @@ class KNNScorer(Scorer):
         self.sessions = sessions
         self.config = config
         self.index = sessions.index
-        self.name = f"{NAMES[config.kind]} ({config.label(sessions.time_unit)})"
+        self.name = NAMES[config.kind]
 
     def _batch(self, cases: Sequence[Case]) -> _Batch:
         index = self.index
@@ -452,7 +454,9 @@ def tune(
             best = max((replace(best, **{name: v}) for v in values), key=lambda c: (score(c), c == best))
         if best == before:
             break
-    tuned = Tuned(best, seen[best], len(cases), time.perf_counter() - started, [(c, m[TUNE_METRIC]) for c, m in seen.items()])
+    tuned = Tuned(
+        best, seen[best], len(cases), time.perf_counter() - started, [(c, m[TUNE_METRIC]) for c, m in seen.items()]
+    )
     return KNNScorer(sessions, best), tuned
 
 
@@ -464,4 +468,3 @@ def describe(tuned: Tuned, time_unit: str = "s") -> str:
         f"{m[TUNE_METRIC]:.4f} (Recall@20 {m['recall@20']:.4f}; {len(tuned.tried)} settings on "
         f"{tuned.cases:,} validation cases, {tuned.seconds:.0f}s)"
     )
-
