@@ -29,6 +29,9 @@ only where the paper's formula has them. Items no neighbour holds score below ev
 neighbour item, ordered by training popularity (``-1 + pop / (max pop + 1)``), so they
 do not all tie; :func:`operators.evaluation.evaluate` then ranks them like any scorer's.
 
+Neighbours are the ``k`` highest similarities, values equal to float32 precision counting
+as ties, and ties go to the session nearer in time.
+
 Time: each training history's :attr:`Split.train_times` (or its last event's ts) and
 each case's :attr:`Case.time` (or its last event's ts). Candidates are the ``sample_size``
 sessions with the smallest ``|t(s) - t(n)|`` (ties: nearer in time order): for a test
@@ -324,8 +327,9 @@ class KNNScorer(Scorer):
             sim = sim * np.exp(-dt / cfg.lambda_snh) if cfg.lambda_snh > 0 else sim
         positive = sim > 0
         cand_case, cand_sess, sim, latest, near = (x[positive] for x in (cand_case, cand_sess, sim, latest, near))
-        # 5. the k most similar (ties: nearer in time)
-        top = _first_per_group(cand_case, cfg.k, near, -sim)
+        # 5. the k most similar; equal to float32 precision is a tie (sums of the same weights
+        # in another order differ in the last bits), and ties go to the session nearer in time
+        top = _first_per_group(cand_case, cfg.k, near, -sim.astype(np.float32))
         return {"case": cand_case[top], "session": cand_sess[top], "sim": sim[top], "latest": latest[top]}
 
     def scores(self, cases: Sequence[Case]) -> torch.Tensor:
