@@ -49,7 +49,7 @@ of ``sample_size`` postings on either side of the case's time can hold a candida
 >>> [round(x, 3) for x in scorer.scores([Case("q", [Interaction("q:0", "a")], "c", 3.0)])[0].tolist()]
 [1.284, 1.284, 0.577, -0.75]
 
-(neighbours "ab" with 1/√2 and "abc" with 1/√3; "d" is in none: −1 + 1/(3 + 1) by popularity)
+(neighbours "ab" with 1/√2 and "abc" with 1/√3; "d" is in none: -1 + 1/(3 + 1) by popularity)
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def test_sknn_samples_the_most_recent_candidates_before_ranking_by_similarity():
 
 def test_vsknn_linear_position_weights_and_div_decay_of_the_latest_shared_item():
     # case a, c, b: weights 0.8, 0.9, 1.0. Dot products: 0 "abc" 2.7, 2 "ace" 1.7, 1 "bd" 1.0, 4 "da" 0.8.
-    # k = 3 keeps 0, 2, 1. The latest case item each holds: 0 and 1 hold b (1 back: ×1), 2 holds c (2 back: ×1/2).
+    # k = 3 keeps 0, 2, 1. Latest case item held: 0 and 1 hold b (1 back: times 1), 2 holds c (2 back: times 1/2).
     got, scorer = scores_of(KNNConfig("vsknn", k=3, sample_size=10, weighting="linear", score_weighting="div"), "acb")
     assert neighbours_of(scorer, "acb") == [(0, pytest.approx(2.7)), (2, pytest.approx(1.7)), (1, pytest.approx(1.0))]
     expected = {"a": 2.7 + 0.85, "b": 2.7 + 1.0, "c": 2.7 + 0.85, "d": 1.0, "e": 0.85, "f": UNHELD_1, "g": UNHELD_1}
@@ -76,7 +76,7 @@ def test_vsknn_other_weightings():
     got, _ = scores_of(KNNConfig("vsknn", k=1, sample_size=10, weighting="div", score_weighting="quadratic"), "acb")
     assert got["a"] == pytest.approx(2.0) and got["d"] == pytest.approx(UNHELD_1 + 1 / 4)
     # sample 2: sessions 4 "da" (1/3) and 2 "ace" (1/3 + 2/3); k = 1 keeps "ace", whose latest case item
-    # is c, 2 back → ×1/4
+    # is c, 2 back → times 1/4
     got, _ = scores_of(KNNConfig("vsknn", k=1, sample_size=2, weighting="div", score_weighting="quadratic"), "acb")
     assert got["e"] == pytest.approx((1 / 3 + 2 / 3) / 4) and got["d"] == pytest.approx(UNHELD_1 + 1 / 4)
 
@@ -163,7 +163,7 @@ def test_scores_rank_through_evaluate_with_half_ties_and_exclude_seen():
             "recall@4": 1.0,
             "mrr@4": (1 + 1 / 4) / 2,
             "ndcg@4": (1 + 1 / math.log2(5)) / 2,
-        }  # fmt: skip
+        }
     )
     masked = evaluate(scorer, split.test[:1], ks=(2,), exclude_seen=True)
     assert masked.metrics["mrr@2"] == pytest.approx(1 / 2)
