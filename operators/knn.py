@@ -69,6 +69,8 @@ KINDS = ("sknn", "vsknn", "stan")
 NAMES = {"sknn": "SKNN", "vsknn": "V-SKNN", "stan": "STAN"}
 TUNE_METRIC = "mrr@20"
 VALID_KS = (10, 20)
+MAX_POSTINGS = 2_000_000
+"""Postings one pass of :meth:`KNNScorer.neighbours` handles (about 100 MB of work arrays); more: halve the batch."""
 E_KIND = "unknown kNN method {kind!r}; choose from sknn, vsknn, stan."
 E_WEIGHTING = "unknown {what} {name!r}; choose from {choices}."
 E_POSITIVE = "{name} must be at least 1 (got {value})."
@@ -290,6 +292,11 @@ class KNNScorer(Scorer):
         j = np.searchsorted(ix.post_key, b.pair_item * (n + 1) + before[b.pair_case])
         lo = np.maximum(ix.item_ptr[b.pair_item], j - size)
         hi = np.minimum(ix.item_ptr[b.pair_item + 1], j + size)
+        if int((hi - lo).sum()) > MAX_POSTINGS and len(cases) > 1:  # long histories: halve the batch
+            half = len(cases) // 2
+            first, second = self.neighbours(cases[:half]), self.neighbours(cases[half:])
+            second["case"] = second["case"] + half
+            return {key: np.concatenate([first[key], second[key]]) for key in first}
         at = segment_ranges(lo, hi - lo)
         pair = np.repeat(np.arange(len(lo)), hi - lo)
         case = b.pair_case[pair]
@@ -335,7 +342,7 @@ class KNNScorer(Scorer):
     def scores(self, cases: Sequence[Case]) -> torch.Tensor:
         cfg, ix = self.config, self.sessions
         nb = self.neighbours(cases)
-        out = torch.zeros(len(cases), self.n_items, dtype=torch.float64)
+        out = ix.fallback.unsqueeze(0).repeat(len(cases), 1)
         if len(nb["case"]):
             lengths = ix.sess_len[nb["session"]]
             at = segment_ranges(ix.sess_ptr[nb["session"]], lengths)
@@ -348,10 +355,16 @@ class KNNScorer(Scorer):
             if cfg.kind == "stan" and cfg.lambda_inh > 0:
                 star = np.repeat(nb["latest"] % (ix.max_events + 1), lengths)
                 values = values * np.exp(-np.abs(ix.sess_pos[at] - star) / cfg.lambda_inh)
-            rows = torch.from_numpy(np.repeat(nb["case"], lengths))
-            out.index_put_((rows, torch.from_numpy(ix.sess_item[at])), torch.from_numpy(values), accumulate=True)
-        out = out.to(torch.float32)
-        return torch.where(out > 0, out, ix.fallback.unsqueeze(0))
+            # sum per (case, item) in float64 over the touched entries only, then write them once
+            keys = np.repeat(nb["case"], lengths) * self.n_items + ix.sess_item[at]
+            order = np.argsort(keys, kind="stable")
+            keys = keys[order]
+            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+            total = np.add.reduceat(values[order], starts)
+            held = total > 0
+            cells = torch.from_numpy(keys[starts][held])
+            out.view(-1)[cells] = torch.from_numpy(total[held]).to(torch.float32)
+        return out
 
 
 def _exp_decay(distance: np.ndarray, lam: float) -> np.ndarray:

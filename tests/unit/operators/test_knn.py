@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import torch
 
 from operators.datasets import Case, Interaction, Split, leave_one_out, sessions_split
 from operators.evaluation import evaluate
@@ -316,3 +317,23 @@ def test_sessions_split_puts_training_lines_validation_and_test_on_one_clock(tmp
     assert split.train_times == [float(i) for i in range(4) if i not in held]
     assert all(c.time == float(int(c.user_id[1:])) for c in split.valid)
     assert [c.time for c in split.test] == [4.0]
+
+
+def test_batches_with_many_postings_are_halved_without_changing_a_score(monkeypatch):
+    import operators.knn as knn
+
+    rng = random.Random(11)
+    train = [[f"i{rng.randrange(12)}" for _ in range(rng.randint(2, 8))] for _ in range(80)]
+    split = make_split(train, list(dict.fromkeys(x for s in train for x in s)), [float(t) for t in range(80)])
+    scorer = KNNScorer(SessionIndex.from_split(split), KNNConfig("stan", k=5, sample_size=20, lambda_inh=1.0))
+    cases = [Case(f"c{n}", events(f"c{n}", [f"i{rng.randrange(12)}" for _ in range(4)]), "i0", 81.0) for n in range(9)]
+    whole, whole_nb = scorer.scores(cases), scorer.neighbours(cases)
+    monkeypatch.setattr(knn, "MAX_POSTINGS", 15)  # every pass of more than 15 postings splits
+    calls = []
+    original = KNNScorer.neighbours
+    monkeypatch.setattr(KNNScorer, "neighbours", lambda self, cs: calls.append(len(cs)) or original(self, cs))
+    halved = scorer.scores(cases)
+    assert len(calls) > 9 and 1 in calls
+    assert torch.equal(whole, halved)
+    split_nb = KNNScorer.neighbours(scorer, cases)
+    assert all(np.array_equal(whole_nb[k], split_nb[k]) for k in whole_nb)
