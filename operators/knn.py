@@ -410,16 +410,18 @@ def search_space(kind: str, sessions: SessionIndex) -> list[tuple[str, list]]:
     """The grid of one method, axis by axis, each axis's first value the starting point.
 
     STAN's λ1 and λ3 are multiples of the mean training history length L (the paper's
-    grid is L/8 … 2L; λ3 also gets 4L), λ2 fractions of the training time span (for
-    Diginetica's 5 months, span/256 … span/4 is about half a day to five weeks).
+    grid is L/8 … 2L plus a near-zero λ that keeps only the last item; here L/32 … 4L), λ2
+    fractions of the training time span (for Diginetica's 5 months, span/256 … span/4 is
+    about half a day to five weeks). Wherever a measurement chose a value on an edge of
+    the grid, the grid got one more step there.
     """
-    axes: list[tuple[str, list]] = [("k", [100, 50, 200, 25]), ("sample_size", [500, 1000, 250])]
+    axes: list[tuple[str, list]] = [("k", [100, 50, 200, 25, 10]), ("sample_size", [500, 1000, 250])]
     if kind == "vsknn":
         axes += [("weighting", ["linear", "div", "quadratic", "log"]), ("score_weighting", ["div", "linear", "same"])]
     if kind == "stan":
         length = max(1.0, sessions.mean_events)
         span = max(sessions.span, 1e-9)
-        lengths = [length, length / 8, length / 4, length / 2, 2 * length]
+        lengths = [length, length / 32, length / 16, length / 8, length / 4, length / 2, 2 * length]
         axes += [
             ("lambda_spw", [*lengths, 0.0]),
             ("lambda_snh", [0.0, span / 256, span / 64, span / 16, span / 4]),

@@ -292,7 +292,8 @@ def test_stan_grid_scales_with_the_data():
     index = SessionIndex.from_split(make_split())
     axes = dict(search_space("stan", index))
     length = (3 + 2 + 4 + 2 + 2) / 5
-    assert axes["lambda_spw"] == pytest.approx([length, length / 8, length / 4, length / 2, 2 * length, 0.0])
+    fractions = [1, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 2]
+    assert axes["lambda_spw"] == pytest.approx([length * f for f in fractions] + [0.0])
     assert axes["lambda_inh"][-2:] == pytest.approx([4 * length, 0.0])
     assert axes["lambda_snh"] == pytest.approx([0.0, 4 / 256, 4 / 64, 4 / 16, 4 / 4])
     assert set(dict(search_space("sknn", index))) == {"k", "sample_size"}
