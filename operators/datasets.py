@@ -57,6 +57,8 @@ class Case:
     user_id: str
     history: Sequence[Behavior]
     target: str
+    time: float | None = None
+    """When the case happens on its split's clock (:attr:`Split.train_times`); None = its last event's ts."""
 
 
 @dataclass
@@ -70,6 +72,10 @@ class Split:
     protocol: str
     fingerprint: str = ""
     info: dict[str, float | int | str] = field(default_factory=dict)
+    train_times: list[float] = field(default_factory=list)
+    """When each training history ended, for recency-aware baselines; empty = each one's last event ts."""
+    time_unit: str = "s"
+    """Unit of :attr:`train_times` and :attr:`Case.time`."""
 
 
 # ---- the SR-GNN sessions format ------------------------------------------------
@@ -111,7 +117,13 @@ def session_events(session_id: str, items: Sequence[str]) -> list[Interaction]:
 
 
 def sessions_split(data: str, val_share: float = 0.1, seed: int = 0) -> Split:
-    """SR-GNN protocol: a random ``val_share`` of training sessions validates (all their prefixes)."""
+    """SR-GNN protocol: a random ``val_share`` of training sessions validates (all their prefixes).
+
+    The files carry no clock, but SR-GNN's preprocessing writes the training sessions in
+    date order and takes the test sessions from the days after them, so a session's line
+    number is its time (:attr:`Split.train_times`, unit "sessions"): a validation case
+    happens at its session's line, a test case after every training session.
+    """
     train_path, test_path = session_paths(data)
     sessions = read_sessions(train_path)
     order = list(range(len(sessions)))
@@ -119,18 +131,23 @@ def sessions_split(data: str, val_share: float = 0.1, seed: int = 0) -> Split:
     n_val = round(val_share * len(sessions))
     val_ids = set(order[:n_val])
     train: list[Sequence[Behavior]] = [session_events(f"s{i}", s) for i, s in enumerate(sessions) if i not in val_ids]
+    train_times = [float(i) for i in range(len(sessions)) if i not in val_ids]
     vocab = list(dict.fromkeys(ev.item_id for seq in train for ev in seq))
     valid = [
-        Case(f"s{i}", session_events(f"s{i}", sessions[i][:t]), sessions[i][t])
+        Case(f"s{i}", session_events(f"s{i}", sessions[i][:t]), sessions[i][t], float(i))
         for i in sorted(val_ids)
         for t in range(1, len(sessions[i]))
     ]
     test: list[Case] = []
     if test_path is not None:
-        test = [Case(f"t{n}", session_events(f"t{n}", p), y) for n, (p, y) in enumerate(read_prefixes(test_path))]
+        after = float(len(sessions))
+        test = [
+            Case(f"t{n}", session_events(f"t{n}", p), y, after) for n, (p, y) in enumerate(read_prefixes(test_path))
+        ]
     files = [train_path] + ([test_path] if test_path else [])
     info: dict[str, float | int | str] = {"sessions": len(sessions), "val_sessions": n_val}
-    return Split(train, valid, test, vocab, "sessions", fingerprint_files(files, f"sessions:{val_share}:{seed}"), info)
+    fingerprint = fingerprint_files(files, f"sessions:{val_share}:{seed}")
+    return Split(train, valid, test, vocab, "sessions", fingerprint, info, train_times, "sessions")
 
 
 # ---- user histories: leave-one-out -------------------------------------------------

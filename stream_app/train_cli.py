@@ -28,6 +28,8 @@ from stream_app.settings import Settings
 
 E_FORMAT_SESSIONS = "--format sessions reads the SR-GNN split; {path} is neither its directory nor train_sessions.txt."
 E_NO_TEST = "{path} gives no test cases (test_prefixes.tsv next to the train file, or users with 3+ events)."
+E_NOTHING = "nothing to evaluate: pass --model checkpoint(s), --baselines, or both."
+BASELINES = ("pop", "cooc", "sknn", "vsknn", "stan", "gru")
 
 
 class DataFormat(StrEnum):
@@ -194,14 +196,20 @@ def _parse_ks(ks: list[str]) -> tuple[int, ...]:
 
 @app.command()
 def evaluate(
-    model: Annotated[list[Path], typer.Option(help="Checkpoint(s) to evaluate (repeat for GCN and GAT).")],
     data: Annotated[Path, typer.Option(help="The same data the model was trained on.", exists=True)],
+    model: Annotated[
+        list[Path], typer.Option(help="Checkpoint(s) to evaluate (repeat for GCN and GAT; none: baselines only).")
+    ] = [],  # noqa: B006
     format: Annotated[DataFormat, typer.Option("--format", help="Format of --data.")] = DataFormat.jsonl,
     k: Annotated[list[str], typer.Option("--k", help="Cut-offs: --k 10 --k 20 or --k 10,20.")] = ["10", "20"],  # noqa: B006
-    baselines: Annotated[str, typer.Option(help="Comma-separated: pop, cooc, gru (empty for none).")] = "pop,cooc,gru",
+    baselines: Annotated[
+        str, typer.Option(help="Comma-separated: pop, cooc, sknn, vsknn, stan, gru (empty for none).")
+    ] = "pop,cooc,gru",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
     exclude_seen: Annotated[bool, typer.Option(help="Never rank a case's history items (no re-consumption).")] = False,
-    val_share: Annotated[float, typer.Option(help="sessions: as in training (only the GRU uses the split).")] = 0.1,
+    val_share: Annotated[
+        float, typer.Option(help="sessions: as in training (the GRU and the kNN tuning use the split).")
+    ] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     max_nodes: Annotated[Optional[int], typer.Option(help="Override the checkpoint's graph window.")] = None,
     gru_epochs: Annotated[int, typer.Option(min=1)] = 10,
@@ -210,10 +218,17 @@ def evaluate(
     gru_negatives: Annotated[
         int, typer.Option(min=0, help="GRU sampled-softmax negatives per step (0 = full softmax).")
     ] = 0,
+    knn_valid: Annotated[
+        int, typer.Option(min=1, help="sknn/vsknn/stan: validation cases scored per setting while tuning.")
+    ] = 5000,
     batch_size: Annotated[int, typer.Option(min=1)] = 512,
     threads: Annotated[int, typer.Option(help="torch threads (0 = torch's default).")] = 0,
 ) -> None:
-    """Full-ranking next-item metrics of the model(s) and the baselines on the test cases, side by side."""
+    """Full-ranking next-item metrics of the model(s) and the baselines on the test cases, side by side.
+
+    The kNN baselines (sknn, vsknn, stan) choose their hyper-parameters on the validation
+    cases only and print the values they chose.
+    """
     import dataclasses
 
     import torch
@@ -222,15 +237,18 @@ def evaluate(
     from operators.checkpoint import Checkpoint
     from operators.evaluation import GraphScorer, Report, graph_config_of
     from operators.evaluation import evaluate as run_evaluate
+    from operators.knn import KINDS, SessionIndex, describe, tune
     from operators.training import TrainConfig
 
     if threads > 0:
         torch.set_num_threads(threads)
     ks = _parse_ks(k)
     wanted = [b.strip() for b in baselines.split(",") if b.strip()]
-    unknown = set(wanted) - {"pop", "cooc", "gru"}
+    unknown = set(wanted) - set(BASELINES)
     if unknown:
-        fail(f"unknown baseline(s) {sorted(unknown)}; choose from pop, cooc, gru.")
+        fail(f"unknown baseline(s) {sorted(unknown)}; choose from {', '.join(BASELINES)}.")
+    if not model and not wanted:
+        fail(E_NOTHING)
     reports: list[Report] = []
     try:
         checkpoints = [(path, Checkpoint.load(path)) for path in model]
@@ -256,6 +274,22 @@ def evaluate(
             reports.append(run_evaluate(MostPopular(split), split.test, ks, batch_size, exclude_seen))
         if "cooc" in wanted:
             reports.append(run_evaluate(ItemTransitions(split), split.test, ks, batch_size, exclude_seen))
+        sessions = None
+        for kind in (kind for kind in KINDS if kind in wanted):
+            sessions = sessions or SessionIndex.from_split(split)
+            scorer, tuned = tune(kind, split, knn_valid, seed, batch_size, exclude_seen, sessions=sessions)
+            console.print(describe(tuned, sessions.time_unit))
+            report = run_evaluate(scorer, split.test, ks, batch_size, exclude_seen)
+            report.info["params"] = tuned.config.label(sessions.time_unit)
+            report.info.update({f"param_{name}": value for name, value in tuned.config.params().items()})
+            report.info.update(
+                {f"valid_{name}": round(value, 6) for name, value in tuned.metrics.items()},
+                tune_seconds=round(tuned.seconds, 1),
+                tune_cases=tuned.cases,
+                settings_tried=len(tuned.tried),
+            )
+            reports.append(report)
+            console.print(f"{report.name} ({report.info['params']}): {_brief(report.metrics)} ({report.seconds:.1f}s)")
         if "gru" in wanted:
             dim = checkpoints[0][1].config.dim if checkpoints else 64
             scale = checkpoints[0][1].config.norm_scale if checkpoints else 0.0
