@@ -35,26 +35,35 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import faust
-from faust.types import EventT, TopicT
+from faust.types import TP, EventT, TopicT
 
 from graph_state import CachedStore
 from operators import Embedder, set_threads
+from stream_app import undecodable
+from stream_app.compression import compression_type, consumer_codec_warning
+from stream_app.embedding_format import embedding_encoder
 from stream_app.file_runner import load_checkpoint, load_head
 from stream_app.kafka_connection import faust_credentials
 from stream_app.metrics import Metrics
 from stream_app.model_swap import SWAPPED, ModelWatcher, ReloadResult
 from stream_app.offset_guard import OffsetGuard, fetch_range, in_partition_order
 from stream_app.pipeline import BatchResult, Pipeline
-from stream_app.records import DeadLetter, RawRecord, json_encoder
+from stream_app.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
 from stream_app.settings import Settings
 from stream_app.table_store import TableStore
 
 TABLE_NAME = "user-graphs"
 LAG_INTERVAL_S = 2.0
+UNDECODABLE_INTERVAL_S = 1.0
+"""How often the worker turns reports of undecodable batches into dead letters (also before every batch)."""
+DEGRADED_FOR_S = 900.0
+"""``/healthz`` says ``degraded`` for this long after the last undecodable batch."""
 DELETION_WITHOUT_KEY = "deletion_without_key"
 """Dead-letter reason of a deletion request whose key is missing, empty or not UTF-8."""
 E_DELETION_KEY = "a deletion request needs key = the user_id (UTF-8, not empty); the value is ignored."
@@ -84,6 +93,12 @@ class StreamWorker:
     """Looks for a new checkpoint at ``RIPPLE_MODEL_PATH`` (``None``: no live swap)."""
     guard: OffsetGuard = field(default_factory=OffsetGuard)
     """Next expected offset per input partition: holes the consumer left are read again."""
+    encode: Callable[[UserEmbedding], bytes] = json_encoder.encode
+    """Bytes of a published embedding (``RIPPLE_EMBEDDING_ENCODING``, ``stream_app/embedding_format.py``)."""
+    undecodable_seen: OrderedDict[tuple[str, int, int], float] = field(default_factory=OrderedDict)
+    """Undecodable batches already logged and dead-lettered by this process (bounded)."""
+    last_undecodable: undecodable.UndecodableBatch | None = None
+    last_undecodable_at: float | None = None
 
     @property
     def changelog_topic(self) -> str:
@@ -223,14 +238,58 @@ class StreamWorker:
         producer = await self.app.maybe_start_producer()
         pending = []
         output, dead_letters = self.settings.output_topic, self.settings.dead_letter_topic
+        encode = self.encode
         for emb in result.embeddings:
             key = emb.user_id.encode("utf-8")
-            pending.append(await producer.send(output, key, json_encoder.encode(emb), None, None, None))
+            pending.append(await producer.send(output, key, encode(emb), None, None, None))
         for dead in result.dead_letters:
             key = None if dead.key_base64 is None else base64.b64decode(dead.key_base64)
             pending.append(await producer.send(dead_letters, key, json_encoder.encode(dead), None, None, None))
         if pending:
             await asyncio.gather(*pending)
+
+    async def report_undecodable(self) -> list[undecodable.UndecodableBatch]:
+        """What the consumer skipped as undecodable (``stream_app/undecodable.py``): reported, dead-lettered.
+
+        Every report marks the batch's offsets as done: for Faust's commit (a gap, as Faust
+        does for offsets it never sees) and for the offset guard (no refetch). Each batch is
+        logged (ERROR, the cause and the fix), counted and dead-lettered once per process;
+        returns those.
+        """
+        fresh = []
+        consumer = getattr(self.app, "_consumer", None)
+        for batch in undecodable.REPORTS.drain():
+            if batch.count and batch.topic in (self.settings.input_topic, self.settings.deletion_topic):
+                if consumer is not None:
+                    tp = TP(batch.topic, batch.partition)
+                    await consumer._add_gap(tp, batch.first_offset, batch.next_offset - 1)
+                if batch.topic == self.settings.input_topic:
+                    self.guard.skip(batch.partition, batch.first_offset, batch.next_offset)
+            if batch.key in self.undecodable_seen:
+                continue
+            self.undecodable_seen[batch.key] = time.time()
+            while len(self.undecodable_seen) > 10_000:
+                self.undecodable_seen.popitem(last=False)
+            fresh.append(batch)
+        if not fresh:
+            return []
+        for batch in fresh:
+            log.error("%s", batch.message())
+            self.metrics.undecodable_batches.labels(reason=batch.reason, codec=batch.codec).inc()
+            self.metrics.dead_letters.labels(reason=batch.reason).inc(max(1, batch.count))
+        self.last_undecodable, self.last_undecodable_at = fresh[-1], time.time()
+        dead = [batch.dead_letter() for batch in fresh if batch.raw]
+        if dead:
+            producer = await self.app.maybe_start_producer()
+            topic = self.settings.dead_letter_topic
+            sent = [await producer.send(topic, None, json_encoder.encode(d), None, None, None) for d in dead]
+            await asyncio.gather(*sent)
+        return fresh
+
+    def degraded(self, now: float | None = None) -> bool:
+        """An undecodable batch was skipped within the last ``DEGRADED_FOR_S`` seconds."""
+        now = time.time() if now is None else now
+        return self.last_undecodable_at is not None and now - self.last_undecodable_at < DEGRADED_FOR_S
 
     async def report_lag(self) -> None:
         """Set ``ripple_consumer_lag`` (highwater - position) for each assigned input partition."""
@@ -319,6 +378,10 @@ def build_app(settings: Settings) -> faust.App:
         # a quarter of the worker's time went to socket writes (py-spy, docs/benchmarks.md).
         producer_linger=settings.producer_linger_s,
         producer_max_batch_size=settings.producer_max_batch_bytes,
+        producer_compression_type=compression_type(settings),
+        # Static membership: a worker restarted within the session timeout (same instance id) gets its
+        # partitions back at once, without a rebalance; without it, it waits the session timeout out.
+        consumer_group_instance_id=settings.group_instance_id(),
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_bind=settings.web_host,
@@ -333,6 +396,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     from stream_app.web import add_views
 
     set_threads(settings.torch_threads)
+    # Before any consumer exists: a batch that cannot be decoded is skipped and reported, not a crash.
+    undecodable.install()
+    if warning := consumer_codec_warning():
+        log.warning("%s", warning)
     metrics = metrics or Metrics()
     app = app or build_app(settings)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -361,12 +428,13 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     pipeline = Pipeline(store if cache is None else cache, embedder, limits, metrics, head, settings.explain_top)
     worker = StreamWorker(
         settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions,
-        watcher=watcher,
+        watcher=watcher, encode=embedding_encoder(settings.embedding_encoding),
     )  # fmt: skip
 
     @app.agent(events, name="embed-events")
     async def embed_events(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            await worker.report_undecodable()  # skipped offsets are known before the guard looks for holes
             await worker.process_batch(batch)
 
     @app.agent(deletions, name="delete-users")
@@ -382,6 +450,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     @app.timer(LAG_INTERVAL_S)
     async def report_lag() -> None:
         await worker.report_lag()
+
+    @app.timer(UNDECODABLE_INTERVAL_S)
+    async def report_undecodable() -> None:
+        await worker.report_undecodable()
 
     if watcher is not None:
 

@@ -23,6 +23,7 @@ from graph_state import CachedStore, GraphStore, RocksStore
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
 from operators.evaluation import graph_config_of
 from operators.heads import LabelHead
+from stream_app.embedding_format import embedding_encoder
 from stream_app.metrics import Metrics
 from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
 from stream_app.readers import count_lines, read_events
@@ -168,6 +169,7 @@ def replay(
         start_line = 0 if (from_start or done is None) else int(done)
         summary = ReplaySummary(skipped_lines=start_line, model_version=checkpoint.model_version)
         total = count_lines(events_path, fmt)
+        encode = embedding_encoder(settings.embedding_encoding)
         mode = "ab" if append else "wb"
         started = time.perf_counter()
         with (
@@ -178,7 +180,7 @@ def replay(
             for chunk in batched(read_events(events_path, fmt, start_line), settings.batch_size):
                 result = pipeline.process(chunk)
                 for emb in result.embeddings:
-                    out.write(json_encoder.encode(emb) + b"\n")
+                    out.write(encode(emb) + b"\n")
                     summary.users.add(emb.user_id)
                 for dead in result.dead_letters:
                     dlq.write(json_encoder.encode(dead) + b"\n")

@@ -11,15 +11,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from faust.sensors.prometheus import setup_prometheus_sensors
 
 from operators.explain import explain
+from stream_app.embedding_format import embedding_record
+from stream_app.settings import EMBEDDING_ENCODINGS
 
 if TYPE_CHECKING:
     from stream_app.faust_app import StreamWorker
 
 E_UNKNOWN_USER = "no state for user {user!r}: no valid event of this user has been processed (yet)."
+E_ENCODING = "unknown encoding {encoding!r}: use ?encoding=json (numbers) or ?encoding=f32 (base64 float32)."
 
 
 def add_views(worker: StreamWorker) -> None:
@@ -33,7 +35,10 @@ def add_views(worker: StreamWorker) -> None:
         if graph is None:
             return web.json({"error": E_UNKNOWN_USER.format(user=user_id)}, status=404)
         (embedding,) = pipeline.embed({user_id: graph})
-        return web.json(msgspec.to_builtins(embedding))
+        encoding = request.query.get("encoding", worker.settings.embedding_encoding)
+        if encoding not in EMBEDDING_ENCODINGS:
+            return web.json({"error": E_ENCODING.format(encoding=encoding)}, status=400)
+        return web.json(embedding_record(embedding, encoding))
 
     @app.page("/users/{user_id}/explanation")
     @app.table_route(table=worker.table, match_info="user_id")
@@ -57,12 +62,21 @@ def add_views(worker: StreamWorker) -> None:
     async def healthz(web: Any, request: Any) -> Any:
         recovered = app.tables.recovery.completed.is_set()
         ok = recovered and not app.rebalancing
-        body = {
-            "status": "ok" if ok else "starting",
+        # Degraded still answers 200: the worker serves, but skipped input it could not decode.
+        degraded = worker.degraded()
+        body: dict[str, Any] = {
+            "status": ("degraded" if degraded else "ok") if ok else "starting",
             "recovered": recovered,
             "rebalancing": bool(app.rebalancing),
             "model_version": pipeline.embedder.model_version,
         }
+        if worker.last_undecodable is not None:
+            body["undecodable_batches"] = len(worker.undecodable_seen)
+            body["last_undecodable"] = {
+                "at": worker.last_undecodable_at,
+                "reason": worker.last_undecodable.reason,
+                "detail": worker.last_undecodable.message(),
+            }
         return web.json(body, status=200 if ok else 503)
 
     # Faust's own stream/consumer metrics join Ripple's on one registry; the page is GET /metrics.
