@@ -176,9 +176,11 @@ class GuardedBatch:
     def __iter__(self) -> Iterator[Any]:
         if self._failed:
             return
-        records = iter(self._batch)
+        records: Iterator[Any] | None = None
         while True:
             try:
+                if records is None:
+                    records = iter(self._batch)  # decompresses the whole batch (aiokafka's Cython batch)
                 record = next(records)
             except StopIteration:
                 return

@@ -1,0 +1,213 @@
+"""Undecodable record batches are skipped and reported by aiokafka's own fetcher classes, never raised.
+
+The batches are real Kafka v2 record batches built by aiokafka's batch builder; a missing codec
+is made real by taking ``cramjam`` away from ``aiokafka.codec`` (what an environment without it
+looks like to aiokafka).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from aiokafka import codec as aiokafka_codec
+from aiokafka.consumer import fetcher
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import TopicPartition
+from kafka.record.default_records import DefaultRecordBatch as KafkaPythonBatch
+
+from stream_app import undecodable
+from stream_app.compression import aiokafka_missing, check_producer_codec, consumer_codec_warning
+from stream_app.settings import Settings
+
+TP = TopicPartition("events", 2)
+CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def batch(base_offset: int, n: int, codec: str = "none") -> bytes:
+    """A record batch of ``n`` records at ``base_offset``, values ``v<offset>``, keys ``k<offset>``."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=CODECS[codec],
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for i in range(n):
+        offset = base_offset + i
+        builder.append(i, timestamp=1_700_000_000_000, key=b"k%d" % offset, value=b"v%d" % offset * 20, headers=[])
+    raw = bytearray(builder.build())
+    struct.pack_into(">q", raw, 0, base_offset)  # the broker sets the base offset; the CRC does not cover it
+    return bytes(raw)
+
+
+def consume(data: bytes, fetch_offset: int = 0, check_crcs: bool = True) -> tuple[list, int]:
+    """Drain one fetch response the way aiokafka's fetcher does: records, then the next fetch offset."""
+    records = fetcher.PartitionRecords(
+        TP, fetcher.MemoryRecords(data), None, fetch_offset, None, None, check_crcs, "read_uncommitted"
+    )
+    got = list(records)
+    return got, records.next_fetch_offset
+
+
+@pytest.fixture(autouse=True)
+def guard():
+    assert undecodable.install()
+    undecodable.REPORTS.drain()
+    yield
+    undecodable.REPORTS.drain()
+
+
+@pytest.fixture
+def drop_cramjam(monkeypatch):
+    """Call it once the test's batches are built: from then on aiokafka has no snappy, lz4 or zstd."""
+    return lambda: monkeypatch.setattr(aiokafka_codec, "cramjam", None)
+
+
+def test_without_the_guard_aiokafka_raises_out_of_the_fetch(drop_cramjam, monkeypatch):
+    from aiokafka.errors import UnsupportedCodecError
+
+    data = batch(0, 3) + batch(3, 3, "lz4")
+    drop_cramjam()
+    monkeypatch.setattr(fetcher, "PartitionRecords", undecodable.GuardedPartitionRecords.__mro__[1])
+    monkeypatch.setattr(fetcher, "MemoryRecords", undecodable._AIOKAFKA_RECORDS)
+    with pytest.raises(UnsupportedCodecError, match="lz4"):
+        consume(data)
+
+
+@pytest.mark.parametrize("codec", ["snappy", "lz4", "zstd"])
+def test_a_batch_with_a_missing_codec_is_skipped_reported_and_the_partition_goes_on(drop_cramjam, codec):
+    first, bad, last = batch(0, 3), batch(3, 4, codec), batch(7, 2)
+    drop_cramjam()
+    got, next_offset = consume(first + bad + last)
+    assert [r.offset for r in got] == [0, 1, 2, 7, 8]
+    assert next_offset == 9
+    (report,) = undecodable.REPORTS.drain()
+    assert (report.topic, report.partition, report.first_offset, report.next_offset) == ("events", 2, 3, 7)
+    assert (report.reason, report.codec, report.count) == ("missing_codec", codec, 4)
+    assert report.raw == bad
+    # The raw bytes are the batch itself: a client with the codec reads the skipped events from them.
+    assert [r.value for r in KafkaPythonBatch(report.raw)] == [b"v%d" % o * 20 for o in range(3, 7)]
+    text = report.message()
+    assert f"offsets 3..6 of events[2] is compressed with {codec}" in text
+    assert "install cramjam" in text and "restart the worker" in text
+
+
+def test_with_the_codec_every_record_is_delivered_and_nothing_reported():
+    data = batch(0, 3, "zstd") + batch(3, 3, "lz4") + batch(6, 3, "snappy") + batch(9, 3, "gzip")
+    got, next_offset = consume(data)
+    assert [r.offset for r in got] == list(range(12))
+    assert [r.value for r in got] == [b"v%d" % o * 20 for o in range(12)]
+    assert next_offset == 12
+    assert undecodable.REPORTS.drain() == []
+
+
+def test_a_crc_mismatch_is_reported_as_corrupt_and_skipped():
+    bad = bytearray(batch(3, 3))
+    bad[-5] ^= 0xFF  # inside the last record: covered by the CRC
+    got, next_offset = consume(batch(0, 3) + bytes(bad) + batch(6, 1))
+    assert [r.offset for r in got] == [0, 1, 2, 6]
+    (report,) = undecodable.REPORTS.drain()
+    assert (report.reason, report.first_offset, report.next_offset) == ("corrupt_batch", 3, 6)
+    assert "CRC mismatch" in report.cause and report.raw == bytes(bad)
+    assert "check the producer client" in report.message()
+
+
+def test_a_broken_compressed_payload_is_corrupt_even_without_crc_checks():
+    bad = bytearray(batch(2, 5, "lz4"))
+    bad[70:80] = b"\x00" * 10  # inside the lz4 frame
+    got, next_offset = consume(batch(0, 2) + bytes(bad) + batch(7, 1), check_crcs=False)
+    assert [r.offset for r in got] == [0, 1, 7]
+    (report,) = undecodable.REPORTS.drain()
+    assert (report.reason, report.codec, report.first_offset, report.next_offset) == ("corrupt_batch", "lz4", 2, 7)
+
+
+def test_records_decoded_before_a_failure_are_delivered_the_rest_of_the_batch_is_skipped():
+    bad = bytearray(batch(0, 6))
+    # Records follow the 61-byte header; break a later record's length varint so that decoding fails mid-batch.
+    sizes = []
+    pos = 61
+    for _ in range(6):
+        length, n = _varint(bad, pos)
+        sizes.append(pos)
+        pos += n + length
+    bad[sizes[3]] = 0x7F  # record 3 claims to be far longer than the batch
+    got, next_offset = consume(bytes(bad) + batch(6, 2), check_crcs=False)
+    assert [r.offset for r in got][:3] == [0, 1, 2]
+    assert [r.offset for r in got][-2:] == [6, 7]
+    assert next_offset == 8
+    (report,) = undecodable.REPORTS.drain()
+    assert report.reason == "corrupt_batch" and report.next_offset == 6
+    assert report.first_offset == got[-3].offset + 1
+
+
+def test_a_fetch_starting_inside_a_batch_reports_only_from_the_fetch_offset(drop_cramjam):
+    data = batch(10, 5, "lz4") + batch(15, 1)
+    drop_cramjam()
+    got, next_offset = consume(data, fetch_offset=12)
+    assert [r.offset for r in got] == [15]
+    (report,) = undecodable.REPORTS.drain()
+    assert (report.first_offset, report.next_offset, report.count) == (12, 15, 3)
+
+
+def test_a_batch_that_cannot_be_framed_stops_the_partition_without_raising():
+    broken = bytearray(batch(3, 1))
+    struct.pack_into(">i", broken, 8, 10)  # a length below any record's minimum
+    got, next_offset = consume(batch(0, 3) + bytes(broken[:22]))
+    assert [r.offset for r in got] == [0, 1, 2]
+    assert next_offset == 3
+    (report,) = undecodable.REPORTS.drain()
+    assert (report.first_offset, report.next_offset, report.raw) == (3, 3, b"")
+    assert "stops here" in report.message() and "--reset-offsets" in report.message()
+
+
+def test_reports_of_one_batch_are_kept_once_until_drained(drop_cramjam):
+    data = batch(0, 2, "zstd")
+    drop_cramjam()
+    consume(data)
+    consume(data)
+    assert len(undecodable.REPORTS.drain()) == 1
+    assert undecodable.REPORTS.drain() == []
+
+
+def test_the_dead_letter_holds_the_raw_batch_its_source_and_the_fix(drop_cramjam):
+    bad = batch(3, 2, "snappy")
+    drop_cramjam()
+    consume(bad)
+    (report,) = undecodable.REPORTS.drain()
+    dead = report.dead_letter()
+    assert (dead.reason, dead.source, dead.partition, dead.offset) == ("missing_codec", "events", 2, 3)
+    assert dead.raw() == bad and dead.raw_size == len(bad) and not dead.truncated
+    assert dead.detail == report.message()
+
+
+def test_codec_checks_name_the_missing_library(drop_cramjam):
+    drop_cramjam()
+    assert aiokafka_missing() == ["snappy", "lz4", "zstd"]
+    warning = consumer_codec_warning()
+    assert warning is not None and "cramjam" in warning and "missing_codec" in warning
+    with pytest.raises(ValueError, match="RIPPLE_PRODUCER_COMPRESSION=lz4.*cramjam"):
+        check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "lz4"}))
+    check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "gzip"}))
+    check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "lz4"}), "kafka-python")
+
+
+def test_this_environment_has_every_codec():
+    assert aiokafka_missing() == []
+    assert consumer_codec_warning() is None
+
+
+def _varint(buf: bytearray, pos: int) -> tuple[int, int]:
+    """Kafka's zig-zag varint at ``pos``: (value, bytes used)."""
+    shift = result = 0
+    start = pos
+    while True:
+        b = buf[pos]
+        result |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            break
+        shift += 7
+    return (result >> 1) ^ -(result & 1), pos - start
