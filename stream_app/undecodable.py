@@ -149,6 +149,13 @@ REPORTS = UndecodableLog()
 """Every guarded consumer of this process reports here (the worker's, and the offset guard's refetches)."""
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` (aiokafka's errors already start with their type)."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 def reason_of(exc: BaseException) -> str:
     return MISSING_CODEC if isinstance(exc, UnsupportedCodecError) else CORRUPT_BATCH
 
@@ -185,7 +192,7 @@ class GuardedBatch:
             except StopIteration:
                 return
             except Exception as exc:  # the codec's own errors too (cramjam, zlib, ...)
-                self._fail(f"{type(exc).__name__}: {exc}", reason_of(exc))
+                self._fail(describe(exc), reason_of(exc))
                 return
             yield record
 
@@ -261,7 +268,7 @@ class RawBatches:
                     next_offset=owner.next_fetch_offset,
                     reason=CORRUPT_BATCH,
                     codec="unknown",
-                    cause=f"{type(exc).__name__}: {exc}",
+                    cause=describe(exc),
                     raw=b"",
                 )
             )
