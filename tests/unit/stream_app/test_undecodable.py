@@ -109,6 +109,7 @@ def test_a_crc_mismatch_is_reported_as_corrupt_and_skipped():
     bad[-5] ^= 0xFF  # inside the last record: covered by the CRC
     got, next_offset = consume(batch(0, 3) + bytes(bad) + batch(6, 1))
     assert [r.offset for r in got] == [0, 1, 2, 6]
+    assert next_offset == 7
     (report,) = undecodable.REPORTS.drain()
     assert (report.reason, report.first_offset, report.next_offset) == ("corrupt_batch", 3, 6)
     assert "CRC mismatch" in report.cause and report.raw == bytes(bad)
@@ -120,6 +121,7 @@ def test_a_broken_compressed_payload_is_corrupt_even_without_crc_checks():
     bad[70:80] = b"\x00" * 10  # inside the lz4 frame
     got, next_offset = consume(batch(0, 2) + bytes(bad) + batch(7, 1), check_crcs=False)
     assert [r.offset for r in got] == [0, 1, 7]
+    assert next_offset == 8
     (report,) = undecodable.REPORTS.drain()
     assert (report.reason, report.codec, report.first_offset, report.next_offset) == ("corrupt_batch", "lz4", 2, 7)
 
@@ -148,6 +150,7 @@ def test_a_fetch_starting_inside_a_batch_reports_only_from_the_fetch_offset(drop
     drop_cramjam()
     got, next_offset = consume(data, fetch_offset=12)
     assert [r.offset for r in got] == [15]
+    assert next_offset == 16
     (report,) = undecodable.REPORTS.drain()
     assert (report.first_offset, report.next_offset, report.count) == (12, 15, 3)
 
@@ -188,7 +191,7 @@ def test_codec_checks_name_the_missing_library(drop_cramjam):
     assert aiokafka_missing() == ["snappy", "lz4", "zstd"]
     warning = consumer_codec_warning()
     assert warning is not None and "cramjam" in warning and "missing_codec" in warning
-    with pytest.raises(ValueError, match="RIPPLE_PRODUCER_COMPRESSION=lz4.*cramjam"):
+    with pytest.raises(ValueError, match=r"RIPPLE_PRODUCER_COMPRESSION=lz4.*cramjam"):
         check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "lz4"}))
     check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "gzip"}))
     check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "lz4"}), "kafka-python")
