@@ -70,7 +70,7 @@ class Settings:
     )
     producer_max_batch_bytes: int = _doc("Largest Kafka producer batch per partition, bytes.", 1 << 20)
     producer_compression: str = _doc(
-        "Compression of everything the worker and `ripple produce` send: none, gzip, snappy, lz4 or zstd.", "lz4"
+        "Compression of everything the worker and `ripple produce` send: none, gzip, snappy, lz4 or zstd.", "zstd"
     )
     static_membership: bool = _doc(
         "Join the consumer group as a static member (group.instance.id = the instance id): a worker restarted "

@@ -2,12 +2,12 @@
 
 The generated users are split into five groups; each group's events (file order, key =
 ``user_id``) are sent by the Java console producer with one compression type: none, gzip,
-snappy, lz4, zstd. One worker (producer compression: the default, lz4; embeddings: the
+snappy, lz4, zstd. One worker (producer compression: the default, zstd; embeddings: the
 compact ``f32`` encoding) embeds them all. The Java console consumer reads the embeddings
 topic back, and every user's final embedding equals the file runner's on the same events.
 
 A raw fetch of the record batches shows the input really holds batches of all five codecs
-and the output is lz4-compressed.
+and the output is zstd-compressed.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_java_producer_with_every_codec_in_java_consumer_out_equals_the_file_run
 
     env = worker_env(broker, unique, tmp_path / "state", embedding_encoding="f32")
     settings = Settings.from_env(env)
-    assert settings.producer_compression == "lz4", "the test checks the default producer compression"
+    assert settings.producer_compression == "zstd", "the test checks the default producer compression"
     ensure_topics(settings)
     out = TopicReader(broker, settings.output_topic)
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
@@ -79,5 +79,5 @@ def test_java_producer_with_every_codec_in_java_consumer_out_equals_the_file_run
 
     sent = batch_codecs(broker, settings.input_topic)
     assert set(sent) == set(CODECS), sent
-    assert set(batch_codecs(broker, settings.output_topic)) == {"lz4"}
+    assert set(batch_codecs(broker, settings.output_topic)) == {"zstd"}
     print(f"input batches by codec: {dict(sent)}; {len(published)} embeddings read by the Java consumer")
