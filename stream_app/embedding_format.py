@@ -3,10 +3,11 @@
 ``json`` (the default): ``"embedding": [0.0123, -0.4567, ...]``, every float32 of the vector
 written as the shortest decimal that reads back as the same double (~21 characters each).
 
-``f32``: the same JSON record, but ``"embedding"`` is the base64 of the vector as
-little-endian IEEE-754 float32 (4 bytes per dimension) and ``"embedding_encoding":
-"f32le-base64"`` is added. The model computes in float32, so the values are exactly the
-ones ``json`` writes; a 64-dimensional record shrinks to about a third. Decoding::
+``f32``: the same JSON record, but ``"embedding"`` is a string, the base64 of the vector as
+little-endian IEEE-754 float32 (4 bytes per dimension). A reader tells the two apart by the
+type of ``"embedding"`` (a list or a string); no other field changes. The model computes in
+float32, so the values are exactly the ones ``json`` writes; a 64-dimensional record shrinks
+to about 36 %. Decoding::
 
     # Python
     vector = numpy.frombuffer(base64.b64decode(record["embedding"]), dtype="<f4")
@@ -33,7 +34,8 @@ from stream_app.records import UserEmbedding, embedding_decoder, json_encoder
 JSON = "json"
 F32 = "f32"
 F32_ENCODING = "f32le-base64"
-"""Value of ``embedding_encoding`` in an ``f32`` record."""
+"""What a string ``"embedding"`` holds. Reserved: a future encoding would name itself in an
+``"embedding_encoding"`` field; a record without one is this."""
 E_UNKNOWN_ENCODING = (
     "embedding record has embedding_encoding={found!r}; this Ripple reads {known!r} (and plain JSON numbers). "
     "Upgrade the reader to the worker's version."
@@ -63,7 +65,6 @@ def embedding_record(emb: UserEmbedding, encoding: str = JSON) -> dict[str, Any]
     record: dict[str, Any] = msgspec.to_builtins(emb)
     if encoding == F32:
         record["embedding"] = pack(emb.embedding)
-        record["embedding_encoding"] = F32_ENCODING
     elif encoding != JSON:
         raise ValueError(f"unknown embedding encoding {encoding!r}: use {JSON!r} or {F32!r}")
     return record
@@ -95,7 +96,7 @@ def decode_embedding(data: bytes | str) -> UserEmbedding:
         record = msgspec.json.decode(data)
         if not (isinstance(record, dict) and isinstance(record.get("embedding"), str)):
             raise
-    encoding = record.pop("embedding_encoding", None)
+    encoding = record.pop("embedding_encoding", F32_ENCODING)
     if encoding != F32_ENCODING:
         raise ValueError(E_UNKNOWN_ENCODING.format(found=encoding, known=F32_ENCODING))
     record["embedding"] = unpack(record["embedding"])

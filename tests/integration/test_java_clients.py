@@ -13,8 +13,9 @@ and the output is zstd-compressed.
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 
-from stream_app.embedding_format import F32_ENCODING, decode_embedding
+from stream_app.embedding_format import decode_embedding
 from stream_app.generate import GeneratorSpec, generate_events
 from stream_app.kafka_connection import ensure_topics
 from stream_app.keys import message_key
@@ -59,13 +60,21 @@ def test_java_producer_with_every_codec_in_java_consumer_out_equals_the_file_run
                     records.append((key, line))
             java_produce(broker, settings.input_topic, records, codec)
         out.until(reached(expected), timeout=180, what="every user's final embedding")
+        # The web view answers in the worker's encoding, or in the one asked for.
+        user = users[0]
+        compact = worker.get(f"/users/{user}/embedding")
+        numbers = worker.get(f"/users/{user}/embedding?encoding=json")
+        assert compact[0] == numbers[0] == 200 and worker.get(f"/users/{user}/embedding?encoding=f16")[0] == 400
+        assert isinstance(msgspec.json.decode(compact[1])["embedding"], str)
+        assert decode_embedding(compact[1]).embedding == decode_embedding(numbers[1]).embedding
+        np.testing.assert_allclose(decode_embedding(compact[1]).embedding, expected[user].embedding, atol=1e-5)
     finally:
         assert worker.stop() == 0, worker.log()
         out.close()
 
     consumed = java_consume(broker, settings.output_topic)
     assert consumed and all(key == msgspec.json.decode(value)["user_id"] for key, value in consumed)
-    assert all(msgspec.json.decode(value)["embedding_encoding"] == F32_ENCODING for _, value in consumed)
+    assert all(isinstance(msgspec.json.decode(value)["embedding"], str) for _, value in consumed)  # f32
     published = [decode_embedding(value) for _, value in consumed]
     latest = latest_by_user(published)
     for codec in CODECS:
