@@ -268,22 +268,29 @@ class StreamWorker:
             if batch.key in self.undecodable_seen:
                 continue
             self.undecodable_seen[batch.key] = time.time()
-            while len(self.undecodable_seen) > 10_000:
-                self.undecodable_seen.popitem(last=False)
             fresh.append(batch)
         if not fresh:
             return []
+        dead = [batch.dead_letter() for batch in fresh if batch.raw]
+        try:
+            if dead:
+                producer = await self.app.maybe_start_producer()
+                topic = self.settings.dead_letter_topic
+                sent = [await producer.send(topic, None, json_encoder.encode(d), None, None, None) for d in dead]
+                await asyncio.gather(*sent)
+        except Exception as exc:  # the broker is away: report these batches again on the next call
+            log.warning("dead letters of %d undecodable batch(es) not sent yet (%r); retrying", len(dead), exc)
+            for batch in fresh:
+                del self.undecodable_seen[batch.key]
+                undecodable.REPORTS.report(batch)
+            return []
+        while len(self.undecodable_seen) > 10_000:
+            self.undecodable_seen.popitem(last=False)
         for batch in fresh:
             log.error("%s", batch.message())
             self.metrics.undecodable_batches.labels(reason=batch.reason, codec=batch.codec).inc()
             self.metrics.dead_letters.labels(reason=batch.reason).inc(max(1, batch.count))
         self.last_undecodable, self.last_undecodable_at = fresh[-1], time.time()
-        dead = [batch.dead_letter() for batch in fresh if batch.raw]
-        if dead:
-            producer = await self.app.maybe_start_producer()
-            topic = self.settings.dead_letter_topic
-            sent = [await producer.send(topic, None, json_encoder.encode(d), None, None, None) for d in dead]
-            await asyncio.gather(*sent)
         return fresh
 
     def degraded(self, now: float | None = None) -> bool:

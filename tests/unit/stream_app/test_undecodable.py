@@ -7,8 +7,11 @@ looks like to aiokafka).
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
 
+import msgspec
 import pytest
 from aiokafka import codec as aiokafka_codec
 from aiokafka.consumer import fetcher
@@ -18,6 +21,7 @@ from kafka.record.default_records import DefaultRecordBatch as KafkaPythonBatch
 
 from stream_app import undecodable
 from stream_app.compression import aiokafka_missing, check_producer_codec, consumer_codec_warning
+from stream_app.records import DeadLetter
 from stream_app.settings import Settings
 
 TP = TopicPartition("events", 2)
@@ -214,3 +218,83 @@ def _varint(buf: bytearray, pos: int) -> tuple[int, int]:
             break
         shift += 7
     return (result >> 1) ^ -(result & 1), pos - start
+
+
+# ---- the worker's side: StreamWorker.report_undecodable with the broker replaced by recorders ----
+
+
+class Recorder:
+    """Stands in for the app's producer (dead letters) and consumer (gaps); ``fail`` makes sends raise."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.gaps: list[tuple[str, int, int, int]] = []
+        self.fail = False
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        if self.fail:
+            raise ConnectionError("broker away")
+        self.sent.append((topic, key, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def _add_gap(self, tp, offset_from: int, offset_to: int) -> None:
+        self.gaps.append((tp.topic, tp.partition, offset_from, offset_to))
+
+
+LZ4_MISSING = ("ripple_undecodable_batches_total", {"reason": "missing_codec", "codec": "lz4"})
+
+
+def skipped(topic: str, partition: int, first: int, nxt: int, raw: bytes = b"raw") -> undecodable.UndecodableBatch:
+    return undecodable.UndecodableBatch(topic, partition, first, nxt, "missing_codec", "lz4", "no lz4", raw)
+
+
+def test_the_worker_logs_counts_dead_letters_and_marks_skipped_offsets_done(tmp_path, caplog):
+    from stream_app.faust_app import build_worker
+    from stream_app.records import RawRecord
+
+    worker = build_worker(Settings.from_env({"RIPPLE_STATE_DIR": str(tmp_path), "RIPPLE_APP_ID": "unit-undecodable"}))
+    s, rec = worker.settings, Recorder()
+    worker.app.maybe_start_producer = lambda: asyncio.sleep(0, rec)  # type: ignore[method-assign]
+    worker.app._consumer = rec  # type: ignore[assignment]
+    worker.guard.expected[1] = 10
+    registry = worker.metrics.registry
+
+    async def scenario() -> None:
+        undecodable.REPORTS.report(skipped(s.input_topic, 1, 10, 15))
+        undecodable.REPORTS.report(skipped(s.output_topic, 0, 3, 4, raw=b""))  # unbounded: nothing to dead-letter
+        rec.fail = True
+        assert await worker.report_undecodable() == []  # dead letters could not be sent: nothing counted yet
+        assert (
+            registry.get_sample_value("ripple_undecodable_batches_total", {"reason": "missing_codec", "codec": "lz4"})
+            == 0
+        )
+        assert not worker.degraded()
+        rec.fail = False
+        assert len(await worker.report_undecodable()) == 2
+        undecodable.REPORTS.report(skipped(s.input_topic, 1, 10, 15))  # met again (after a rebalance)
+        assert await worker.report_undecodable() == []
+
+    with caplog.at_level("ERROR", logger="ripple.worker"):
+        asyncio.run(scenario())
+    assert [t for t, _, _ in rec.sent] == [s.dead_letter_topic]  # once, and only the batch with raw bytes
+    dead = msgspec.json.decode(rec.sent[0][2], type=DeadLetter)
+    assert (dead.reason, dead.source, dead.partition, dead.offset, dead.raw()) == (
+        "missing_codec",
+        s.input_topic,
+        1,
+        10,
+        b"raw",
+    )
+    assert rec.gaps == [(s.input_topic, 1, 10, 14)] * 3  # every time it is met: Faust commits past it
+    assert worker.guard.holes([RawRecord(b"", partition=1, offset=15)]) == []  # no refetch of a skipped batch
+    assert (
+        registry.get_sample_value("ripple_undecodable_batches_total", {"reason": "missing_codec", "codec": "lz4"}) == 2
+    )
+    assert registry.get_sample_value("ripple_dead_letters_total", {"reason": "missing_codec"}) == 5 + 1
+    assert worker.degraded() and not worker.degraded(now=time.time() + 3600)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and "offsets 10..14" in errors[0] and "install cramjam" in errors[0]
+    for db in worker.table.data._dbs.values():
+        db.close()
