@@ -88,5 +88,6 @@ def test_java_producer_with_every_codec_in_java_consumer_out_equals_the_file_run
 
     sent = batch_codecs(broker, settings.input_topic)
     assert set(sent) == set(CODECS), sent
-    assert set(batch_codecs(broker, settings.output_topic)) == {"zstd"}
+    out_codecs = batch_codecs(broker, settings.output_topic)
+    assert out_codecs["zstd"] >= 1 and set(out_codecs) <= {"zstd", "none"}, out_codecs
     print(f"input batches by codec: {dict(sent)}; {len(published)} embeddings read by the Java consumer")
