@@ -20,7 +20,6 @@ from aiokafka.structs import TopicPartition
 from kafka.record.default_records import DefaultRecordBatch as KafkaPythonBatch
 
 from stream_app import undecodable
-from stream_app.compression import aiokafka_missing, check_producer_codec, consumer_codec_warning
 from stream_app.records import DeadLetter
 from stream_app.settings import Settings
 
@@ -188,22 +187,6 @@ def test_the_dead_letter_holds_the_raw_batch_its_source_and_the_fix(drop_cramjam
     assert (dead.reason, dead.source, dead.partition, dead.offset) == ("missing_codec", "events", 2, 3)
     assert dead.raw() == bad and dead.raw_size == len(bad) and not dead.truncated
     assert dead.detail == report.message()
-
-
-def test_codec_checks_name_the_missing_library(drop_cramjam):
-    drop_cramjam()
-    assert aiokafka_missing() == ["snappy", "lz4", "zstd"]
-    warning = consumer_codec_warning()
-    assert warning is not None and "cramjam" in warning and "missing_codec" in warning
-    with pytest.raises(ValueError, match=r"RIPPLE_PRODUCER_COMPRESSION=lz4.*cramjam"):
-        check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "lz4"}))
-    check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "gzip"}))
-    check_producer_codec(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION": "lz4"}), "kafka-python")
-
-
-def test_this_environment_has_every_codec():
-    assert aiokafka_missing() == []
-    assert consumer_codec_warning() is None
 
 
 def _varint(buf: bytearray, pos: int) -> tuple[int, int]:
