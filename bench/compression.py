@@ -124,7 +124,7 @@ def topic_bytes(broker: str, topics: list[str]) -> int:
                     records, fetched = MemoryRecords(part[-1]), 0
                     while records.has_next():
                         batch = records.next_batch()
-                        total += batch.size_in_bytes() if hasattr(batch, "size_in_bytes") else 0
+                        total += batch.size_in_bytes
                         offset, fetched = batch.next_offset, fetched + 1
                     if not fetched:
                         break
