@@ -3,7 +3,12 @@
 ``GET /users/{user_id}/embedding`` is routed (``table_route``) to the worker that
 owns the user's partition. It embeds the stored graph from scratch, which equals
 the last published vector (streaming equals batch), so it needs no second copy of
-every embedding: the table is the single source of truth.
+every embedding: the table is the single source of truth. It answers in
+``RIPPLE_EMBEDDING_ENCODING`` unless ``?encoding=json|f32`` asks otherwise.
+
+``GET /healthz`` is 200 ``ok`` once tables are recovered and no rebalance runs (503
+``starting`` before), and 200 ``degraded`` for a while after the worker skipped a record
+batch it cannot decode (``stream_app/undecodable.py``).
 """
 
 from __future__ import annotations
