@@ -345,6 +345,24 @@ def deletion_user(key: bytes | None) -> str | None:
         return None
 
 
+def leave_group_when_closed(app: faust.App) -> bool:
+    """Make the app's consumer leave the group when it closes, as a dynamic member does.
+
+    aiokafka sends no LeaveGroup for a static member (KIP-345: a restart keeps the assignment),
+    so a worker stopped for good would hold its partitions until its session expires. A
+    graceful stop (``RIPPLE_LEAVE_GROUP_ON_STOP``, the default) forgets the instance id just
+    before Faust closes the consumer, and the close sends LeaveGroup with the member id, which
+    the broker honours for static members too. A ``kill -9`` skips this: the restarted worker
+    rejoins under its instance id without a rebalance. ``False`` when the consumer is not there.
+    """
+    thread = getattr(getattr(app, "_consumer", None), "_thread", None)
+    coordinator = getattr(getattr(thread, "_consumer", None), "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_group_instance_id"):
+        return False
+    coordinator._group_instance_id = None
+    return True
+
+
 def rocksdb_options(settings: Settings) -> dict[str, int | str]:
     """Faust RocksDB store options: small, explicit (Faust's default block cache is 2 GiB per partition)."""
     return {
@@ -461,6 +479,12 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     @app.timer(UNDECODABLE_INTERVAL_S)
     async def report_undecodable() -> None:
         await worker.report_undecodable()
+
+    if settings.group_instance_id() and settings.leave_group_on_stop:
+
+        @app.on_before_shutdown.connect
+        async def leave_group(sender: faust.App, **kwargs: object) -> None:
+            leave_group_when_closed(sender)
 
     if watcher is not None:
 

@@ -74,3 +74,28 @@ def test_by_default_a_worker_is_a_static_member_named_after_its_host_and_state(t
 def test_bad_compression_or_instance_id_is_refused_by_name(name, value):
     with pytest.raises(ValueError, match=name.removeprefix("RIPPLE_").lower()):
         Settings.from_env({name: value})
+
+
+def test_a_graceful_stop_makes_a_static_member_leave_the_group(tmp_path):
+    """aiokafka sends LeaveGroup on close only without an instance id: Faust's shutdown signal clears it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream_app.faust_app import build_worker, leave_group_when_closed
+
+    def consumer_of(coordinator: SimpleNamespace) -> SimpleNamespace:
+        return SimpleNamespace(_thread=SimpleNamespace(_consumer=SimpleNamespace(_coordinator=coordinator)))
+
+    assert not leave_group_when_closed(SimpleNamespace(_consumer=None))  # never started: nothing to leave
+
+    def stop(env: dict[str, str]) -> str | None:
+        """The instance id the coordinator has after Faust's on_before_shutdown signal."""
+        worker = build_worker(Settings.from_env(env, state_dir=str(tmp_path / str(len(env)))))
+        coordinator = SimpleNamespace(_group_instance_id="worker-7")
+        worker.app._consumer = consumer_of(coordinator)
+        asyncio.run(worker.app.on_before_shutdown.send())
+        return coordinator._group_instance_id
+
+    assert stop({}) is None
+    assert stop({"RIPPLE_LEAVE_GROUP_ON_STOP": "false"}) == "worker-7"
+    assert stop({"RIPPLE_STATIC_MEMBERSHIP": "false", "RIPPLE_APP_ID": "dynamic"}) == "worker-7"
