@@ -136,6 +136,7 @@ def one_run(broker: str, backlog: int, seconds: float, levels: list[float], seed
         times = [t for t, _ in collector.seen]
         rate = backlog / (max(times) - min(times))
         result["rate"] = rate
+        result["topics"] = [env["RIPPLE_OUTPUT_TOPIC"], f"{env['RIPPLE_APP_ID']}-user-graphs-changelog"]
         for level in levels:
             start_mark = time.time()
             batch = events(int(rate * level * seconds), seed + int(level * 100), stamp=True)

@@ -18,12 +18,15 @@ The published vectors are float32 values, so the Parquet vectors equal the JSON 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from stream_app.records import UserEmbedding, json_encoder
+
+Encode = Callable[[UserEmbedding], bytes]
+"""How a JSON-lines sink writes a record (``RIPPLE_EMBEDDING_ENCODING``, ``stream_app/embedding_format.py``)."""
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -98,12 +101,14 @@ class EmbeddingSink:
 class JsonlSink(EmbeddingSink):
     """Every record as a JSON line, flushed per micro-batch (``append``: after what the file holds)."""
 
-    def __init__(self, path: str, append: bool = False) -> None:
+    def __init__(self, path: str, append: bool = False, encode: Encode = json_encoder.encode) -> None:
         self.file: IO[bytes] = open(path, "ab" if append else "wb")
+        self.encode = encode
 
     def write(self, records: Sequence[UserEmbedding]) -> None:
+        encode = self.encode
         for emb in records:
-            self.file.write(json_encoder.encode(emb) + b"\n")
+            self.file.write(encode(emb) + b"\n")
         self.file.flush()
 
     def finish(self) -> None:
@@ -153,8 +158,9 @@ class LatestSink(EmbeddingSink):
     published: the highest ``state_version`` (the runner never publishes an older one later).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, encode: Encode = json_encoder.encode) -> None:
         self.path = path
+        self.encode = encode
         self.latest: dict[str, UserEmbedding] = {}
 
     def write(self, records: Sequence[UserEmbedding]) -> None:
@@ -172,22 +178,24 @@ class LatestSink(EmbeddingSink):
         else:
             with open(tmp, "wb") as f:
                 for emb in records:
-                    f.write(json_encoder.encode(emb) + b"\n")
+                    f.write(self.encode(emb) + b"\n")
         os.replace(tmp, self.path)
 
     def close(self) -> None:
         self.latest.clear()
 
 
-def open_sink(path: str, latest_only: bool = False, append: bool = False) -> EmbeddingSink:
-    """The sink for ``--out path`` (Parquet by the ``.parquet`` suffix)."""
+def open_sink(
+    path: str, latest_only: bool = False, append: bool = False, encode: Encode = json_encoder.encode
+) -> EmbeddingSink:
+    """The sink for ``--out path`` (Parquet by the ``.parquet`` suffix; JSON lines written by ``encode``)."""
     if append and (latest_only or is_parquet(path)):
         raise ValueError(E_APPEND.format(what="--latest-only" if latest_only else "a Parquet --out"))
     if latest_only:
-        return LatestSink(path)
+        return LatestSink(path, encode)
     if is_parquet(path):
         return ParquetSink(path)
-    return JsonlSink(path, append)
+    return JsonlSink(path, append, encode)
 
 
 def read_parquet(path: str) -> dict[str, dict[str, Any]]:

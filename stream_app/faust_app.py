@@ -35,27 +35,36 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import faust
-from faust.types import EventT, TopicT
+from faust.types import TP, EventT, TopicT
 
 from graph_state import CachedStore
 from operators import Embedder, set_threads
+from stream_app import undecodable
 from stream_app.batch_send import send_batched
+from stream_app.compression import compression_type, consumer_codec_warning
+from stream_app.embedding_format import embedding_encoder
 from stream_app.file_runner import load_checkpoint, load_head, recommender
 from stream_app.kafka_connection import faust_credentials
 from stream_app.metrics import Metrics
 from stream_app.model_swap import SWAPPED, ModelWatcher, ReloadResult
 from stream_app.offset_guard import OffsetGuard, fetch_range, in_partition_order
 from stream_app.pipeline import BatchResult, Pipeline
-from stream_app.records import DeadLetter, RawRecord, json_encoder
+from stream_app.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
 from stream_app.settings import Settings
 from stream_app.table_store import TableStore
 
 TABLE_NAME = "user-graphs"
 LAG_INTERVAL_S = 2.0
+UNDECODABLE_INTERVAL_S = 1.0
+"""How often the worker turns reports of undecodable batches into dead letters (also before every batch)."""
+DEGRADED_FOR_S = 900.0
+"""``/healthz`` says ``degraded`` for this long after the last undecodable batch."""
 DELETION_WITHOUT_KEY = "deletion_without_key"
 """Dead-letter reason of a deletion request whose key is missing, empty or not UTF-8."""
 E_DELETION_KEY = "a deletion request needs key = the user_id (UTF-8, not empty); the value is ignored."
@@ -87,6 +96,12 @@ class StreamWorker:
     """Next expected offset per input partition: holes the consumer left are read again."""
     changelog_inflight: list[asyncio.Future] = field(default_factory=list)
     """Changelog record batches of the last batch, not yet acknowledged when it ended."""
+    encode: Callable[[UserEmbedding], bytes] = json_encoder.encode
+    """Bytes of a published embedding (``RIPPLE_EMBEDDING_ENCODING``, ``stream_app/embedding_format.py``)."""
+    undecodable_seen: OrderedDict[tuple[str, int, int], float] = field(default_factory=OrderedDict)
+    """Undecodable batches already logged and dead-lettered by this process (bounded)."""
+    last_undecodable: undecodable.UndecodableBatch | None = None
+    last_undecodable_at: float | None = None
 
     @property
     def changelog_topic(self) -> str:
@@ -241,7 +256,7 @@ class StreamWorker:
         if not result.embeddings and not result.dead_letters:
             return
         producer = await self.app.maybe_start_producer()
-        encode = json_encoder.encode
+        encode, encode_dead = self.encode, json_encoder.encode
         pending = await send_batched(
             producer,
             self.settings.output_topic,
@@ -252,11 +267,61 @@ class StreamWorker:
                 producer,
                 self.settings.dead_letter_topic,
                 [
-                    (None if dead.key_base64 is None else base64.b64decode(dead.key_base64), encode(dead), None)
+                    (None if dead.key_base64 is None else base64.b64decode(dead.key_base64), encode_dead(dead), None)
                     for dead in result.dead_letters
                 ],
             )
         await asyncio.gather(*pending)
+
+    async def report_undecodable(self) -> list[undecodable.UndecodableBatch]:
+        """What the consumer skipped as undecodable (``stream_app/undecodable.py``): reported, dead-lettered.
+
+        Every report marks the batch's offsets as done: for Faust's commit (a gap, as Faust
+        does for offsets it never sees) and for the offset guard (no refetch). Each batch is
+        logged (ERROR, the cause and the fix), counted and dead-lettered once per process;
+        returns those.
+        """
+        fresh = []
+        consumer = getattr(self.app, "_consumer", None)
+        for batch in undecodable.REPORTS.drain():
+            if batch.count and batch.topic in (self.settings.input_topic, self.settings.deletion_topic):
+                if consumer is not None:
+                    tp = TP(batch.topic, batch.partition)
+                    await consumer._add_gap(tp, batch.first_offset, batch.next_offset - 1)
+                if batch.topic == self.settings.input_topic:
+                    self.guard.skip(batch.partition, batch.first_offset, batch.next_offset)
+            if batch.key in self.undecodable_seen:
+                continue
+            self.undecodable_seen[batch.key] = time.time()
+            fresh.append(batch)
+        if not fresh:
+            return []
+        dead = [batch.dead_letter() for batch in fresh if batch.raw]
+        try:
+            if dead:
+                producer = await self.app.maybe_start_producer()
+                topic = self.settings.dead_letter_topic
+                sent = [await producer.send(topic, None, json_encoder.encode(d), None, None, None) for d in dead]
+                await asyncio.gather(*sent)
+        except Exception as exc:  # the broker is away: report these batches again on the next call
+            log.warning("dead letters of %d undecodable batch(es) not sent yet (%r); retrying", len(dead), exc)
+            for batch in fresh:
+                del self.undecodable_seen[batch.key]
+                undecodable.REPORTS.report(batch)
+            return []
+        while len(self.undecodable_seen) > 10_000:
+            self.undecodable_seen.popitem(last=False)
+        for batch in fresh:
+            log.error("%s", batch.message())
+            self.metrics.undecodable_batches.labels(reason=batch.reason, codec=batch.codec).inc()
+            self.metrics.dead_letters.labels(reason=batch.reason).inc(max(1, batch.count))
+        self.last_undecodable, self.last_undecodable_at = fresh[-1], time.time()
+        return fresh
+
+    def degraded(self, now: float | None = None) -> bool:
+        """An undecodable batch was skipped within the last ``DEGRADED_FOR_S`` seconds."""
+        now = time.time() if now is None else now
+        return self.last_undecodable_at is not None and now - self.last_undecodable_at < DEGRADED_FOR_S
 
     async def report_lag(self) -> None:
         """Set ``ripple_consumer_lag`` (highwater - position) for each assigned input partition."""
@@ -305,6 +370,24 @@ def deletion_user(key: bytes | None) -> str | None:
         return None
 
 
+def leave_group_when_closed(app: faust.App) -> bool:
+    """Make the app's consumer leave the group when it closes, as a dynamic member does.
+
+    aiokafka sends no LeaveGroup for a static member (KIP-345: a restart keeps the assignment),
+    so a worker stopped for good would hold its partitions until its session expires. A
+    graceful stop (``RIPPLE_LEAVE_GROUP_ON_STOP``, the default) forgets the instance id just
+    before Faust closes the consumer, and the close sends LeaveGroup with the member id, which
+    the broker honours for static members too. A ``kill -9`` skips this: the restarted worker
+    rejoins under its instance id without a rebalance. ``False`` when the consumer is not there.
+    """
+    thread = getattr(getattr(app, "_consumer", None), "_thread", None)
+    coordinator = getattr(getattr(thread, "_consumer", None), "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_group_instance_id"):
+        return False
+    coordinator._group_instance_id = None
+    return True
+
+
 def rocksdb_options(settings: Settings) -> dict[str, int | str]:
     """Faust RocksDB store options: small, explicit (Faust's default block cache is 2 GiB per partition)."""
     return {
@@ -345,6 +428,10 @@ def build_app(settings: Settings) -> faust.App:
         # a quarter of the worker's time went to socket writes (py-spy, docs/benchmarks.md).
         producer_linger=settings.producer_linger_s,
         producer_max_batch_size=settings.producer_max_batch_bytes,
+        producer_compression_type=compression_type(settings),
+        # Static membership: a worker restarted within the session timeout (same instance id) gets its
+        # partitions back at once, without a rebalance; without it, it waits the session timeout out.
+        consumer_group_instance_id=settings.group_instance_id(),
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_bind=settings.web_host,
@@ -359,6 +446,10 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     from stream_app.web import add_views
 
     set_threads(settings.torch_threads)
+    # Before any consumer exists: a batch that cannot be decoded is skipped and reported, not a crash.
+    undecodable.install()
+    if warning := consumer_codec_warning():
+        log.warning("%s", warning)
     metrics = metrics or Metrics()
     app = app or build_app(settings)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -389,12 +480,13 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     )
     worker = StreamWorker(
         settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions,
-        watcher=watcher,
+        watcher=watcher, encode=embedding_encoder(settings.embedding_encoding),
     )  # fmt: skip
 
     @app.agent(events, name="embed-events")
     async def embed_events(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            await worker.report_undecodable()  # skipped offsets are known before the guard looks for holes
             await worker.process_batch(batch)
 
     @app.agent(deletions, name="delete-users")
@@ -410,6 +502,16 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     @app.timer(LAG_INTERVAL_S)
     async def report_lag() -> None:
         await worker.report_lag()
+
+    @app.timer(UNDECODABLE_INTERVAL_S)
+    async def report_undecodable() -> None:
+        await worker.report_undecodable()
+
+    if settings.group_instance_id() and settings.leave_group_on_stop:
+
+        @app.on_before_shutdown.connect
+        async def leave_group(sender: faust.App, **kwargs: object) -> None:
+            leave_group_when_closed(sender)
 
     if watcher is not None:
 

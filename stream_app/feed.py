@@ -42,8 +42,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from stream_app.embedding_format import decode_embedding
 from stream_app.metrics import FeedMetrics
-from stream_app.records import UserEmbedding, embedding_decoder
+from stream_app.records import UserEmbedding
 from stream_app.settings import Settings
 
 log = logging.getLogger("ripple.feed")
@@ -209,7 +210,13 @@ def decode_hash(user_id: str, h: dict[bytes, bytes]) -> StoredEmbedding:
 
 
 def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, UserEmbedding | None] | None:
-    """One message of the embeddings topic → ``(user_id, record or None for a tombstone)``; None if unusable."""
+    """One message of the embeddings topic → ``(user_id, record or None for a tombstone)``; None if unusable.
+
+    >>> from stream_app.embedding_format import encode_f32
+    >>> emb = UserEmbedding("u1", [0.5, -1.0], "m", 3, "e3", 1.0, 2.0, 2)
+    >>> decode_record(b"u1", encode_f32(emb)) == ("u1", emb), decode_record(b"u1", None), decode_record(b"u1", b"{")
+    (True, ('u1', None), None)
+    """
     if value is None:
         if not key:
             return None
@@ -218,8 +225,8 @@ def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, UserEmbe
         except UnicodeDecodeError:
             return None
     try:
-        emb = embedding_decoder.decode(value)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        emb = decode_embedding(value)  # either RIPPLE_EMBEDDING_ENCODING (json or f32)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
         return None
     return emb.user_id, emb
 

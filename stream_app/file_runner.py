@@ -28,6 +28,7 @@ from graph_state import CachedStore, GraphStore, RocksStore
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
 from operators.evaluation import graph_config_of
 from operators.heads import LabelHead
+from stream_app.embedding_format import embedding_encoder
 from stream_app.exports import open_sink
 from stream_app.metrics import Metrics
 from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
@@ -189,10 +190,11 @@ def replay(
         start_line = 0 if (from_start or done is None) else int(done)
         summary = ReplaySummary(skipped_lines=start_line, model_version=checkpoint.model_version)
         total = count_lines(events_path, fmt)
+        encode = embedding_encoder(settings.embedding_encoding)
         mode = "ab" if append else "wb"
         started = time.perf_counter()
         with (
-            open_sink(out_path, latest_only, append) as out,
+            open_sink(out_path, latest_only, append, encode) as out,
             open(dead_letter_path, mode) if dead_letter_path else open(os.devnull, "wb") as dlq,
             tqdm(total=total, initial=start_line, unit="ev", disable=None if progress is None else not progress) as bar,
         ):

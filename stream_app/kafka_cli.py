@@ -51,14 +51,21 @@ def produce_events(
     """
     from kafka import KafkaProducer
 
+    from stream_app.compression import check_producer_codec, compression_type
     from stream_app.kafka_connection import client_config, ensure_topics
     from stream_app.keys import message_key
     from stream_app.readers import count_lines, read_events
 
+    check_producer_codec(settings, "kafka-python")
     ensure_topics(settings)
     # Idempotence keeps each partition in send order even when a batch is retried (per-user order is the contract).
     producer = KafkaProducer(
-        **client_config(settings), linger_ms=5, acks="all", enable_idempotence=True, max_request_size=16 << 20
+        **client_config(settings),
+        linger_ms=5,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=16 << 20,
+        compression_type=compression_type(settings),
     )
     summary = ProduceSummary()
     started = time.perf_counter()
@@ -105,10 +112,14 @@ def produce_deletions(user_ids: list[str], settings: Settings, reason: str | Non
     """
     from kafka import KafkaProducer
 
+    from stream_app.compression import check_producer_codec, compression_type
     from stream_app.kafka_connection import client_config, ensure_topics
 
+    check_producer_codec(settings, "kafka-python")
     ensure_topics(settings)
-    producer = KafkaProducer(**client_config(settings), acks="all", enable_idempotence=True)
+    producer = KafkaProducer(
+        **client_config(settings), acks="all", enable_idempotence=True, compression_type=compression_type(settings)
+    )
     try:
         futures = []
         for user in user_ids:
@@ -141,6 +152,16 @@ def forget_local(user_ids: list[str], settings: Settings) -> dict[str, bool]:
         store.close()
 
 
+def readable(value: bytes) -> bytes:
+    """An embedding record with its vector as JSON numbers; anything else unchanged."""
+    from stream_app.embedding_format import as_json
+
+    try:
+        return as_json(value)
+    except (ValueError, TypeError):  # msgspec's errors are ValueErrors: not an embedding record
+        return value
+
+
 def settings_from(**overrides: object) -> Settings:
     try:
         return Settings.from_env(**overrides)
@@ -167,6 +188,7 @@ def worker(
 
     All other settings come from RIPPLE_* variables (`ripple settings`).
     """
+    from stream_app.compression import check_producer_codec
     from stream_app.kafka_connection import ensure_topics
 
     settings = settings_from(
@@ -180,6 +202,7 @@ def worker(
         web_port=web_port,
     )
     try:
+        check_producer_codec(settings, "aiokafka")
         ensure_topics(settings)
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
@@ -188,9 +211,11 @@ def worker(
 
     if not settings.model_path:
         console.print(W_UNTRAINED, soft_wrap=True, markup=False)
+    instance = settings.group_instance_id()
     console.print(
         f"worker [bold]{settings.app_id}[/]: {settings.input_topic} → {settings.output_topic} "
-        f"(dead letters: {settings.dead_letter_topic}), web on http://{settings.web_host}:{settings.web_port}"
+        f"(dead letters: {settings.dead_letter_topic}), web on http://{settings.web_host}:{settings.web_port}, "
+        + (f"static member {instance}" if instance else "dynamic member")
     )
     run_worker(settings)
 
@@ -227,8 +252,15 @@ def tail(
     dead_letters: Annotated[bool, typer.Option(help="Tail the dead-letter topic instead.")] = False,
     topic: Annotated[Optional[str], typer.Option(help="Topic to read (default: the embeddings topic).")] = None,
     broker: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    decode: Annotated[
+        bool, typer.Option(help="Print compact (f32) embeddings with the vector as JSON numbers.")
+    ] = False,
 ) -> None:
-    """Print embeddings (or dead letters) from the output topic, one JSON object per line."""
+    """Print embeddings (or dead letters) from the output topic, one JSON object per line, as sent.
+
+    Embeddings are printed in the worker's RIPPLE_EMBEDDING_ENCODING; --decode turns compact ones
+    into numbers (the `json` encoding of the same record).
+    """
     from kafka import KafkaConsumer
     from kafka.errors import NoBrokersAvailable
 
@@ -253,6 +285,8 @@ def tail(
     try:
         for message in consumer:
             value = message.value
+            if decode and value is not None and not dead_letters:
+                value = readable(value)
             sys.stdout.write(("null" if value is None else value.decode("utf-8", errors="replace")) + "\n")
             sys.stdout.flush()
             seen += 1

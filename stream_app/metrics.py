@@ -74,6 +74,17 @@ class Metrics:
             registry=r,
         )
 
+        self.undecodable_batches = Counter(
+            "ripple_undecodable_batches_total",
+            "Record batches the consumer could not decode (missing codec, corrupt), skipped and dead-lettered.",
+            ["reason", "codec"],
+            registry=r,
+        )
+        for reason in ("missing_codec", "corrupt_batch"):
+            for codec in ("none", "gzip", "snappy", "lz4", "zstd"):
+                # Present at 0 from the start: increase() then sees the first one (RippleUndecodableInput).
+                self.undecodable_batches.labels(reason=reason, codec=codec)
+
     def set_model(self, model_version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(model_version=model_version).set(1)

@@ -23,6 +23,9 @@ through it: generation ``g + 1`` directly after ``g``, the partition assigned in
 both, so nobody else consumed it in between. Otherwise the first batch of the
 partition starts a new expectation. A hole that was legitimately empty (offsets
 of transaction markers, compacted records) costs one fetch that returns nothing.
+Offsets the consumer skipped on purpose (a record batch it cannot decode,
+``stream_app/undecodable.py``) are registered with :meth:`OffsetGuard.skip` and are
+never a hole.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class OffsetGuard:
 
     expected: dict[int, int] = field(default_factory=dict)
     generation: int | None = None
+    skipped: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    """Per partition, offset ranges ``[start, end)`` skipped on purpose (undecodable batches): never holes."""
 
     def on_assigned(self, partitions: Iterable[int], generation: int) -> None:
         """Keep expectations only for partitions held without interruption (generation g -> g + 1)."""
@@ -54,6 +59,20 @@ class OffsetGuard:
         held = set(partitions)
         self.expected = {p: o for p, o in self.expected.items() if kept and p in held}
         self.generation = generation
+
+    def skip(self, partition: int, start: int, end: int) -> None:
+        """Offsets ``start <= offset < end`` of ``partition`` were skipped on purpose: no hole, no refetch.
+
+        >>> guard = OffsetGuard({0: 10})
+        >>> guard.skip(0, 10, 14)
+        >>> guard.holes([RawRecord(b"", partition=0, offset=16)])
+        [(0, 14, 16)]
+        """
+        ranges = self.skipped.setdefault(partition, [])
+        if (start, end) not in ranges:
+            ranges.append((start, end))
+            ranges.sort()
+            del ranges[:-100]  # the most recent ones matter; a partition's old ranges are behind its commit
 
     def holes(self, records: Sequence[RawRecord]) -> list[tuple[int, int, int]]:
         """``(partition, first missing offset, first offset present again)`` for each hole."""
@@ -64,7 +83,9 @@ class OffsetGuard:
                 continue
             nxt = expected.get(rec.partition)
             if nxt is not None and rec.offset > nxt:
-                found.append((rec.partition, nxt, rec.offset))
+                found.extend(
+                    (rec.partition, a, b) for a, b in _minus(nxt, rec.offset, self.skipped.get(rec.partition, ()))
+                )
             expected[rec.partition] = rec.offset + 1 if nxt is None else max(nxt, rec.offset + 1)
         return found
 
@@ -73,6 +94,26 @@ class OffsetGuard:
         for rec in records:
             if rec.partition >= 0 and rec.offset >= 0:
                 self.expected[rec.partition] = max(self.expected.get(rec.partition, 0), rec.offset + 1)
+
+
+def _minus(start: int, end: int, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``[start, end)`` without the (sorted) ``ranges``.
+
+    >>> _minus(0, 10, [(2, 4), (6, 12)])
+    [(0, 2), (4, 6)]
+    """
+    pieces = []
+    for a, b in ranges:
+        if b <= start or a >= end:
+            continue
+        if a > start:
+            pieces.append((start, a))
+        start = max(start, b)
+        if start >= end:
+            break
+    if start < end:
+        pieces.append((start, end))
+    return pieces
 
 
 def in_partition_order(records: Sequence[RawRecord], refetched: Sequence[RawRecord]) -> list[RawRecord]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, get_type_hints
@@ -18,6 +21,10 @@ E_BAD_ENV = "environment variable {name}={value!r} is not a valid {kind}: {cause
 E_INVALID = "invalid setting {name}={value!r}: {why}"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
+EMBEDDING_ENCODINGS = ("json", "f32")
+INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
+"""What Kafka accepts as a ``group.instance.id``."""
 
 
 def _doc(text: str, default: Any, repr: bool = True) -> Any:
@@ -64,6 +71,25 @@ class Settings:
         "How long the Kafka producer lingers to batch embeddings and changelog records (seconds).", 0.005
     )
     producer_max_batch_bytes: int = _doc("Largest Kafka producer batch per partition, bytes.", 1 << 20)
+    producer_compression: str = _doc(
+        "Compression of everything the worker and `ripple produce` send: none, gzip, snappy, lz4 or zstd.", "zstd"
+    )
+    static_membership: bool = _doc(
+        "Join the consumer group as a static member (group.instance.id = the instance id): a worker restarted "
+        "within the session timeout gets its partitions back without a rebalance.",
+        True,
+    )
+    leave_group_on_stop: bool = _doc(
+        "A static member stopped gracefully (SIGTERM, Ctrl-C) leaves the group at once, so its partitions move "
+        "without waiting for the session timeout; false keeps them through a quick restart (rolling updates "
+        "without rebalances) but holds them for the session timeout when it does not come back.",
+        True,
+    )
+    instance_id: str = _doc(
+        "The worker's stable identity in the group (static membership); empty = host name + a digest of the "
+        "state directory. Unique per worker; the Kubernetes manifests set the pod name.",
+        "",
+    )
     # Micro-batching
     batch_size: int = _doc("Most events per micro-batch.", 256)
     batch_within_s: float = _doc("Longest wait for a micro-batch to fill, in seconds.", 0.05)
@@ -130,6 +156,12 @@ class Settings:
     feed_batch_size: int = _doc("Most embeddings the feed writes to Redis per round trip.", 1000)
     feed_retry_max_s: float = _doc("Longest wait between two tries while Redis is unreachable, seconds.", 10.0)
     feed_web_port: int = _doc("Port of the feed's /metrics and /healthz (on RIPPLE_WEB_HOST).", 6068)
+    # Output
+    embedding_encoding: str = _doc(
+        "How the embedding vector is written: json (a list of numbers) or f32 (base64 of little-endian float32, "
+        "~36 % of the json record at 64 dimensions).",
+        "json",
+    )
     # Web
     web_host: str = _doc("Address the web server (views, /metrics) binds to.", "127.0.0.1")
     web_port: int = _doc("Port of the web server.", 6066)
@@ -174,6 +206,21 @@ class Settings:
             ("feed_batch_size", 1 <= self.feed_batch_size <= 100_000, "must be between 1 and 100000"),
             ("feed_retry_max_s", 0 < self.feed_retry_max_s <= 3600, "must be in (0, 3600] seconds"),
             ("feed_web_port", 0 <= self.feed_web_port <= 65535, "must be a TCP port"),
+            (
+                "producer_compression",
+                self.producer_compression in COMPRESSION_TYPES,
+                "must be one of " + ", ".join(COMPRESSION_TYPES),
+            ),
+            (
+                "embedding_encoding",
+                self.embedding_encoding in EMBEDDING_ENCODINGS,
+                "must be one of " + ", ".join(EMBEDDING_ENCODINGS),
+            ),
+            (
+                "instance_id",
+                not self.instance_id or INSTANCE_ID.fullmatch(self.instance_id) is not None,
+                "must be 1-249 characters of letters, digits, '.', '_' and '-' (or empty: derived)",
+            ),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -208,6 +255,21 @@ class Settings:
                 default = ",".join(f"{k}={v}" for k, v in default.items())
             rows.append((ENV_PREFIX + f.name.upper(), str(default), f.metadata["doc"]))
         return rows
+
+    def group_instance_id(self) -> str | None:
+        """``group.instance.id`` of the worker's consumer (``None``: dynamic membership).
+
+        ``RIPPLE_INSTANCE_ID`` when set; otherwise the host name and a digest of the absolute
+        state directory, so that a worker restarted on the same host and state keeps its identity
+        and two workers on one host (different state directories) never share one.
+        """
+        if not self.static_membership:
+            return None
+        if self.instance_id:
+            return self.instance_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:200] or "host"
+        digest = hashlib.sha256(os.path.abspath(self.state_dir).encode()).hexdigest()[:10]
+        return f"{host}-{digest}"
 
     def graph_config(self) -> GraphConfig:
         return GraphConfig(

@@ -3,7 +3,13 @@
 ``GET /users/{user_id}/embedding`` is routed (``table_route``) to the worker that
 owns the user's partition. It embeds the stored graph from scratch, which equals
 the last published vector (streaming equals batch), so it needs no second copy of
-every embedding: the table is the single source of truth.
+every embedding: the table is the single source of truth. It answers in
+``RIPPLE_EMBEDDING_ENCODING`` unless ``?encoding=json|f32`` asks otherwise.
+
+``GET /healthz`` is 200 ``ok`` once tables are recovered and no rebalance runs (503
+``starting`` before), and 200 ``degraded`` for a while after the worker skipped a record
+batch it cannot decode (``stream_app/undecodable.py``).
+
 ``GET /users/{user_id}/recommendations?k=20&exclude_seen=1`` ranks the serving model's items
 for that vector as ``ripple evaluate`` does (``stream_app/recommend.py``).
 """
@@ -14,19 +20,21 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from faust.sensors.monitor import Monitor
 from faust.sensors.prometheus import PrometheusMonitor, setup_prometheus_sensors
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from operators.explain import explain
+from stream_app.embedding_format import embedding_record
 from stream_app.recommend import parse_request, recommendations_of
+from stream_app.settings import EMBEDDING_ENCODINGS
 
 if TYPE_CHECKING:
     from stream_app.faust_app import StreamWorker
 
 E_UNKNOWN_USER = "no state for user {user!r}: no valid event of this user has been processed (yet)."
+E_ENCODING = "unknown encoding {encoding!r}: use ?encoding=json (numbers) or ?encoding=f32 (base64 float32)."
 
 
 def add_views(worker: StreamWorker) -> None:
@@ -40,7 +48,10 @@ def add_views(worker: StreamWorker) -> None:
         if graph is None:
             return web.json({"error": E_UNKNOWN_USER.format(user=user_id)}, status=404)
         (embedding,) = pipeline.embed({user_id: graph})
-        return web.json(msgspec.to_builtins(embedding))
+        encoding = request.query.get("encoding", worker.settings.embedding_encoding)
+        if encoding not in EMBEDDING_ENCODINGS:
+            return web.json({"error": E_ENCODING.format(encoding=encoding)}, status=400)
+        return web.json(embedding_record(embedding, encoding))
 
     @app.page("/users/{user_id}/explanation")
     @app.table_route(table=worker.table, match_info="user_id")
@@ -84,12 +95,21 @@ def add_views(worker: StreamWorker) -> None:
     async def healthz(web: Any, request: Any) -> Any:
         recovered = app.tables.recovery.completed.is_set()
         ok = recovered and not app.rebalancing
-        body = {
-            "status": "ok" if ok else "starting",
+        # Degraded still answers 200: the worker serves, but skipped input it could not decode.
+        degraded = worker.degraded()
+        body: dict[str, Any] = {
+            "status": ("degraded" if degraded else "ok") if ok else "starting",
             "recovered": recovered,
             "rebalancing": bool(app.rebalancing),
             "model_version": pipeline.embedder.model_version,
         }
+        if worker.last_undecodable is not None:
+            body["undecodable_batches"] = len(worker.undecodable_seen)
+            body["last_undecodable"] = {
+                "at": worker.last_undecodable_at,
+                "reason": worker.last_undecodable.reason,
+                "detail": worker.last_undecodable.message(),
+            }
         return web.json(body, status=200 if ok else 503)
 
     # Faust's own metrics join Ripple's on one registry; the page is GET /metrics.

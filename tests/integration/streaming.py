@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
 from kafka import KafkaConsumer, TopicPartition
 
+from stream_app.embedding_format import decode_embedding
 from stream_app.records import UserEmbedding
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,8 +155,8 @@ class TopicReader:
             self.consumer = None
 
     def embeddings(self) -> list[UserEmbedding]:
-        """The embeddings read so far (tombstones of deleted users, value ``None``, left out)."""
-        return [msgspec.json.decode(m.value, type=UserEmbedding) for m in self.messages if m.value is not None]
+        """The embeddings read so far, either encoding (tombstones of deleted users, value ``None``, left out)."""
+        return [decode_embedding(m.value) for m in self.messages if m.value is not None]
 
 
 def latest_by_user(embeddings: list[UserEmbedding]) -> dict[str, UserEmbedding]:

@@ -132,6 +132,11 @@ def test_compose_runs_redis_and_a_feed_from_the_worker_image_with_valid_settings
     assert "redis-data" in compose["volumes"]
 
 
+def test_each_compose_worker_has_its_own_static_group_identity(workers):
+    ids = [Settings.from_env(ripple_env(svc["environment"])).group_instance_id() for svc in workers.values()]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+
+
 def test_compose_mounts_files_that_exist(compose):
     for name in ("prometheus", "grafana"):
         for volume in compose["services"][name]["volumes"]:
@@ -207,6 +212,14 @@ def test_statefulset_matches_configmap_service_and_volumes(k8s):
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 30
     # table_route redirects to the owner's advertised hostname: it must resolve from other pods.
     assert pod["spec"]["setHostnameAsFQDN"] is True
+
+
+def test_statefulset_pods_are_static_group_members_named_after_the_pod(k8s):
+    (container,) = k8s["StatefulSet/ripple"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RIPPLE_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    settings = Settings.from_env({**k8s["ConfigMap/ripple-settings"]["data"], "RIPPLE_INSTANCE_ID": "ripple-0"})
+    assert settings.group_instance_id() == "ripple-0"
 
 
 def test_statefulset_resources_have_requests_within_limits(k8s):
