@@ -8,6 +8,7 @@ events produced through Kafka; the tests check what that run left behind.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,10 @@ def online(tmp_path_factory, broker) -> Online:
         client.close()
         lookup = CliRunner().invoke(cli_app, ["lookup", "u3"], env=fenv)
         assert lookup.exit_code == 0, lookup.output
+        # The lag gauge is refreshed every couple of seconds: wait for the report after the last write.
+        deadline = time.monotonic() + 30
+        while feed.metric("ripple_feed_lag") != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
         feed_metrics = {
             name: feed.metric(name)
             for name in ("ripple_feed_written_total", "ripple_feed_skipped_stale_total", "ripple_feed_lag")
