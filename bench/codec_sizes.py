@@ -13,9 +13,9 @@
    sustained events/s (``bench/kafka_e2e.py``'s first phase) and the bytes the embeddings and
    changelog topics hold afterwards.
 
-    python bench/compression.py --events 20000 --batch 64 --repeats 5
+    python bench/codec_sizes.py --events 20000 --batch 64 --repeats 5
     bash deploy/kafka/kafka.sh start
-    python bench/compression.py --e2e 20000 --repeats 3
+    python bench/codec_sizes.py --e2e 20000 --repeats 3
 """
 
 from __future__ import annotations
