@@ -23,9 +23,10 @@ neighbours' similarities, weighted per method:
 
 ``p`` is an item's (last) position in the current session, 1..L with L its number of
 events; items outside the training vocabulary keep their positions but match nothing.
-The normalisations that are the same for every neighbour of one case (``|s|`` in the
-cosine, V-SKNN's division by the session's item count) change no ranking and are kept
-only where the paper's formula has them. Items no neighbour holds score below every
+Normalisations that are the same for every neighbour of one case change no ranking:
+SKNN and STAN keep theirs (``|s|`` and the norm of the weighted session in the cosines);
+V-SKNN's division of the dot product by the session's item count (in session-rec) is left
+out. Items no neighbour holds score below every
 neighbour item, ordered by training popularity (``-1 + pop / (max pop + 1)``), so they
 do not all tie; :func:`operators.evaluation.evaluate` then ranks them like any scorer's.
 
