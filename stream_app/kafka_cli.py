@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from tqdm import tqdm
 
-from stream_app.cli import EventFormat, app, console, fail, print_table
+from stream_app.cli import EventFormat, app, console, fail, print_table, settings_from
 from stream_app.settings import Settings
 
 E_NO_TOPIC_DATA = "no message arrived on {topic!r} within {timeout:g}s."
@@ -160,14 +160,6 @@ def readable(value: bytes) -> bytes:
         return as_json(value)
     except (ValueError, TypeError):  # msgspec's errors are ValueErrors: not an embedding record
         return value
-
-
-def settings_from(**overrides: object) -> Settings:
-    try:
-        return Settings.from_env(**overrides)
-    except ValueError as exc:
-        fail(str(exc))
-        raise  # unreachable: fail() exits
 
 
 @app.command()

@@ -12,16 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.cli import app, console, fail
-from stream_app.settings import Settings
-
-
-def settings_from(**overrides: object) -> Settings:
-    try:
-        return Settings.from_env(**overrides)
-    except ValueError as exc:
-        fail(str(exc))
-        raise  # unreachable: fail() exits
+from stream_app.cli import app, console, fail, load_user_graph, settings_from
 
 
 @app.command()
@@ -101,25 +92,10 @@ def recommend(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (as the worker's view answers).")] = False,
 ) -> None:
     """Top-K items for a user's current vector, ranked as `ripple evaluate` ranks them (user · item)."""
-    from graph_state import RocksStore
     from operators import Embedder
-    from stream_app.file_runner import load_checkpoint
     from stream_app.recommend import Recommender, recommendations_of
 
-    try:
-        settings = settings_from(state_dir=str(state), model_path=str(model) if model else None)
-        checkpoint = load_checkpoint(settings)
-        store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        fail(str(exc))
-        return
-    try:
-        graph = store.get_many([user]).get(user)
-    finally:
-        store.close()
-    if graph is None:
-        fail(f"no state for user {user!r} in {state}; replay events for this user first or check --state.")
-        return
+    checkpoint, graph = load_user_graph(state, model, user)
     vectors = Embedder(checkpoint).embed_many([graph])
     try:
         (body,) = recommendations_of(Recommender(), checkpoint, vectors, [user], [graph], k, exclude_seen)
