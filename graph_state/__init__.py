@@ -1,7 +1,7 @@
 """Per-user behaviour graphs: structure, event application, codec and stores."""
 
 from graph_state.behavior import Behavior
-from graph_state.codec import CODEC_VERSION, decode, encode
+from graph_state.codec import CODEC_VERSION, decode, encode, encode_stored
 from graph_state.config import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig
 from graph_state.rocks_store import RocksOptions, RocksStore
 from graph_state.store import CachedStore, GraphStore, MemoryStore
@@ -22,5 +22,6 @@ __all__ = [
     "UserGraph",
     "decode",
     "encode",
+    "encode_stored",
     "event_key",
 ]

@@ -118,6 +118,14 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
     )
 
 
+def encode_stored(graph: UserGraph, cache_every: int) -> bytes:
+    """What a store writes: the layer cache only at state versions that are multiples of
+    ``cache_every`` (0 = never). The cache is derived data, often the largest part of the
+    record; between persisted versions it lives in the decoded-graph cache, and a graph read
+    back without a current one is recomputed in full once."""
+    return encode(graph, include_cache=cache_every > 0 and graph.state_version % cache_every == 0)
+
+
 def decode(data: bytes, config: GraphConfig) -> UserGraph:
     """Inverse of :func:`encode` (and reader of version 1); raises ``ValueError`` naming the cause and the fix."""
     if not data:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-from graph_state.codec import decode, encode
+from graph_state.codec import decode, encode_stored
 from graph_state.config import GraphConfig
 from graph_state.user_graph import UserGraph
 
@@ -88,8 +88,7 @@ class RocksStore:
         batch = WriteBatch(raw_mode=True)
         every = self.options.persist_cache_every
         for uid, graph in graphs.items():
-            with_cache = every > 0 and graph.state_version % every == 0
-            batch.put(_USER + uid.encode("utf-8"), encode(graph, include_cache=with_cache))
+            batch.put(_USER + uid.encode("utf-8"), encode_stored(graph, every))
         for name, value in (meta or {}).items():
             batch.put(_META + name.encode("utf-8"), value)
         self._db.write(batch, self._write_opts)

@@ -230,11 +230,6 @@ class UserGraph:
         """(node block, edge block, state_version, last_slot) in one call: what batching a graph reads."""
         return self._nodes[:, : self._n], self._edges[:, : self._ne], self.state_version, self.last_slot
 
-    def column(self, name: str) -> np.ndarray:
-        """A node column (see :data:`NODE_COLUMNS`) as a view of length ``n_nodes``."""
-        row = list(NODE_COLUMNS).index(name)
-        return self._nodes[row, : self._n].view(NODE_COLUMNS[name])
-
     @property
     def counts(self) -> np.ndarray:
         return self._nodes[COUNTS, : self._n]
@@ -304,9 +299,6 @@ class UserGraph:
 
     def in_neighbors(self, slot: int) -> set[int]:
         return set(self.edge_src[self.edge_dst == slot].tolist())
-
-    def out_neighbors(self, slot: int) -> set[int]:
-        return set(self.edge_dst[self.edge_src == slot].tolist())
 
     def recency(self) -> list[int]:
         """How many events ago each node was last seen (0 = the latest behaviour)."""

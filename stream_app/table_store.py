@@ -46,7 +46,7 @@ from faust.streams import _current_event
 from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
-from graph_state import GraphConfig, UserGraph, decode, encode
+from graph_state import GraphConfig, RocksOptions, UserGraph, decode, encode_stored
 from stream_app.batch_send import send_batched
 from stream_app.keys import user_of_message
 from stream_app.records import RawRecord
@@ -91,15 +91,14 @@ class TableStore:
         table: MutableMapping[Any, Any],
         config: GraphConfig,
         direct: bool = False,
-        persist_cache_every: int = 32,
+        persist_cache_every: int = RocksOptions.persist_cache_every,
     ) -> None:
         self.table = table
         self.config = config
         self.direct = direct
         self.persist_cache_every = persist_cache_every
-        """A graph's layer cache is written only at state versions that are multiples of this
-        (0 = always): it is derived data, often the largest part of the record, and between
-        persisted versions it lives in the worker's graph cache (as ``RocksOptions``)."""
+        """Write a graph's layer cache only at state versions that are multiples of this (0 = never),
+        as the embedded store does (``graph_state.encode_stored``)."""
         self._routes: dict[str, EventT] = {}
         self._pending: list[tuple[bytes, bytes | None, int]] = []
         """Changelog records written to RocksDB by direct writes, not yet handed to the producer."""
@@ -172,10 +171,6 @@ class TableStore:
                     found[uid] = decode(raw, self.config)
         return found
 
-    def _encode(self, graph: UserGraph) -> bytes:
-        every = self.persist_cache_every
-        return encode(graph, include_cache=every <= 0 or graph.state_version % every == 0)
-
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
         if meta:
             raise ValueError(E_META)
@@ -183,12 +178,12 @@ class TableStore:
         for event, ids in self._by_partition(graphs, write=True):
             if direct:
                 assert event is not None
-                items = [(uid.encode("utf-8"), self._encode(graphs[uid])) for uid in ids]
+                items = [(uid.encode("utf-8"), encode_stored(graphs[uid], self.persist_cache_every)) for uid in ids]
                 self._write_direct(event.message.partition, items)
                 continue
             with acting_as(event):
                 for uid in ids:
-                    self.table[uid.encode("utf-8")] = self._encode(graphs[uid])
+                    self.table[uid.encode("utf-8")] = encode_stored(graphs[uid], self.persist_cache_every)
 
     def _write_direct(self, partition: int, items: Sequence[tuple[bytes, bytes | None]]) -> None:
         """One atomic RocksDB batch into the partition's database; the changelog records are queued."""
