@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from kafka import KafkaAdminClient, KafkaProducer
@@ -15,7 +13,7 @@ from kafka.admin import NewTopic
 
 from stream_app.feed import OnlineStore
 from stream_app.records import UserEmbedding, json_encoder
-from tests.integration.streaming import ROOT, WorkerProcess, free_port
+from tests.integration.streaming import WorkerProcess, free_port
 
 
 def feed_env(broker: str, redis_url: str, name: str, topic: str, **extra: object) -> dict[str, str]:
@@ -44,21 +42,11 @@ def feed_env(broker: str, redis_url: str, name: str, topic: str, **extra: object
 class FeedProcess(WorkerProcess):
     """One `python -m stream_app feed` subprocess (``wait_healthy``, ``get``, ``stop`` as for a worker)."""
 
+    command: ClassVar[str] = "feed"
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.env['RIPPLE_FEED_WEB_PORT']}"
-
-    def start(self) -> FeedProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app", "feed"],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        return self
 
     def metric(self, name: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families

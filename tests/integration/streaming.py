@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Self
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -62,10 +63,13 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.env['RIPPLE_WEB_PORT']}"
 
-    def start(self) -> WorkerProcess:
+    command: ClassVar[str] = "worker"
+    """The ``ripple`` command this process runs (``python -m stream_app <command>``)."""
+
+    def start(self) -> Self:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app", "worker"],
+            [sys.executable, "-m", "stream_app", self.command],
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdout=log,
