@@ -33,11 +33,11 @@ from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBat
 
 from bench.report import markdown, median, record, show
 from graph_state import RocksStore, encode
-from stream_app.embedding_format import embedding_encoder
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
+from stream_app.core.embedding_format import embedding_encoder
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 

@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyarrow.parquet as pq
 
 from bench.report import markdown, median, record, show
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, write_events
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, write_events
 
 OUTPUTS = [
     ("every version, JSON lines (default)", "all.jsonl", False),

@@ -25,11 +25,11 @@ from bench.report import markdown, median, record, show
 from graph_state import CachedStore, RocksStore, UserGraph
 from operators import Embedder, set_threads
 from operators.tensors import GraphBatch
-from stream_app.events import BehaviorEvent
-from stream_app.file_runner import load_checkpoint
-from stream_app.pipeline import Pipeline
-from stream_app.records import RawRecord
-from stream_app.settings import Settings
+from stream_app.core.events import BehaviorEvent
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import RawRecord
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import load_checkpoint
 
 BASE_TS = 1_767_225_600.0
 

@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.recommend import diginetica_checkpoint, diginetica_events
 from bench.report import markdown, median, record, show
-from stream_app.kafka_cli import produce_events
-from stream_app.settings import Settings
+from stream_app.cli.kafka_commands import produce_events
+from stream_app.core.settings import Settings
 from tests.integration.online import FeedProcess, create_topic, feed_env, produce, wait_committed
 from tests.integration.online import record as embedding_record
 from tests.integration.streaming import TopicReader, WorkerProcess, worker_env

@@ -32,11 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import markdown, median, record, show, spread
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
-from operators.datasets import case_graph, sessions_split
-from operators.evaluation import graph_config_of
+from operators.offline.datasets import case_graph, sessions_split
+from operators.offline.evaluation import graph_config_of
 from operators.recommend import ItemRanker, exclude_items
-from stream_app.file_runner import replay
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
 
 
 def diginetica_checkpoint(data: str, dim: int = 100, val_share: float = 0.05) -> tuple[Checkpoint, list]:

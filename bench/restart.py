@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import markdown, median, record, show
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.integration.streaming import BackgroundProducer, TopicReader, WorkerProcess, sigkill, worker_env
 
 

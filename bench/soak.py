@@ -117,10 +117,10 @@ class Tracker:
 def run_embedded(args: argparse.Namespace, state: str, on_sample) -> None:
     from graph_state import CachedStore, GraphStore, RocksStore
     from operators import Embedder, set_threads
-    from stream_app.file_runner import load_checkpoint
-    from stream_app.pipeline import Pipeline
-    from stream_app.records import RawRecord, json_encoder
-    from stream_app.settings import Settings
+    from stream_app.core.pipeline import Pipeline
+    from stream_app.core.records import RawRecord, json_encoder
+    from stream_app.core.settings import Settings
+    from stream_app.files.file_runner import load_checkpoint
 
     settings = Settings.from_env(state_dir=state, batch_size=args.batch_size)
     set_threads(settings.torch_threads)
@@ -164,14 +164,14 @@ def run_embedded(args: argparse.Namespace, state: str, on_sample) -> None:
 def run_worker(args: argparse.Namespace, state: str, on_sample) -> None:
     from kafka import KafkaProducer
 
-    from stream_app.records import embedding_decoder
-    from stream_app.settings import Settings
+    from stream_app.core.records import embedding_decoder
+    from stream_app.core.settings import Settings
     from tests.integration.streaming import TopicReader, WorkerProcess, worker_env
 
     name = "soak-" + uuid.uuid4().hex[:8]
     env = worker_env(args.broker, name, Path(state) / "worker", batch_size=args.batch_size)
     settings = Settings.from_env(env)
-    from stream_app.kafka_connection import ensure_topics
+    from stream_app.kafka.kafka_connection import ensure_topics
 
     ensure_topics(settings)
     worker = WorkerProcess(env, Path(state) / "worker.log").start()

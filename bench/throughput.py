@@ -34,11 +34,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.report import markdown, median, record, show, spread
 from graph_state import MemoryStore, decode, encode
 from operators import Embedder, graphs_to_batch, set_threads
-from stream_app.file_runner import batched, load_checkpoint, replay
-from stream_app.generate import GeneratorSpec, write_events
-from stream_app.pipeline import Pipeline
-from stream_app.readers import read_events
-from stream_app.settings import Settings
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import batched, load_checkpoint, replay
+from stream_app.files.generate import GeneratorSpec, write_events
+from stream_app.files.readers import read_events
 
 
 def capture_batches(path: str, fmt: str, settings: Settings) -> tuple[list, int]:

@@ -34,9 +34,9 @@ import msgspec
 from kafka import KafkaProducer
 
 from bench.report import markdown, median, record, show, spread
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_connection import ensure_topics
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.kafka_connection import ensure_topics
 from tests.integration.streaming import WorkerProcess, worker_env
 
 HERE = Path(__file__).resolve().parent
@@ -87,7 +87,8 @@ PROFILE_CATEGORIES = (
     ("graph state: apply, codec, RocksDB reads/writes", ("(graph_state/", "table_store.py")),
     ("publishing embeddings and dead letters", ("StreamWorker.publish", "batch_send.py")),
     ("pipeline bookkeeping and event decoding (stream_app)", ("Pipeline.", "StreamWorker.process_batch",
-                                                              "(stream_app/events.py", "(stream_app/offset_guard.py")),
+                                                              "(stream_app/core/events.py",
+                                                              "(stream_app/kafka/offset_guard.py")),
     ("Faust's Prometheus sensors", ("sensors/prometheus.py", "prometheus_client")),
     ("Faust + aiokafka: fetch, stream, acks, producer I/O", ("(faust/", "(aiokafka/", "(mode/")),
 )  # fmt: skip

@@ -2,7 +2,7 @@
 
 A head reads the vector the stream would publish for each example's prefix (the
 prefix's events → ``UserGraph.apply`` → ``Embedder.embed_many``, as evaluation does)
-and predicts a binary label (:mod:`operators.labels`). It is logistic regression
+and predicts a binary label (:mod:`operators.offline.labels`). It is logistic regression
 (``hidden=0``) or one hidden ReLU layer over standardised inputs, trained with Adam on
 binary cross-entropy; early stopping and the decision threshold use a validation part
 of the *training* examples, split by the same rule as the test set (other users, or the
@@ -40,9 +40,9 @@ from torch.nn import functional as F
 
 from graph_state import Behavior, GraphConfig, UserGraph, decode, encode
 from operators.checkpoint import Checkpoint, load_payload, save_atomically
-from operators.evaluation import graph_config_of
 from operators.inference import Embedder
-from operators.labels import Example, ExampleSet, Labels, TaskSpec, ordered_histories, split_examples
+from operators.offline.evaluation import graph_config_of
+from operators.offline.labels import Example, ExampleSet, Labels, TaskSpec, ordered_histories, split_examples
 
 HEAD_FORMAT = 1
 BASELINES = ("majority", "counts", "counts-weights")

@@ -2,7 +2,7 @@
 
 :class:`ItemRanker` owns the one scoring rule of next-item prediction (the user vector
 times every vocabulary item's vector, in float32) and :func:`exclude_items` the one rule
-for leaving a user's own items out; :func:`operators.evaluation.evaluate` (``ripple
+for leaving a user's own items out; :func:`operators.offline.evaluation.evaluate` (``ripple
 evaluate``) and the serving paths (``ripple recommend``, the worker's recommendations
 view, ``RIPPLE_RECOMMEND_TOP``) both call them. A brute-force matrix product: 43,083
 items x 100 dimensions take about a millisecond per user (docs/benchmarks.md), so no

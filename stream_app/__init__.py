@@ -6,24 +6,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
-    from stream_app.pipeline import BatchResult, Pipeline
-    from stream_app.records import DeadLetter, RawRecord, UserEmbedding
-    from stream_app.settings import Settings
+    from stream_app.core.events import BehaviorEvent, EventLimits, Rejection, decode_event
+    from stream_app.core.pipeline import BatchResult, Pipeline
+    from stream_app.core.records import DeadLetter, RawRecord, UserEmbedding
+    from stream_app.core.settings import Settings
 
 # Imported on first use, not with the package: `ripple feed`, `lookup`, `produce` and `tail` never load
 # torch (the pipeline does), which costs ~5 s and ~800 MiB per process.
 _EXPORTS = {
-    "BatchResult": "stream_app.pipeline",
-    "BehaviorEvent": "stream_app.events",
-    "DeadLetter": "stream_app.records",
-    "EventLimits": "stream_app.events",
-    "Pipeline": "stream_app.pipeline",
-    "RawRecord": "stream_app.records",
-    "Rejection": "stream_app.events",
-    "Settings": "stream_app.settings",
-    "UserEmbedding": "stream_app.records",
-    "decode_event": "stream_app.events",
+    "BatchResult": "stream_app.core.pipeline",
+    "BehaviorEvent": "stream_app.core.events",
+    "DeadLetter": "stream_app.core.records",
+    "EventLimits": "stream_app.core.events",
+    "Pipeline": "stream_app.core.pipeline",
+    "RawRecord": "stream_app.core.records",
+    "Rejection": "stream_app.core.events",
+    "Settings": "stream_app.core.settings",
+    "UserEmbedding": "stream_app.core.records",
+    "decode_event": "stream_app.core.events",
 }
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from stream_app.metrics import FeedMetrics, Metrics
+from stream_app.core.metrics import FeedMetrics, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -41,7 +41,7 @@ def load_yaml_all(path: Path) -> list[Any]:
 
 @dataclass(frozen=True)
 class MetricDef:
-    """One metric of :class:`stream_app.metrics.Metrics`: what Prometheus sees of it."""
+    """One metric of :class:`stream_app.core.metrics.Metrics`: what Prometheus sees of it."""
 
     name: str
     kind: str
@@ -169,7 +169,7 @@ def dockerfile_env() -> dict[str, str]:
 
 
 def settings_table() -> list[str]:
-    from stream_app.settings import Settings
+    from stream_app.core.settings import Settings
 
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     return rows + [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in Settings.documentation()]

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.protocol.fetch import FetchRequest
 from kafka.record import MemoryRecords
 
-from stream_app.compression import codec_name
+from stream_app.kafka.compression import codec_name
 from tests.integration.streaming import ROOT
 
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"

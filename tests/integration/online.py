@@ -11,8 +11,8 @@ import numpy as np
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from stream_app.feed import OnlineStore
-from stream_app.records import UserEmbedding, json_encoder
+from stream_app.core.records import UserEmbedding, json_encoder
+from stream_app.kafka.feed import OnlineStore
 from tests.integration.streaming import WorkerProcess, free_port
 
 

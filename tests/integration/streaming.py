@@ -18,8 +18,8 @@ from typing import ClassVar, Self
 
 from kafka import KafkaConsumer, TopicPartition
 
-from stream_app.embedding_format import decode_embedding
-from stream_app.records import UserEmbedding
+from stream_app.core.embedding_format import decode_embedding
+from stream_app.core.records import UserEmbedding
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -203,7 +203,7 @@ class BackgroundProducer:
     def __init__(self, events_path: str, settings: object, rate: float) -> None:
         import threading
 
-        from stream_app.settings import Settings
+        from stream_app.core.settings import Settings
 
         assert isinstance(settings, Settings)
         with open(events_path, "rb") as f:
@@ -218,8 +218,8 @@ class BackgroundProducer:
     def _run(self) -> None:
         from kafka import KafkaProducer
 
-        from stream_app.kafka_connection import client_config, ensure_topics
-        from stream_app.keys import message_key
+        from stream_app.core.keys import message_key
+        from stream_app.kafka.kafka_connection import client_config, ensure_topics
 
         try:
             ensure_topics(self.settings)

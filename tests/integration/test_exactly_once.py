@@ -15,9 +15,9 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import (
     BackgroundProducer,

@@ -8,8 +8,8 @@ import time
 
 import redis
 
-from stream_app.feed import OnlineStore
-from stream_app.records import UserEmbedding
+from stream_app.core.records import UserEmbedding
+from stream_app.kafka.feed import OnlineStore
 from tests.integration.online import (
     FeedProcess,
     assert_store_equals,

@@ -3,7 +3,7 @@
 One module-scoped run: a 4-partition input topic (its ``max.message.bytes`` raised so that
 a 10 MB message reaches the worker), a worker at log level INFO, and
 ``RIPPLE_HOSTILE_MESSAGES`` (default 100,000) messages produced with kafka-python as raw
-bytes and keys: good events from ``stream_app.generate`` with, between them, bad ones of
+bytes and keys: good events from ``stream_app.files.generate`` with, between them, bad ones of
 every kind the generator can corrupt an event into plus Kafka-level ones (null and empty
 values, empty, missing, mismatched, non-UTF-8 and 2 KB keys, random bytes, 70 KB, 900 KB and
 10 MB messages, deep nesting, NaN/Infinity literals, far past/future timestamps, huge
@@ -32,11 +32,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from stream_app import events as E
-from stream_app.file_runner import replay
-from stream_app.generate import BAD_KINDS, GeneratorSpec, corrupt, generate_events
-from stream_app.records import MAX_DEAD_LETTER_RAW_BYTES, DeadLetter, UserEmbedding, dead_letter_decoder
-from stream_app.settings import Settings
+from stream_app.core import events as E
+from stream_app.core.records import MAX_DEAD_LETTER_RAW_BYTES, DeadLetter, UserEmbedding, dead_letter_decoder
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import BAD_KINDS, GeneratorSpec, corrupt, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import WorkerProcess, worker_env
 from tests.integration.test_worker import metric

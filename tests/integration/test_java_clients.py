@@ -15,11 +15,11 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from stream_app.embedding_format import decode_embedding
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_connection import ensure_topics
-from stream_app.keys import message_key
-from stream_app.settings import Settings
+from stream_app.core.embedding_format import decode_embedding
+from stream_app.core.keys import message_key
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.kafka_connection import ensure_topics
 from tests.conftest import write_jsonl
 from tests.integration.kafka_tools import batch_codecs, java_consume, java_produce, require_java
 from tests.integration.streaming import (

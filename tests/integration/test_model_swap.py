@@ -29,12 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from graph_state import GraphConfig
 from operators import Checkpoint, EncoderConfig
-from operators.evaluation import graph_config_dict
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_cli import produce_events
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
+from operators.offline.evaluation import graph_config_dict
+from stream_app.cli.kafka_commands import produce_events
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 

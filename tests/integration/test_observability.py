@@ -27,10 +27,10 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_connection import ensure_topics
-from stream_app.keys import message_key
-from stream_app.settings import Settings
+from stream_app.core.keys import message_key
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.kafka_connection import ensure_topics
 from tests.deploy_config import (
     FEED_JOB,
     PROMETHEUS,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import redis
 
-from stream_app.feed import OnlineStore
-from stream_app.records import Recommended
+from stream_app.core.records import Recommended
+from stream_app.kafka.feed import OnlineStore
 from tests.integration.online import record
 
 

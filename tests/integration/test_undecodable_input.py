@@ -26,11 +26,11 @@ from kafka import KafkaProducer
 from kafka.record.default_records import DefaultRecordBatch
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_connection import ensure_topics
-from stream_app.keys import message_key
-from stream_app.records import DeadLetter
-from stream_app.settings import Settings
+from stream_app.core.keys import message_key
+from stream_app.core.records import DeadLetter
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.kafka_connection import ensure_topics
 from tests.conftest import write_jsonl
 from tests.integration.streaming import (
     ROOT,

@@ -23,11 +23,11 @@ from rocksdict import Options, Rdict
 from typer.testing import CliRunner
 
 from stream_app.cli import app as cli_app
-from stream_app.file_runner import ReplaySummary, replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_cli import produce_events
-from stream_app.records import DeadLetter, UserEmbedding
-from stream_app.settings import Settings
+from stream_app.cli.kafka_commands import produce_events
+from stream_app.core.records import DeadLetter, UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import ReplaySummary, replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 

@@ -18,11 +18,11 @@ from rocksdict import Options, Rdict
 from typer.testing import CliRunner
 
 from stream_app.cli import app as cli_app
-from stream_app.faust_app import DELETION_WITHOUT_KEY
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_cli import produce_events
-from stream_app.records import DeadLetter
-from stream_app.settings import Settings
+from stream_app.cli.kafka_commands import produce_events
+from stream_app.core.records import DeadLetter
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.faust_app import DELETION_WITHOUT_KEY
 from tests.conftest import write_jsonl
 from tests.integration.streaming import TopicReader, WorkerProcess, reached, worker_env
 from tests.integration.test_worker import file_embeddings, metric

@@ -20,8 +20,8 @@ import random
 import time
 from pathlib import Path
 
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import (
     BackgroundProducer,

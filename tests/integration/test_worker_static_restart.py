@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import time
 
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import (
     BackgroundProducer,

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from stream_app.settings import ENV_PREFIX, Settings
+from stream_app.core.settings import ENV_PREFIX, Settings
 from tests.deploy_config import (
     COMPOSE,
     DASHBOARD,
@@ -48,7 +48,7 @@ def ripple_env(env: dict[str, Any]) -> dict[str, str]:
 
 def assert_valid_settings(env: dict[str, str], where: str) -> Settings:
     unknown = sorted(set(env) - SETTING_NAMES)
-    assert not unknown, f"{where} sets {unknown}, which are not Ripple settings (stream_app/settings.py)"
+    assert not unknown, f"{where} sets {unknown}, which are not Ripple settings (stream_app/core/settings.py)"
     return Settings.from_env(env)  # raises with the setting's own message on a bad value
 
 
@@ -326,7 +326,7 @@ def test_queries_use_only_metrics_and_labels_ripple_exports(query):
     names = query.metric_names
     assert names, f"{query.where} reads no metric"
     unknown = sorted(n for n in names if n != "up" and n not in owners)
-    assert not unknown, f"{query.where} uses {unknown}, not defined in stream_app/metrics.py"
+    assert not unknown, f"{query.where} uses {unknown}, not defined in stream_app/core/metrics.py"
     labels = set(TARGET_LABELS)
     for name in names - {"up"}:
         labels |= set(owners[name].labels)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from graph_state import GraphConfig, UserGraph
-from operators.datasets import (
+from operators.item_index import ItemIndex
+from operators.offline.datasets import (
     leave_one_out,
     pack_case_sequences,
     pack_prefix_graphs,
@@ -15,7 +16,6 @@ from operators.datasets import (
     session_events,
     sessions_split,
 )
-from operators.item_index import ItemIndex
 from operators.tensors import graphs_to_batch
 from tests.conftest import random_stream
 

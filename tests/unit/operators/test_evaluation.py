@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from operators.baselines import ItemTransitions, MostPopular
-from operators.datasets import Case, Interaction, leave_one_out
-from operators.evaluation import Scorer, evaluate, rank_metrics, rank_of_targets
 from operators.item_index import ItemIndex
+from operators.offline.baselines import ItemTransitions, MostPopular
+from operators.offline.datasets import Case, Interaction, leave_one_out
+from operators.offline.evaluation import Scorer, evaluate, rank_metrics, rank_of_targets
 
 
 def test_ranks_count_higher_scores_and_half_the_ties():

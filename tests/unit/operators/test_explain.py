@@ -8,8 +8,8 @@ import torch
 from graph_state import GraphConfig, UserGraph
 from operators import Checkpoint, Embedder, EncoderConfig
 from operators.explain import explain, node_contributions
-from stream_app.events import decode_event
-from stream_app.generate import GeneratorSpec, generate_events
+from stream_app.core.events import decode_event
+from stream_app.files.generate import GeneratorSpec, generate_events
 
 CKPT = Checkpoint.seeded(EncoderConfig(dim=32), seed=4)
 

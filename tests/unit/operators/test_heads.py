@@ -12,9 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from operators.checkpoint import Checkpoint
-from operators.datasets import Case
 from operators.encoder import EncoderConfig
-from operators.evaluation import GraphScorer
 from operators.heads import (
     HeadConfig,
     LabelHead,
@@ -27,7 +25,9 @@ from operators.heads import (
     roc_auc,
     train_label_head,
 )
-from operators.labels import (
+from operators.offline.datasets import Case
+from operators.offline.evaluation import GraphScorer
+from operators.offline.labels import (
     Example,
     Labels,
     TaskSpec,
@@ -37,9 +37,9 @@ from operators.labels import (
     split_examples,
 )
 from stream_app.cli import app
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.settings import Settings
-from stream_app.train_cli import read_histories
+from stream_app.cli.train_commands import read_histories
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import BASE_TS, Ev, write_jsonl
 
 ENCODER = EncoderConfig(dim=32, hash_buckets=64)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from operators.checkpoint import Checkpoint
-from operators.datasets import Case, Interaction
 from operators.encoder import EncoderConfig
-from operators.evaluation import GraphScorer, rank_of_targets
+from operators.offline.datasets import Case, Interaction
+from operators.offline.evaluation import GraphScorer, rank_of_targets
 from operators.recommend import ItemRanker, exclude_items
 
 VOCAB = [f"i{n}" for n in range(300)]

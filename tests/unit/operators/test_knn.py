@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from operators.datasets import Case, Interaction, Split, leave_one_out, sessions_split
-from operators.evaluation import evaluate
 from operators.item_index import ItemIndex
-from operators.knn import KNNConfig, KNNScorer, SessionIndex, search_space, tune
+from operators.offline.datasets import Case, Interaction, Split, leave_one_out, sessions_split
+from operators.offline.evaluation import evaluate
+from operators.offline.knn import KNNConfig, KNNScorer, SessionIndex, search_space, tune
 
 # Five training sessions, their line number as their time; "c" occurs twice in session 2.
 TRAIN = ["abc", "bd", "acec", "fg", "da"]
@@ -322,7 +322,7 @@ def test_sessions_split_puts_training_lines_validation_and_test_on_one_clock(tmp
 
 
 def test_batches_with_many_postings_are_halved_without_changing_a_score(monkeypatch):
-    import operators.knn as knn
+    import operators.offline.knn as knn
 
     rng = random.Random(11)
     train = [[f"i{rng.randrange(12)}" for _ in range(rng.randint(2, 8))] for _ in range(80)]

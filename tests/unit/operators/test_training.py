@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from operators.baselines import MostPopular
 from operators.checkpoint import Checkpoint
-from operators.datasets import Case, leave_one_out
 from operators.encoder import EncoderConfig
-from operators.evaluation import GraphScorer, evaluate
-from operators.training import TrainConfig, curves_path, train_encoder
+from operators.offline.baselines import MostPopular
+from operators.offline.datasets import Case, leave_one_out
+from operators.offline.evaluation import GraphScorer, evaluate
+from operators.offline.training import TrainConfig, curves_path, train_encoder
 from stream_app.cli import app
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
-from stream_app.train_cli import read_histories
+from stream_app.cli.train_commands import read_histories
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 
 SPEC = GeneratorSpec(users=100, items=80, events=4000, seed=7, successors=2, follow=0.85)

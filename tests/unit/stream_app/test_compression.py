@@ -8,7 +8,8 @@ from kafka import codec as kafka_python_codec
 from typer.testing import CliRunner
 
 from stream_app.cli import app
-from stream_app.compression import (
+from stream_app.core.settings import Settings
+from stream_app.kafka.compression import (
     aiokafka_missing,
     check_producer_codec,
     codec_name,
@@ -16,7 +17,6 @@ from stream_app.compression import (
     consumer_codec_warning,
     kafka_python_missing,
 )
-from stream_app.settings import Settings
 
 
 def settings(codec: str) -> Settings:

@@ -8,7 +8,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from stream_app.embedding_format import (
+from stream_app.cli.kafka_commands import readable
+from stream_app.core.embedding_format import (
     F32_ENCODING,
     as_json,
     decode_embedding,
@@ -16,11 +17,10 @@ from stream_app.embedding_format import (
     embedding_record,
     encode_f32,
 )
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_cli import readable
-from stream_app.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
-from stream_app.settings import Settings
+from stream_app.core.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 
 

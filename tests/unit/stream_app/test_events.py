@@ -3,8 +3,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from stream_app import events as E
-from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
+from stream_app.core import events as E
+from stream_app.core.events import BehaviorEvent, EventLimits, Rejection, decode_event
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "action": "view", "ts": 1_767_225_600}
 

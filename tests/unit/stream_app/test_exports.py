@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from stream_app.cli import app
-from stream_app.exports import read_parquet
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.exports import read_parquet
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import latest_by_user
 

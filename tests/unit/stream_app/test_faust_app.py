@@ -5,9 +5,9 @@ from __future__ import annotations
 import faust
 from faust.types import Message
 
-from stream_app.faust_app import TABLE_NAME, build_worker, to_record
-from stream_app.kafka_connection import bootstrap_servers, client_config
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.kafka.faust_app import TABLE_NAME, build_worker, to_record
+from stream_app.kafka.kafka_connection import bootstrap_servers, client_config
 
 
 def test_the_app_follows_the_settings(tmp_path):

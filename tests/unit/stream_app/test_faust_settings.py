@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from faust.types.enums import ProcessingGuarantee
 
-from stream_app.faust_app import build_app
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
+from stream_app.kafka.faust_app import build_app
 
 
 def test_reliability_settings_are_passed_to_faust(tmp_path):
@@ -81,7 +81,7 @@ def test_a_graceful_stop_makes_a_static_member_leave_the_group(tmp_path):
     import asyncio
     from types import SimpleNamespace
 
-    from stream_app.faust_app import build_worker, leave_group_when_closed
+    from stream_app.kafka.faust_app import build_worker, leave_group_when_closed
 
     def consumer_of(coordinator: SimpleNamespace) -> SimpleNamespace:
         return SimpleNamespace(_thread=SimpleNamespace(_consumer=SimpleNamespace(_coordinator=coordinator)))

@@ -7,10 +7,10 @@ import numpy as np
 from typer.testing import CliRunner
 
 from stream_app.cli import app
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.records import DeadLetter, UserEmbedding
-from stream_app.settings import Settings
+from stream_app.core.records import DeadLetter, UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 
 

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 from graph_state import RocksStore
 from stream_app.cli import app
-from stream_app.faust_app import DELETION_WITHOUT_KEY, build_worker, deletion_user
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.kafka_cli import forget_local
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
+from stream_app.cli.kafka_commands import forget_local
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.faust_app import DELETION_WITHOUT_KEY, build_worker, deletion_user
 from tests.conftest import write_jsonl
 
 
@@ -101,7 +101,7 @@ class FakeProducer:
     """Records what the worker sends; sends to ``hold_topic`` wait until ``release`` is set.
 
     Both ways the worker sends: Faust's ``Producer.send`` and, through ``_ensure_producer()``,
-    aiokafka's record batches (``stream_app/batch_send.py``: embeddings, dead letters and the
+    aiokafka's record batches (``stream_app/kafka/batch_send.py``: embeddings, dead letters and the
     table's changelog). Changelog records are recorded as ``("changelog", partition, key, value)``.
     """
 

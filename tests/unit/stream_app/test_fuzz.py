@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from graph_state import GraphConfig, MemoryStore, UserGraph
 from operators import Checkpoint, Embedder, EncoderConfig
-from stream_app import events as E
-from stream_app.events import BehaviorEvent, EventLimits, Rejection, decode_event
-from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
-from stream_app.records import MAX_DEAD_LETTER_RAW_BYTES, DeadLetter, RawRecord, json_encoder
+from stream_app.core import events as E
+from stream_app.core.events import BehaviorEvent, EventLimits, Rejection, decode_event
+from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
+from stream_app.core.records import MAX_DEAD_LETTER_RAW_BYTES, DeadLetter, RawRecord, json_encoder
 
 EMBEDDER = Embedder(Checkpoint.seeded(EncoderConfig(dim=8), seed=5))
 LIMITS = EventLimits()

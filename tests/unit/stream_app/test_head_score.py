@@ -11,13 +11,13 @@ import pytest
 from graph_state import MemoryStore
 from operators import Checkpoint, Embedder, EncoderConfig
 from operators.heads import HeadConfig, LabelledData, train_label_head
-from operators.labels import TaskSpec
-from stream_app.faust_app import build_worker
-from stream_app.file_runner import replay
-from stream_app.pipeline import Pipeline
-from stream_app.records import RawRecord, UserEmbedding
-from stream_app.settings import Settings
-from stream_app.train_cli import read_histories
+from operators.offline.labels import TaskSpec
+from stream_app.cli.train_commands import read_histories
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.records import RawRecord, UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.kafka.faust_app import build_worker
 from tests.conftest import random_stream, to_json, write_jsonl
 
 ENCODER = EncoderConfig(dim=16, hash_buckets=32)

@@ -16,11 +16,11 @@ import pytest
 
 from graph_state import GraphConfig, MemoryStore, UserGraph
 from operators import Checkpoint, Embedder, EncoderConfig, IncrementalPolicy
-from operators.evaluation import graph_config_dict
+from operators.offline.evaluation import graph_config_dict
 from stream_app import Pipeline, RawRecord
-from stream_app.metrics import Metrics
-from stream_app.model_swap import REJECTED, SWAPPED, UNCHANGED, ModelWatcher, file_stamp
-from stream_app.settings import Settings
+from stream_app.core.metrics import Metrics
+from stream_app.core.settings import Settings
+from stream_app.kafka.model_swap import REJECTED, SWAPPED, UNCHANGED, ModelWatcher, file_stamp
 from tests.conftest import random_stream, to_json
 
 CONFIG = EncoderConfig(dim=16, layers=2)
@@ -189,7 +189,7 @@ def test_a_swap_to_another_action_vocabulary_is_refused():
 
 def test_the_worker_swaps_between_batches_under_its_lock(tmp_path, model):
     """``reload_model`` loads off the event loop and waits for the batch lock before swapping."""
-    from stream_app.faust_app import build_worker
+    from stream_app.kafka.faust_app import build_worker
 
     settings = Settings.from_env(
         {}, model_path=model, model_poll_s=1.0, state_dir=str(tmp_path / "state"), app_id="swap-unit"

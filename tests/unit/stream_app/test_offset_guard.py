@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stream_app.offset_guard import OffsetGuard, in_partition_order
-from stream_app.records import RawRecord
+from stream_app.core.records import RawRecord
+from stream_app.kafka.offset_guard import OffsetGuard, in_partition_order
 
 
 def rec(partition: int, offset: int) -> RawRecord:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from graph_state import GraphConfig, MemoryStore, UserGraph
 from operators import Checkpoint, Embedder, EncoderConfig
 from stream_app import Pipeline, RawRecord
-from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED
+from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED
 from tests.conftest import random_stream, to_json
 
 EMBEDDER = Embedder(Checkpoint.seeded(EncoderConfig(dim=16), seed=11))

@@ -13,17 +13,17 @@ from typer.testing import CliRunner
 
 from graph_state import RocksStore
 from operators.checkpoint import Checkpoint
-from operators.datasets import Case
 from operators.encoder import EncoderConfig
-from operators.evaluation import GraphScorer, rank_of_targets
+from operators.offline.datasets import Case
+from operators.offline.evaluation import GraphScorer, rank_of_targets
 from operators.recommend import ItemRanker, exclude_items
 from stream_app.cli import app
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.recommend import parse_request
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
-from stream_app.train_cli import read_histories
+from stream_app.cli.train_commands import read_histories
+from stream_app.core.recommend import parse_request
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 from tests.integration.streaming import latest_by_user
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from graph_state import GraphConfig, MemoryStore, encode
 from stream_app import Pipeline, RawRecord
-from stream_app.pipeline import DUPLICATE
+from stream_app.core.pipeline import DUPLICATE
 from tests.conftest import random_stream, to_json
 from tests.unit.stream_app.test_pipeline import EMBEDDER
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from stream_app import kafka_cli
-from stream_app.faust_app import build_app
-from stream_app.kafka_connection import client_config, ensure_topics
-from stream_app.settings import Settings
+from stream_app.cli import kafka_commands as kafka_cli
+from stream_app.core.settings import Settings
+from stream_app.kafka.faust_app import build_app
+from stream_app.kafka.kafka_connection import client_config, ensure_topics
 
 SECRET = "s3cr3t-pa55"
 
@@ -125,7 +125,7 @@ def test_every_kafka_python_client_gets_the_security_settings(tmp_path, client_c
     monkeypatch.setattr(kafka, "KafkaProducer", recorder("producer"))
     monkeypatch.setattr(kafka, "KafkaConsumer", recorder("consumer"))
     monkeypatch.setattr(kafka.admin, "KafkaAdminClient", recorder("admin"))
-    monkeypatch.setattr("stream_app.kafka_connection.ensure_topics", lambda settings: {})
+    monkeypatch.setattr("stream_app.kafka.kafka_connection.ensure_topics", lambda settings: {})
     settings = secure(tmp_path, "SASL_SSL", client_cert, kafka_sasl_mechanism="SCRAM-SHA-512")
     events = tmp_path / "e.jsonl"
     events.write_text('{"user_id": "u"}\n')

@@ -14,7 +14,7 @@ from faust.streams import current_event
 from faust.types import TP, Message
 
 from graph_state import GraphConfig, UserGraph
-from stream_app.table_store import E_META, E_UNROUTED, TableStore, acting_as
+from stream_app.kafka.table_store import E_META, E_UNROUTED, TableStore, acting_as
 from tests.conftest import Ev
 
 PARTITIONS = 4

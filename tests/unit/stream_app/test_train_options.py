@@ -9,14 +9,14 @@ import numpy as np
 from typer.testing import CliRunner
 
 from operators.checkpoint import Checkpoint
-from operators.datasets import Case
-from operators.evaluation import GraphScorer
+from operators.offline.datasets import Case
+from operators.offline.evaluation import GraphScorer
 from stream_app.cli import app
-from stream_app.file_runner import replay
-from stream_app.generate import GeneratorSpec, generate_events
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
-from stream_app.train_cli import read_histories
+from stream_app.cli.train_commands import read_histories
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
 
 SPEC = GeneratorSpec(users=40, items=30, events=800, seed=3, successors=2, follow=0.8)

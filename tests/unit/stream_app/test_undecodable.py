@@ -19,9 +19,9 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 from kafka.record.default_records import DefaultRecordBatch as KafkaPythonBatch
 
-from stream_app import undecodable
-from stream_app.records import DeadLetter
-from stream_app.settings import Settings
+from stream_app.core.records import DeadLetter
+from stream_app.core.settings import Settings
+from stream_app.kafka import undecodable
 
 TP = TopicPartition("events", 2)
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
@@ -234,8 +234,8 @@ def skipped(topic: str, partition: int, first: int, nxt: int, raw: bytes = b"raw
 
 
 def test_the_worker_logs_counts_dead_letters_and_marks_skipped_offsets_done(tmp_path, caplog):
-    from stream_app.faust_app import build_worker
-    from stream_app.records import RawRecord
+    from stream_app.core.records import RawRecord
+    from stream_app.kafka.faust_app import build_worker
 
     worker = build_worker(Settings.from_env({"RIPPLE_STATE_DIR": str(tmp_path), "RIPPLE_APP_ID": "unit-undecodable"}))
     s, rec = worker.settings, Recorder()

@@ -31,10 +31,10 @@ from graph_state import GraphStore, UserGraph
 from operators import Checkpoint, Embedder, UserDelta
 from operators.explain import explain
 from operators.heads import LabelHead
-from stream_app.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
-from stream_app.metrics import Metrics
-from stream_app.recommend import Recommender
-from stream_app.records import DeadLetter, Explained, RawRecord, UserEmbedding
+from stream_app.core.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
+from stream_app.core.metrics import Metrics
+from stream_app.core.recommend import Recommender
+from stream_app.core.records import DeadLetter, Explained, RawRecord, UserEmbedding
 
 APPLIED = "applied"
 DUPLICATE = "duplicate"

@@ -6,7 +6,7 @@ embeddings were flushed to the output. A run that stops anywhere can be
 started again with the same arguments and continues where it stopped; at worst
 the last batch's embeddings are written twice with the same state_version.
 
-The output file holds what this run published (``stream_app/exports.py``): every record
+The output file holds what this run published (``stream_app/files/exports.py``): every record
 as JSON lines (default), as Parquet rows (``--out FILE.parquet``), or one final record per
 user (``--latest-only``); the last two are written whole, and renamed into place, when the
 run ends.
@@ -26,16 +26,16 @@ from tqdm import tqdm
 
 from graph_state import CachedStore, GraphStore, RocksStore
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
-from operators.evaluation import graph_config_of
 from operators.heads import LabelHead
-from stream_app.embedding_format import embedding_encoder
-from stream_app.exports import open_sink
-from stream_app.metrics import Metrics
-from stream_app.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
-from stream_app.readers import count_lines, read_events
-from stream_app.recommend import Recommender
-from stream_app.records import RawRecord, json_encoder
-from stream_app.settings import Settings
+from operators.offline.evaluation import graph_config_of
+from stream_app.core.embedding_format import embedding_encoder
+from stream_app.core.metrics import Metrics
+from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
+from stream_app.core.recommend import Recommender
+from stream_app.core.records import RawRecord, json_encoder
+from stream_app.core.settings import Settings
+from stream_app.files.exports import open_sink
+from stream_app.files.readers import count_lines, read_events
 
 PROGRESS_PREFIX = "file-progress:"
 

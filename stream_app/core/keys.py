@@ -3,7 +3,7 @@
 The Kafka key of an event is its ``user_id`` (UTF-8). ``ripple produce`` derives
 it from the message, and the Faust worker uses it to route a user's state to the
 partition its events arrive on. Both need only the ``user_id`` field, so this is
-a lenient partial decode: full validation stays in :mod:`stream_app.events`.
+a lenient partial decode: full validation stays in :mod:`stream_app.core.events`.
 """
 
 from __future__ import annotations

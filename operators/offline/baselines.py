@@ -1,8 +1,8 @@
 """Baselines for the evaluation table: most-popular, last-item transitions, and a GRU4Rec-style encoder.
 
 All of them score the same cases against the same vocabulary as the graph encoder,
-through :func:`operators.evaluation.evaluate`. The GRU is trained by the same
-:class:`operators.training.Trainer` (full softmax, early stopping on MRR@20).
+through :func:`operators.offline.evaluation.evaluate`. The GRU is trained by the same
+:class:`operators.offline.training.Trainer` (full softmax, early stopping on MRR@20).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from operators.datasets import Case, Split, pack_case_sequences, pack_prefix_sequences, segment_ranges
-from operators.evaluation import Scorer
 from operators.item_index import ItemIndex
-from operators.training import TrainConfig, Trainer, TrainResult
+from operators.offline.datasets import Case, Split, pack_case_sequences, pack_prefix_sequences, segment_ranges
+from operators.offline.evaluation import Scorer
+from operators.offline.training import TrainConfig, Trainer, TrainResult
 
 TIE_BREAK = 1e-6
 """Transition scores add this times the normalised popularity, so unseen pairs rank by popularity."""
@@ -38,7 +38,7 @@ def item_counts(split: Split, index: ItemIndex) -> torch.Tensor:
 class MostPopular(Scorer):
     """Every case gets the same ranking: items by their number of training events.
 
-    >>> from operators.datasets import Interaction, leave_one_out
+    >>> from operators.offline.datasets import Interaction, leave_one_out
     >>> split = leave_one_out({"u": [Interaction(str(i), x, ts=i) for i, x in enumerate("abba_")]})
     >>> MostPopular(split).scores([Case("u", [], "a")]).tolist()
     [[1.0, 2.0]]

@@ -4,12 +4,12 @@ The worker's Kafka clients (aiokafka, through Faust) need ``cramjam`` for snappy
 zstd; the CLI's (kafka-python) need ``python-snappy``, ``lz4`` and ``zstandard``. All are
 pinned in ``pyproject.toml``. gzip is in the standard library. A producer configured with a
 codec its client cannot use is refused at start-up with :data:`E_PRODUCER_CODEC`; a consumer
-that meets a batch it cannot decompress skips and dead-letters it (``stream_app/undecodable.py``).
+that meets a batch it cannot decompress skips and dead-letters it (``stream_app/kafka/undecodable.py``).
 """
 
 from __future__ import annotations
 
-from stream_app.settings import COMPRESSION_TYPES, Settings
+from stream_app.core.settings import COMPRESSION_TYPES, Settings
 
 CODEC_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 """The codec ids of a record batch's attributes (its lowest three bits)."""

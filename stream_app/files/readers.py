@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from stream_app.records import RawRecord
+from stream_app.core.records import RawRecord
 
 FORMATS = ("jsonl", "csv", "recbole", "diginetica")
 CSV_COLUMNS = ("event_id", "user_id", "item_id", "action", "ts", "weight")

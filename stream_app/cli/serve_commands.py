@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.cli import app, console, fail, load_user_graph, settings_from
+from stream_app.cli.typer_app import app, console, fail, load_user_graph, settings_from
 
 
 @app.command()
@@ -34,8 +34,8 @@ def feed(
     tombstones delete the user's key, and offsets are committed only once Redis has the
     records. Run several with the same group to share the partitions.
     """
-    from stream_app.feed import redact, run_feed
-    from stream_app.kafka_connection import ensure_topics
+    from stream_app.kafka.feed import redact, run_feed
+    from stream_app.kafka.kafka_connection import ensure_topics
 
     settings = settings_from(
         broker=broker, redis_url=redis_url, feed_group=group, output_topic=topic, feed_web_port=web_port
@@ -62,7 +62,7 @@ def lookup(
     """Print users' latest embeddings from the online store (what `ripple feed` wrote), one JSON object per line."""
     import redis
 
-    from stream_app.feed import OnlineStore, redact
+    from stream_app.kafka.feed import OnlineStore, redact
 
     settings = settings_from(redis_url=redis_url)
     store = OnlineStore.from_settings(settings)
@@ -93,7 +93,7 @@ def recommend(
 ) -> None:
     """Top-K items for a user's current vector, ranked as `ripple evaluate` ranks them (user · item)."""
     from operators import Embedder
-    from stream_app.recommend import Recommender, recommendations_of
+    from stream_app.core.recommend import Recommender, recommendations_of
 
     checkpoint, graph = load_user_graph(state, model, user)
     vectors = Embedder(checkpoint).embed_many([graph])

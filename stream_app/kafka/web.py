@@ -8,10 +8,10 @@ every embedding: the table is the single source of truth. It answers in
 
 ``GET /healthz`` is 200 ``ok`` once tables are recovered and no rebalance runs (503
 ``starting`` before), and 200 ``degraded`` for a while after the worker skipped a record
-batch it cannot decode (``stream_app/undecodable.py``).
+batch it cannot decode (``stream_app/kafka/undecodable.py``).
 
 ``GET /users/{user_id}/recommendations?k=20&exclude_seen=1`` ranks the serving model's items
-for that vector as ``ripple evaluate`` does (``stream_app/recommend.py``).
+for that vector as ``ripple evaluate`` does (``stream_app/core/recommend.py``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from operators.explain import explain
-from stream_app.embedding_format import embedding_record
-from stream_app.recommend import parse_request, recommendations_of
-from stream_app.settings import EMBEDDING_ENCODINGS
+from stream_app.core.embedding_format import embedding_record
+from stream_app.core.recommend import parse_request, recommendations_of
+from stream_app.core.settings import EMBEDDING_ENCODINGS
 
 if TYPE_CHECKING:
-    from stream_app.faust_app import StreamWorker
+    from stream_app.kafka.faust_app import StreamWorker
 
 E_UNKNOWN_USER = "no state for user {user!r}: no valid event of this user has been processed (yet)."
 E_ENCODING = "unknown encoding {encoding!r}: use ?encoding=json (numbers) or ?encoding=f32 (base64 float32)."

@@ -28,7 +28,7 @@ SKNN and STAN keep theirs (``|s|`` and the norm of the weighted session in the c
 V-SKNN's division of the dot product by the session's item count (in session-rec) is left
 out. Items no neighbour holds score below every
 neighbour item, ordered by training popularity (``-1 + pop / (max pop + 1)``), so they
-do not all tie; :func:`operators.evaluation.evaluate` then ranks them like any scorer's.
+do not all tie; :func:`operators.offline.evaluation.evaluate` then ranks them like any scorer's.
 
 Neighbours are the ``k`` highest similarities, values equal to float32 precision counting
 as ties, and ties go to the session nearer in time.
@@ -43,7 +43,7 @@ Everything runs per batch of cases in numpy (one sort for the overlaps, two lexs
 the sample and the top-k): each item's posting list is sorted by time, so only a window
 of ``sample_size`` postings on either side of the case's time can hold a candidate.
 
->>> from operators.datasets import Interaction, Split
+>>> from operators.offline.datasets import Interaction, Split
 >>> train = [[Interaction(f"{n}:{i}", x) for i, x in enumerate(s)] for n, s in enumerate(["ab", "abc", "bd"])]
 >>> split = Split(train, [], [], ["a", "b", "c", "d"], "sessions", train_times=[0.0, 1.0, 2.0])
 >>> scorer = KNNScorer(SessionIndex.from_split(split), KNNConfig("sknn", k=2))
@@ -62,9 +62,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from operators.datasets import Case, Split, segment_ranges
-from operators.evaluation import Scorer, evaluate
 from operators.item_index import ItemIndex
+from operators.offline.datasets import Case, Split, segment_ranges
+from operators.offline.evaluation import Scorer, evaluate
 
 KINDS = ("sknn", "vsknn", "stan")
 NAMES = {"sknn": "SKNN", "vsknn": "V-SKNN", "stan": "STAN"}

@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from stream_app.records import UserEmbedding, embedding_decoder, json_encoder
+from stream_app.core.records import UserEmbedding, embedding_decoder, json_encoder
 
 JSON = "json"
 F32 = "f32"

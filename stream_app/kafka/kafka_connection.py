@@ -11,7 +11,7 @@ import ssl
 import time
 from typing import Any
 
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
 
 CLIENT_TIMEOUTS = {"api_version_auto_timeout_ms": 3000, "request_timeout_ms": 15000}
 E_NO_BROKER = (

@@ -47,9 +47,9 @@ from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
 from graph_state import GraphConfig, RocksOptions, UserGraph, decode, encode_stored
-from stream_app.batch_send import send_batched
-from stream_app.keys import user_of_message
-from stream_app.records import RawRecord
+from stream_app.core.keys import user_of_message
+from stream_app.core.records import RawRecord
+from stream_app.kafka.batch_send import send_batched
 
 E_UNROUTED = (
     "user {user!r} is written outside its batch's routing (no event of this batch belongs to it); "
@@ -108,7 +108,7 @@ class TableStore:
         """Route the users of these events to their events' partitions for the block's duration.
 
         ``also``: records of the same partitions read outside the stream (offsets the
-        consumer skipped, see ``stream_app/offset_guard.py``); their users are routed to
+        consumer skipped, see ``stream_app/kafka/offset_guard.py``); their users are routed to
         an event of the batch from the same partition.
         """
         routes: dict[str, EventT] = {}

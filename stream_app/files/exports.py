@@ -23,10 +23,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream_app.records import UserEmbedding, json_encoder
+from stream_app.core.records import UserEmbedding, json_encoder
 
 Encode = Callable[[UserEmbedding], bytes]
-"""How a JSON-lines sink writes a record (``RIPPLE_EMBEDDING_ENCODING``, ``stream_app/embedding_format.py``)."""
+"""How a JSON-lines sink writes a record (``RIPPLE_EMBEDDING_ENCODING``, ``stream_app/core/embedding_format.py``)."""
 
 if TYPE_CHECKING:
     import pyarrow as pa

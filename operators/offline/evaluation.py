@@ -26,9 +26,9 @@ import torch
 
 from graph_state import GraphConfig
 from operators.checkpoint import Checkpoint
-from operators.datasets import Case, case_graph, target_row
 from operators.inference import Embedder
 from operators.item_index import ItemIndex
+from operators.offline.datasets import Case, case_graph, target_row
 from operators.recommend import ItemRanker, exclude_items
 
 DEFAULT_KS: tuple[int, ...] = (10, 20)

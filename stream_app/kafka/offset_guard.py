@@ -24,7 +24,7 @@ both, so nobody else consumed it in between. Otherwise the first batch of the
 partition starts a new expectation. A hole that was legitimately empty (offsets
 of transaction markers, compacted records) costs one fetch that returns nothing.
 Offsets the consumer skipped on purpose (a record batch it cannot decode,
-``stream_app/undecodable.py``) are registered with :meth:`OffsetGuard.skip` and are
+``stream_app/kafka/undecodable.py``) are registered with :meth:`OffsetGuard.skip` and are
 never a hole.
 """
 
@@ -35,9 +35,9 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from stream_app.kafka_connection import client_config
-from stream_app.records import RawRecord
-from stream_app.settings import Settings
+from stream_app.core.records import RawRecord
+from stream_app.core.settings import Settings
+from stream_app.kafka.kafka_connection import client_config
 
 log = logging.getLogger("ripple.worker")
 

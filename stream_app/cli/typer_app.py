@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.settings import Settings
+from stream_app.core.settings import Settings
 
 if TYPE_CHECKING:
     from graph_state import UserGraph
@@ -45,7 +45,7 @@ def settings_from(**overrides: object) -> Settings:
 def load_user_graph(state: Path, model: Path | None, user: str) -> tuple[Checkpoint, UserGraph]:
     """The checkpoint and one user's stored graph of an embedded state directory (exits with the cause)."""
     from graph_state import RocksStore
-    from stream_app.file_runner import load_checkpoint
+    from stream_app.files.file_runner import load_checkpoint
 
     try:
         settings = Settings.from_env(state_dir=str(state), model_path=str(model) if model else None)
@@ -92,8 +92,8 @@ def replay(
     ] = False,
 ) -> None:
     """Run an event file through the pipeline without Kafka (the embedded default)."""
-    from stream_app.file_runner import W_UNTRAINED, summary_rows
-    from stream_app.file_runner import replay as run_replay
+    from stream_app.files.file_runner import W_UNTRAINED, summary_rows
+    from stream_app.files.file_runner import replay as run_replay
 
     try:
         settings = Settings.from_env(
@@ -131,7 +131,7 @@ def generate(
     malformed: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of invalid lines.")] = 0.0,
 ) -> None:
     """Write synthetic events with planted interests and item transitions."""
-    from stream_app.generate import GeneratorSpec, write_events
+    from stream_app.files.generate import GeneratorSpec, write_events
 
     n = write_events(GeneratorSpec(users=users, items=items, events=events, seed=seed, malformed=malformed), str(out))
     console.print(f"wrote {n:,} events to [bold]{out}[/]")
@@ -173,10 +173,10 @@ def explain(
     console.print(f"state_version {graph.state_version}, {graph.n_nodes} nodes, model {checkpoint.model_version}")
 
 
-from stream_app import head_cli as _head_cli  # noqa: E402, F401  (registers train-head/evaluate-head)
-from stream_app import kafka_cli as _kafka_cli  # noqa: E402, F401  (registers worker, produce, tail)
-from stream_app import serve_cli as _serve_cli  # noqa: E402, F401  (registers feed, recommend)
-from stream_app import train_cli as _train_cli  # noqa: E402, F401  (registers train/evaluate)
+from stream_app.cli import head_commands as _head_cli  # noqa: E402, F401  (registers train-head/evaluate-head)
+from stream_app.cli import kafka_commands as _kafka_cli  # noqa: E402, F401  (registers worker, produce, tail)
+from stream_app.cli import serve_commands as _serve_cli  # noqa: E402, F401  (registers feed, recommend)
+from stream_app.cli import train_commands as _train_cli  # noqa: E402, F401  (registers train/evaluate)
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 import typer
 from tqdm import tqdm
 
-from stream_app.cli import EventFormat, app, console, fail, print_table, settings_from
-from stream_app.settings import Settings
+from stream_app.cli.typer_app import EventFormat, app, console, fail, print_table, settings_from
+from stream_app.core.settings import Settings
 
 E_NO_TOPIC_DATA = "no message arrived on {topic!r} within {timeout:g}s."
 E_NOT_EMBEDDED_STATE = (
@@ -51,10 +51,10 @@ def produce_events(
     """
     from kafka import KafkaProducer
 
-    from stream_app.compression import check_producer_codec, compression_type
-    from stream_app.kafka_connection import client_config, ensure_topics
-    from stream_app.keys import message_key
-    from stream_app.readers import count_lines, read_events
+    from stream_app.core.keys import message_key
+    from stream_app.files.readers import count_lines, read_events
+    from stream_app.kafka.compression import check_producer_codec, compression_type
+    from stream_app.kafka.kafka_connection import client_config, ensure_topics
 
     check_producer_codec(settings, "kafka-python")
     ensure_topics(settings)
@@ -112,8 +112,8 @@ def produce_deletions(user_ids: list[str], settings: Settings, reason: str | Non
     """
     from kafka import KafkaProducer
 
-    from stream_app.compression import check_producer_codec, compression_type
-    from stream_app.kafka_connection import client_config, ensure_topics
+    from stream_app.kafka.compression import check_producer_codec, compression_type
+    from stream_app.kafka.kafka_connection import client_config, ensure_topics
 
     check_producer_codec(settings, "kafka-python")
     ensure_topics(settings)
@@ -154,7 +154,7 @@ def forget_local(user_ids: list[str], settings: Settings) -> dict[str, bool]:
 
 def readable(value: bytes) -> bytes:
     """An embedding record with its vector as JSON numbers; anything else unchanged."""
-    from stream_app.embedding_format import as_json
+    from stream_app.core.embedding_format import as_json
 
     try:
         return as_json(value)
@@ -180,8 +180,8 @@ def worker(
 
     All other settings come from RIPPLE_* variables (`ripple settings`).
     """
-    from stream_app.compression import check_producer_codec
-    from stream_app.kafka_connection import ensure_topics
+    from stream_app.kafka.compression import check_producer_codec
+    from stream_app.kafka.kafka_connection import ensure_topics
 
     settings = settings_from(
         broker=broker,
@@ -198,8 +198,8 @@ def worker(
         ensure_topics(settings)
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
-    from stream_app.faust_app import run_worker  # torch and Faust load only once the broker answered
-    from stream_app.file_runner import W_UNTRAINED
+    from stream_app.files.file_runner import W_UNTRAINED
+    from stream_app.kafka.faust_app import run_worker  # torch and Faust load only once the broker answered
 
     if not settings.model_path:
         console.print(W_UNTRAINED, soft_wrap=True, markup=False)
@@ -256,7 +256,7 @@ def tail(
     from kafka import KafkaConsumer
     from kafka.errors import NoBrokersAvailable
 
-    from stream_app.kafka_connection import E_NO_BROKER, client_config
+    from stream_app.kafka.kafka_connection import E_NO_BROKER, client_config
 
     settings = settings_from(broker=broker)
     name = topic or (settings.dead_letter_topic if dead_letters else settings.output_topic)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from graph_state import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig, RocksOptions
-from stream_app.events import EventLimits
+from stream_app.core.events import EventLimits
 
 if TYPE_CHECKING:
     from operators import IncrementalPolicy

@@ -2,7 +2,7 @@
 
 The model is any module whose ``forward(batch)`` returns user vectors and whose
 ``item_vectors()`` returns the vectors they are scored against: the graph encoder
-(batches sliced from packed prefix graphs, :class:`operators.datasets.PackedGraphs`)
+(batches sliced from packed prefix graphs, :class:`operators.offline.datasets.PackedGraphs`)
 or a sequence baseline. The loss is cross-entropy of ``user · item`` over every
 vocabulary item, or, with ``negatives = m > 0``, a sampled softmax: each step scores
 the batch's targets plus ``m`` items drawn uniformly (shared by the batch), and adds
@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from graph_state import GraphConfig
 from operators.checkpoint import Checkpoint, build_encoder, with_features
-from operators.datasets import Split, pack_case_graphs, pack_prefix_graphs
 from operators.encoder import EncoderConfig
-from operators.evaluation import graph_config_dict, rank_metrics, rank_of_targets
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
+from operators.offline.datasets import Split, pack_case_graphs, pack_prefix_graphs
+from operators.offline.evaluation import graph_config_dict, rank_metrics, rank_of_targets
 
 E_NO_EXAMPLES = "the training data has no next-item examples; every history needs at least two events."
 STOP_METRIC = "mrr@20"

@@ -42,10 +42,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from stream_app.embedding_format import decode_embedding
-from stream_app.metrics import FeedMetrics
-from stream_app.records import UserEmbedding
-from stream_app.settings import Settings
+from stream_app.core.embedding_format import decode_embedding
+from stream_app.core.metrics import FeedMetrics
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
 
 log = logging.getLogger("ripple.feed")
 
@@ -212,7 +212,7 @@ def decode_hash(user_id: str, h: dict[bytes, bytes]) -> StoredEmbedding:
 def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, UserEmbedding | None] | None:
     """One message of the embeddings topic → ``(user_id, record or None for a tombstone)``; None if unusable.
 
-    >>> from stream_app.embedding_format import encode_f32
+    >>> from stream_app.core.embedding_format import encode_f32
     >>> emb = UserEmbedding("u1", [0.5, -1.0], "m", 3, "e3", 1.0, 2.0, 2)
     >>> decode_record(b"u1", encode_f32(emb)) == ("u1", emb), decode_record(b"u1", None), decode_record(b"u1", b"{")
     (True, ('u1', None), None)
@@ -465,7 +465,7 @@ def make_consumer(settings: Settings) -> Any:
     """The feed's kafka-python consumer: group ``RIPPLE_FEED_GROUP``, manual commits, from the oldest record."""
     from kafka import KafkaConsumer
 
-    from stream_app.kafka_connection import client_config
+    from stream_app.kafka.kafka_connection import client_config
 
     return KafkaConsumer(
         **client_config(settings),

@@ -3,7 +3,7 @@
 Event files (jsonl, csv, recbole, diginetica) are read and validated by the stream's
 own reader and decoder, grouped per user, and handed to ``operators`` as
 ``BehaviorEvent`` histories; the SR-GNN ``sessions`` split is a training-only format
-read by ``operators.datasets``. Evaluation embeds every case through
+read by ``operators.offline.datasets``. Evaluation embeds every case through
 ``UserGraph.apply`` → ``Embedder.embed_many``, the path the stream publishes from.
 """
 
@@ -21,10 +21,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.cli import app, console, fail
-from stream_app.events import BehaviorEvent, Rejection, decode_event
-from stream_app.readers import read_events
-from stream_app.settings import Settings
+from stream_app.cli.typer_app import app, console, fail
+from stream_app.core.events import BehaviorEvent, Rejection, decode_event
+from stream_app.core.settings import Settings
+from stream_app.files.readers import read_events
 
 E_FORMAT_SESSIONS = "--format sessions reads the SR-GNN split; {path} is neither its directory nor train_sessions.txt."
 E_NO_TEST = "{path} gives no test cases (test_prefixes.tsv next to the train file, or users with 3+ events)."
@@ -61,7 +61,7 @@ def read_histories(path: str, fmt: str, settings: Settings) -> tuple[dict[str, l
 
 
 def load_split(data: Path, fmt: DataFormat, settings: Settings, val_share: float, seed: int):
-    from operators.datasets import fingerprint_files, leave_one_out, sessions_split
+    from operators.offline.datasets import fingerprint_files, leave_one_out, sessions_split
 
     if fmt is DataFormat.sessions:
         if not (data.is_dir() or data.name.endswith(".txt")):
@@ -123,7 +123,7 @@ def train(
 
     from operators.encoder import EncoderConfig
     from operators.item_features import read_item_features
-    from operators.training import TrainConfig, curves_path, train_encoder
+    from operators.offline.training import TrainConfig, curves_path, train_encoder
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -233,12 +233,12 @@ def evaluate(
 
     import torch
 
-    from operators.baselines import ItemTransitions, MostPopular, train_gru
     from operators.checkpoint import Checkpoint
-    from operators.evaluation import GraphScorer, Report, graph_config_of
-    from operators.evaluation import evaluate as run_evaluate
-    from operators.knn import KINDS, SessionIndex, describe, tune
-    from operators.training import TrainConfig
+    from operators.offline.baselines import ItemTransitions, MostPopular, train_gru
+    from operators.offline.evaluation import GraphScorer, Report, graph_config_of
+    from operators.offline.evaluation import evaluate as run_evaluate
+    from operators.offline.knn import KINDS, SessionIndex, describe, tune
+    from operators.offline.training import TrainConfig
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -16,7 +16,7 @@ import numpy as np
 from graph_state import UserGraph
 from operators import Checkpoint
 from operators.recommend import E_NO_ITEMS, ItemRanker
-from stream_app.records import Recommended
+from stream_app.core.records import Recommended
 
 DEFAULT_K = 20
 MAX_K = 1000

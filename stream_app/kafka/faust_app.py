@@ -24,7 +24,7 @@ process → publish → commit.
 
 With ``RIPPLE_MODEL_PATH`` set, a timer looks for a new checkpoint there every
 ``RIPPLE_MODEL_POLL_S`` seconds, loads and checks it in a thread and swaps it in under the
-same lock, between two micro-batches (``stream_app/model_swap.py``).
+same lock, between two micro-batches (``stream_app/kafka/model_swap.py``).
 """
 
 from __future__ import annotations
@@ -45,19 +45,19 @@ from faust.types import TP, EventT, TopicT
 
 from graph_state import CachedStore
 from operators import Embedder, set_threads
-from stream_app import undecodable
-from stream_app.batch_send import send_batched
-from stream_app.compression import compression_type, consumer_codec_warning
-from stream_app.embedding_format import embedding_encoder
-from stream_app.file_runner import load_checkpoint, load_head, recommender
-from stream_app.kafka_connection import faust_credentials
-from stream_app.metrics import Metrics
-from stream_app.model_swap import SWAPPED, ModelWatcher, ReloadResult
-from stream_app.offset_guard import OffsetGuard, fetch_range, in_partition_order
-from stream_app.pipeline import BatchResult, Pipeline
-from stream_app.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
-from stream_app.settings import Settings
-from stream_app.table_store import TableStore
+from stream_app.core.embedding_format import embedding_encoder
+from stream_app.core.metrics import Metrics
+from stream_app.core.pipeline import BatchResult, Pipeline
+from stream_app.core.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import load_checkpoint, load_head, recommender
+from stream_app.kafka import undecodable
+from stream_app.kafka.batch_send import send_batched
+from stream_app.kafka.compression import compression_type, consumer_codec_warning
+from stream_app.kafka.kafka_connection import faust_credentials
+from stream_app.kafka.model_swap import SWAPPED, ModelWatcher, ReloadResult
+from stream_app.kafka.offset_guard import OffsetGuard, fetch_range, in_partition_order
+from stream_app.kafka.table_store import TableStore
 
 TABLE_NAME = "user-graphs"
 LAG_INTERVAL_S = 2.0
@@ -97,7 +97,7 @@ class StreamWorker:
     changelog_inflight: list[asyncio.Future] = field(default_factory=list)
     """Changelog record batches of the last batch, not yet acknowledged when it ended."""
     encode: Callable[[UserEmbedding], bytes] = json_encoder.encode
-    """Bytes of a published embedding (``RIPPLE_EMBEDDING_ENCODING``, ``stream_app/embedding_format.py``)."""
+    """Bytes of a published embedding (``RIPPLE_EMBEDDING_ENCODING``, ``stream_app/core/embedding_format.py``)."""
     undecodable_seen: OrderedDict[tuple[str, int, int], float] = field(default_factory=OrderedDict)
     """Undecodable batches already logged and dead-lettered by this process (bounded)."""
     last_undecodable: undecodable.UndecodableBatch | None = None
@@ -142,7 +142,7 @@ class StreamWorker:
                 )
 
     async def refetch_holes(self, records: Sequence[RawRecord]) -> list[RawRecord]:
-        """Input offsets the consumer skipped before this batch (see ``stream_app/offset_guard.py``)."""
+        """Input offsets the consumer skipped before this batch (see ``stream_app/kafka/offset_guard.py``)."""
         refetched: list[RawRecord] = []
         for partition, start, end in self.guard.holes(records):
             got = await fetch_range(self.settings, self.settings.input_topic, partition, start, end)
@@ -212,7 +212,7 @@ class StreamWorker:
             await asyncio.gather(*pending)
 
     async def reload_model(self) -> ReloadResult | None:
-        """Swap in a new checkpoint if the file changed (``stream_app/model_swap.py``).
+        """Swap in a new checkpoint if the file changed (``stream_app/kafka/model_swap.py``).
 
         Loading and validating run in a thread; the swap itself takes the batch lock, so it
         falls between two micro-batches and never inside one's process → publish → commit.
@@ -251,7 +251,7 @@ class StreamWorker:
         """Send the batch's embeddings and dead letters, then wait for the broker's acks.
 
         Values are already bytes, so this goes straight to the app's producer, one record batch
-        per partition (``stream_app/batch_send.py``), skipping Faust's per-message send machinery.
+        per partition (``stream_app/kafka/batch_send.py``), skipping Faust's per-message send machinery.
         """
         if not result.embeddings and not result.dead_letters:
             return
@@ -274,7 +274,7 @@ class StreamWorker:
         await asyncio.gather(*pending)
 
     async def report_undecodable(self) -> list[undecodable.UndecodableBatch]:
-        """What the consumer skipped as undecodable (``stream_app/undecodable.py``): reported, dead-lettered.
+        """What the consumer skipped as undecodable (``stream_app/kafka/undecodable.py``): reported, dead-lettered.
 
         Every report marks the batch's offsets as done: for Faust's commit (a gap, as Faust
         does for offsets it never sees) and for the offset guard (no refetch). Each batch is
@@ -443,7 +443,7 @@ def build_app(settings: Settings) -> faust.App:
 
 def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.App | None = None) -> StreamWorker:
     """The app with its topics, table, agent and web views; nothing connects until it starts."""
-    from stream_app.web import add_views
+    from stream_app.kafka.web import add_views
 
     set_threads(settings.torch_threads)
     # Before any consumer exists: a batch that cannot be decoded is skipped and reported, not a crash.

@@ -3,7 +3,7 @@
 Events are read and validated by the stream's own reader and decoder (as ``ripple
 train`` reads them); labels come from the event log (``purchase``, ``click``) or a
 labels file (``custom``); every example's features are the vector the stream would
-publish for its prefix. See ``operators/labels.py`` and ``operators/heads.py``.
+publish for its prefix. See ``operators/offline/labels.py`` and ``operators/heads.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.cli import EventFormat, app, console, fail
-from stream_app.settings import Settings
+from stream_app.cli.typer_app import EventFormat, app, console, fail
+from stream_app.core.settings import Settings
 
 E_NO_MODEL = "the head records no encoder path; pass --model with the checkpoint it was trained on ({version})."
 E_NO_LABELS = "task custom needs its labels file; pass --labels (the head was trained on {path!r})."
@@ -38,8 +38,8 @@ class SplitBy(StrEnum):
 
 
 def _load_data(data: Path, fmt: EventFormat, task: str, labels: Optional[Path]):
-    from operators.labels import E_NEEDS_LABELS, read_labels
-    from stream_app.train_cli import read_histories  # here: train_cli imports cli, which registers this module
+    from operators.offline.labels import E_NEEDS_LABELS, read_labels
+    from stream_app.cli.train_commands import read_histories  # here: train_cli imports cli, which registers this module
 
     if task == "custom" and labels is None:
         raise ValueError(E_NEEDS_LABELS)
@@ -80,9 +80,9 @@ def train_head(
     import torch
 
     from operators.checkpoint import Checkpoint
-    from operators.datasets import fingerprint_files
     from operators.heads import HeadConfig, LabelledData, train_label_head
-    from operators.labels import TaskSpec
+    from operators.offline.datasets import fingerprint_files
+    from operators.offline.labels import TaskSpec
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -142,8 +142,8 @@ def evaluate_head(
     import torch
 
     from operators.checkpoint import Checkpoint
-    from operators.datasets import fingerprint_files
     from operators.heads import LabelHead, LabelledData, evaluate_label_head
+    from operators.offline.datasets import fingerprint_files
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -42,8 +42,8 @@ from typing import Any
 from aiokafka.consumer import fetcher
 from aiokafka.errors import UnsupportedCodecError
 
-from stream_app.compression import AIOKAFKA_LIBRARY, codec_name
-from stream_app.records import DeadLetter, RawRecord
+from stream_app.core.records import DeadLetter, RawRecord
+from stream_app.kafka.compression import AIOKAFKA_LIBRARY, codec_name
 
 MISSING_CODEC = "missing_codec"
 """Dead-letter reason: the batch is compressed with a codec this worker cannot decompress."""

@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass
 
 from operators import Checkpoint, Embedder
-from stream_app.file_runner import check_servable
-from stream_app.metrics import Metrics
-from stream_app.pipeline import Pipeline
-from stream_app.settings import Settings
+from stream_app.core.metrics import Metrics
+from stream_app.core.pipeline import Pipeline
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import check_servable
 
 log = logging.getLogger("ripple.model_swap")
 
