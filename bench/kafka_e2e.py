@@ -31,11 +31,11 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 
 from bench.report import markdown, median, record, show
+from bench.worker_process import WorkerProcess, worker_env
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.kafka_connection import ensure_topics
-from tests.integration.streaming import WorkerProcess, worker_env
 
 _decode_embedding = msgspec.json.Decoder(UserEmbedding)
 

@@ -35,14 +35,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.feed_process import FeedProcess, create_topic, feed_env, produce, wait_committed
+from bench.feed_process import record as embedding_record
 from bench.recommend import diginetica_checkpoint, diginetica_events
+from bench.redis_server import RedisServer
 from bench.report import markdown, median, record, show
+from bench.worker_process import TopicReader, WorkerProcess, worker_env
 from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.settings import Settings
-from tests.integration.online import FeedProcess, create_topic, feed_env, produce, wait_committed
-from tests.integration.online import record as embedding_record
-from tests.integration.streaming import TopicReader, WorkerProcess, worker_env
-from tests.redis_server import RedisServer
 
 TARGETS = ("redis", "embedding", "recommendations")
 

@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import markdown, median, record, show
+from bench.worker_process import BackgroundProducer, TopicReader, WorkerProcess, sigkill, worker_env
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
-from tests.integration.streaming import BackgroundProducer, TopicReader, WorkerProcess, sigkill, worker_env
 
 
 def one_run(broker: str, static: bool, session_timeout: float) -> tuple[float, float]:

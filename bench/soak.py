@@ -164,9 +164,9 @@ def run_embedded(args: argparse.Namespace, state: str, on_sample) -> None:
 def run_worker(args: argparse.Namespace, state: str, on_sample) -> None:
     from kafka import KafkaProducer
 
+    from bench.worker_process import TopicReader, WorkerProcess, worker_env
     from stream_app.core.records import embedding_decoder
     from stream_app.core.settings import Settings
-    from tests.integration.streaming import TopicReader, WorkerProcess, worker_env
 
     name = "soak-" + uuid.uuid4().hex[:8]
     env = worker_env(args.broker, name, Path(state) / "worker", batch_size=args.batch_size)

@@ -34,10 +34,10 @@ import msgspec
 from kafka import KafkaProducer
 
 from bench.report import markdown, median, record, show, spread
+from bench.worker_process import WorkerProcess, worker_env
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.kafka_connection import ensure_topics
-from tests.integration.streaming import WorkerProcess, worker_env
 
 HERE = Path(__file__).resolve().parent
 

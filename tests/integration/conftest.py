@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.redis_server import E_NO_REDIS, RedisServer, redis_binary
+from bench.redis_server import E_NO_REDIS, RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
 

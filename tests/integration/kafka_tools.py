@@ -14,8 +14,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.protocol.fetch import FetchRequest
 from kafka.record import MemoryRecords
 
+from bench.worker_process import ROOT
 from stream_app.kafka.compression import codec_name
-from tests.integration.streaming import ROOT
 
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 CONSOLE_PRODUCER = "kafka.tools.ConsoleProducer"  # Kafka 3.9; org.apache.kafka.tools.ConsoleProducer from 4.0

@@ -8,9 +8,7 @@ import time
 
 import redis
 
-from stream_app.core.records import UserEmbedding
-from stream_app.kafka.feed import OnlineStore
-from tests.integration.online import (
+from bench.feed_process import (
     FeedProcess,
     assert_store_equals,
     committed_offsets,
@@ -22,7 +20,9 @@ from tests.integration.online import (
     record,
     wait_committed,
 )
-from tests.integration.streaming import free_port, sigkill
+from bench.worker_process import free_port, sigkill
+from stream_app.core.records import UserEmbedding
+from stream_app.kafka.feed import OnlineStore
 
 
 def messages(

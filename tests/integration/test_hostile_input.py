@@ -32,13 +32,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from bench.worker_process import WorkerProcess, worker_env
 from stream_app.core import events as E
 from stream_app.core.records import MAX_DEAD_LETTER_RAW_BYTES, DeadLetter, UserEmbedding, dead_letter_decoder
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import BAD_KINDS, GeneratorSpec, corrupt, generate_events
 from tests.conftest import write_jsonl
-from tests.integration.streaming import WorkerProcess, worker_env
 from tests.integration.test_worker import metric
 
 VOLUME = int(os.environ.get("RIPPLE_HOSTILE_MESSAGES", "100000"))

@@ -15,14 +15,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from stream_app.core.embedding_format import decode_embedding
-from stream_app.core.keys import message_key
-from stream_app.core.settings import Settings
-from stream_app.files.generate import GeneratorSpec, generate_events
-from stream_app.kafka.kafka_connection import ensure_topics
-from tests.conftest import write_jsonl
-from tests.integration.kafka_tools import batch_codecs, java_consume, java_produce, require_java
-from tests.integration.streaming import (
+from bench.worker_process import (
     TopicReader,
     WorkerProcess,
     assert_final_embeddings,
@@ -30,6 +23,13 @@ from tests.integration.streaming import (
     reached,
     worker_env,
 )
+from stream_app.core.embedding_format import decode_embedding
+from stream_app.core.keys import message_key
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.kafka_connection import ensure_topics
+from tests.conftest import write_jsonl
+from tests.integration.kafka_tools import batch_codecs, java_consume, java_produce, require_java
 from tests.integration.test_worker_crash import uninterrupted_run
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")

@@ -27,6 +27,7 @@ import msgspec
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 from graph_state import GraphConfig
 from operators import Checkpoint, EncoderConfig
 from operators.offline.evaluation import graph_config_dict
@@ -36,7 +37,6 @@ from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
-from tests.integration.streaming import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 
 CONFIG = EncoderConfig(dim=32, layers=2)
 PHASE = 600  # events per phase

@@ -27,6 +27,9 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
+from bench.feed_process import FeedProcess, feed_env
+from bench.redis_server import E_NO_REDIS, RedisServer, redis_binary
+from bench.worker_process import WorkerProcess, free_port, worker_env
 from stream_app.core.keys import message_key
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
@@ -40,9 +43,6 @@ from tests.deploy_config import (
     load_yaml,
     ripple_metrics,
 )
-from tests.integration.online import FeedProcess, feed_env
-from tests.integration.streaming import WorkerProcess, free_port, worker_env
-from tests.redis_server import E_NO_REDIS, RedisServer, redis_binary
 
 # Alerts that must stay quiet on a healthy worker with ~2% bad input. The latency alert is
 # left out: whether p99 exceeds 1 s on a loaded test machine is timing, not correctness.

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import redis
 
+from bench.feed_process import record
 from stream_app.core.records import Recommended
 from stream_app.kafka.feed import OnlineStore
-from tests.integration.online import record
 
 
 @pytest.fixture

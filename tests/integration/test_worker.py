@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rocksdict import Options, Rdict
 from typer.testing import CliRunner
 
+from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 from stream_app.cli import app as cli_app
 from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.records import DeadLetter, UserEmbedding
@@ -29,7 +30,6 @@ from stream_app.core.settings import Settings
 from stream_app.files.file_runner import ReplaySummary, replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
-from tests.integration.streaming import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 
 PARTITIONS = 4
 

@@ -19,12 +19,7 @@ import time
 
 import msgspec
 
-from stream_app.core.records import UserEmbedding
-from stream_app.core.settings import Settings
-from stream_app.files.file_runner import replay
-from stream_app.files.generate import GeneratorSpec, generate_events
-from tests.conftest import write_jsonl
-from tests.integration.streaming import (
+from bench.worker_process import (
     BackgroundProducer,
     TopicReader,
     WorkerProcess,
@@ -37,6 +32,11 @@ from tests.integration.streaming import (
     stored_embeddings,
     worker_env,
 )
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
+from tests.conftest import write_jsonl
 
 SEED = 61
 KILLS = 5

@@ -17,6 +17,7 @@ from kafka.partitioner.default import murmur2
 from rocksdict import Options, Rdict
 from typer.testing import CliRunner
 
+from bench.worker_process import TopicReader, WorkerProcess, reached, worker_env
 from stream_app.cli import app as cli_app
 from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.records import DeadLetter
@@ -24,7 +25,6 @@ from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.faust_app import DELETION_WITHOUT_KEY
 from tests.conftest import write_jsonl
-from tests.integration.streaming import TopicReader, WorkerProcess, reached, worker_env
 from tests.integration.test_worker import file_embeddings, metric
 
 PARTITIONS = 4

@@ -20,10 +20,7 @@ import random
 import time
 from pathlib import Path
 
-from stream_app.core.settings import Settings
-from stream_app.files.generate import GeneratorSpec, generate_events
-from tests.conftest import write_jsonl
-from tests.integration.streaming import (
+from bench.worker_process import (
     BackgroundProducer,
     TopicReader,
     WorkerProcess,
@@ -37,6 +34,9 @@ from tests.integration.streaming import (
     wait_for_assignment,
     worker_env,
 )
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from tests.conftest import write_jsonl
 from tests.integration.test_worker_crash import uninterrupted_run
 
 SEED = 67

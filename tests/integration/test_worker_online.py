@@ -20,6 +20,9 @@ import redis
 import torch
 from typer.testing import CliRunner
 
+from bench.feed_process import FeedProcess, feed_env, store_content, wait_committed
+from bench.redis_server import E_NO_REDIS, RedisServer, redis_binary
+from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig
 from operators.offline.datasets import Case
@@ -34,9 +37,6 @@ from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.feed import OnlineStore
 from tests.conftest import write_jsonl
-from tests.integration.online import FeedProcess, feed_env, store_content, wait_committed
-from tests.integration.streaming import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
-from tests.redis_server import E_NO_REDIS, RedisServer, redis_binary
 
 TOP = 5
 

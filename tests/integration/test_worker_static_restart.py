@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import time
 
-from stream_app.core.settings import Settings
-from stream_app.files.generate import GeneratorSpec, generate_events
-from tests.conftest import write_jsonl
-from tests.integration.streaming import (
+from bench.worker_process import (
     BackgroundProducer,
     TopicReader,
     WorkerProcess,
@@ -30,6 +27,9 @@ from tests.integration.streaming import (
     stored_embeddings,
     worker_env,
 )
+from stream_app.core.settings import Settings
+from stream_app.files.generate import GeneratorSpec, generate_events
+from tests.conftest import write_jsonl
 from tests.integration.test_worker_crash import uninterrupted_run
 
 SESSION_TIMEOUT_S = 60.0  # the default: what a dynamic member's restart waits out

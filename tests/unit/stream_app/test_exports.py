@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from bench.worker_process import latest_by_user
 from stream_app.cli import app
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
@@ -16,7 +17,6 @@ from stream_app.files.exports import read_parquet
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
-from tests.integration.streaming import latest_by_user
 
 
 def events(tmp_path, n: int = 1500) -> str:

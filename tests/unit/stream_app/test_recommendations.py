@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench.worker_process import latest_by_user
 from graph_state import RocksStore
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig
@@ -25,7 +26,6 @@ from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
-from tests.integration.streaming import latest_by_user
 
 
 @pytest.fixture(scope="module")

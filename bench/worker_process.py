@@ -1,4 +1,4 @@
-"""Helpers for tests that run the real worker (`python -m stream_app worker`) against the real broker."""
+"""Runs the real worker (`python -m stream_app worker`) as a subprocess against a real broker: tests and benches."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from stream_app.core.embedding_format import decode_embedding
 from stream_app.core.records import UserEmbedding
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

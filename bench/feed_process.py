@@ -1,4 +1,4 @@
-"""Helpers for the online-store tests: a `ripple feed` subprocess, synthetic embedding records, the store's content."""
+"""A `ripple feed` subprocess, synthetic embedding records, the online store's content: tests and benches."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
+from bench.worker_process import WorkerProcess, free_port
 from stream_app.core.records import UserEmbedding, json_encoder
 from stream_app.kafka.feed import OnlineStore
-from tests.integration.streaming import WorkerProcess, free_port
 
 
 def feed_env(broker: str, redis_url: str, name: str, topic: str, **extra: object) -> dict[str, str]:
