@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import markdown, median, record, show, spread
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
+from operators.graph_settings import graph_config_of
 from operators.offline.datasets import case_graph, sessions_split
-from operators.offline.evaluation import graph_config_of
 from operators.recommend import ItemRanker, exclude_items
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay

@@ -26,6 +26,7 @@ import torch
 
 from graph_state import GraphConfig
 from operators.checkpoint import Checkpoint
+from operators.graph_settings import graph_config_of
 from operators.inference import Embedder
 from operators.item_index import ItemIndex
 from operators.offline.datasets import Case, case_graph, target_row
@@ -134,27 +135,3 @@ class GraphScorer(Scorer):
 
     def scores(self, cases: Sequence[Case]) -> torch.Tensor:
         return self.ranker.scores(self.user_vectors(cases))
-
-
-def graph_config_of(checkpoint: Checkpoint) -> GraphConfig:
-    """The graph settings a checkpoint was trained with (defaults for a seeded model)."""
-    saved = checkpoint.training.get("graph")
-    if not saved:
-        return GraphConfig(actions=checkpoint.config.actions)
-    return GraphConfig(
-        max_nodes=int(saved["max_nodes"]),
-        actions=tuple(saved["actions"]),
-        action_weights={str(k): float(v) for k, v in saved["action_weights"].items()},
-        decay_seconds=float(saved["decay_seconds"]),
-        dedupe_ring=int(saved.get("dedupe_ring", 256)),
-    )
-
-
-def graph_config_dict(config: GraphConfig) -> dict:
-    return {
-        "max_nodes": config.max_nodes,
-        "actions": list(config.actions),
-        "action_weights": dict(config.action_weights),
-        "decay_seconds": config.decay_seconds,
-        "dedupe_ring": config.dedupe_ring,
-    }

@@ -44,11 +44,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from graph_state import Behavior
+from operators.heads import E_SPLIT, E_TASK, SPLITS, TASKS
 from operators.item_index import stable_hash
 
-TASKS = ("purchase", "click", "custom")
-SPLITS = ("user", "time")
-E_TASK = "unknown task {task!r}; choose purchase, click or custom (custom needs --labels FILE)."
 E_NEEDS_LABELS = "task custom reads its labels from a file; pass --labels FILE (user_id,label or user_id,ts,label)."
 E_LABEL_VALUE = "{path}:{line}: label {value!r} is not 0/1 (or true/false, yes/no); heads are binary classifiers."
 E_TS_VALUE = "{path}:{line}: ts {value!r} is neither epoch seconds nor ISO-8601; fix the line."
@@ -60,7 +58,6 @@ E_NO_EXAMPLES = (
     "no labelled examples: {why}. Check that --data holds the users of the labels and that histories are long enough "
     "(--min-history)."
 )
-E_SPLIT = "unknown split {split!r}; choose user or time."
 E_TIME_SPLIT_PER_USER = (
     "per-user labels (user_id,label) carry no time, so --split time cannot order them; use --split user or give "
     "user_id,ts,label rows."
@@ -274,34 +271,3 @@ def split_examples(
     return train, test
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a head predicts and how its examples are split; stored in the head so evaluation re-derives them."""
-
-    task: str
-    labels_path: str = ""
-    labels_digest: str = ""
-    split: str = "user"
-    test_share: float = 0.2
-    seed: int = 0
-    max_per_user: int = 20
-    """Examples kept per user (the latest ones; 0 = all)."""
-    min_history: int = 1
-    """Events a prefix needs before it is an example."""
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(E_TASK.format(task=self.task))
-        if self.split not in SPLITS:
-            raise ValueError(E_SPLIT.format(split=self.split))
-        if not 0.0 < self.test_share < 1.0:
-            raise ValueError(f"the test share must be between 0 and 1 (got {self.test_share}).")
-
-    def examples(self, histories: Mapping[str, Sequence[Behavior]], labels: Labels | None = None) -> ExampleSet:
-        return derive_examples(histories, self.task, labels, self.max_per_user, self.min_history)
-
-    def split_of(self, examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
-        return split_examples(examples, self.split, self.test_share, self.seed)
-
-    def to_dict(self) -> dict[str, str | float | int]:
-        return dict(self.__dict__)

@@ -32,10 +32,11 @@ from tqdm import tqdm
 from graph_state import GraphConfig
 from operators.checkpoint import Checkpoint, build_encoder, with_features
 from operators.encoder import EncoderConfig
+from operators.graph_settings import graph_config_dict
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
 from operators.offline.datasets import Split, pack_case_graphs, pack_prefix_graphs
-from operators.offline.evaluation import graph_config_dict, rank_metrics, rank_of_targets
+from operators.offline.evaluation import rank_metrics, rank_of_targets
 
 E_NO_EXAMPLES = "the training data has no next-item examples; every history needs at least two events."
 STOP_METRIC = "mrr@20"

@@ -3,7 +3,8 @@
 Events are read and validated by the stream's own reader and decoder (as ``ripple
 train`` reads them); labels come from the event log (``purchase``, ``click``) or a
 labels file (``custom``); every example's features are the vector the stream would
-publish for its prefix. See ``operators/offline/labels.py`` and ``operators/heads.py``.
+publish for its prefix. See ``operators/offline/labels.py``, ``operators/offline/head_training.py``
+and ``operators/heads.py``.
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ def train_head(
     import torch
 
     from operators.checkpoint import Checkpoint
-    from operators.heads import HeadConfig, LabelledData, train_label_head
+    from operators.heads import HeadConfig, TaskSpec
     from operators.offline.datasets import fingerprint_files
-    from operators.offline.labels import TaskSpec
+    from operators.offline.head_training import LabelledData, train_label_head
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -142,8 +143,9 @@ def evaluate_head(
     import torch
 
     from operators.checkpoint import Checkpoint
-    from operators.heads import LabelHead, LabelledData, evaluate_label_head
+    from operators.heads import LabelHead
     from operators.offline.datasets import fingerprint_files
+    from operators.offline.head_training import LabelledData, evaluate_label_head
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -234,8 +234,9 @@ def evaluate(
     import torch
 
     from operators.checkpoint import Checkpoint
+    from operators.graph_settings import graph_config_of
     from operators.offline.baselines import ItemTransitions, MostPopular, train_gru
-    from operators.offline.evaluation import GraphScorer, Report, graph_config_of
+    from operators.offline.evaluation import GraphScorer, Report
     from operators.offline.evaluation import evaluate as run_evaluate
     from operators.offline.knn import KINDS, SessionIndex, describe, tune
     from operators.offline.training import TrainConfig

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from graph_state import CachedStore, GraphStore, RocksStore
 from operators import Checkpoint, Embedder, EncoderConfig, set_threads
+from operators.graph_settings import graph_config_of
 from operators.heads import LabelHead
-from operators.offline.evaluation import graph_config_of
 from stream_app.core.embedding_format import embedding_encoder
 from stream_app.core.metrics import Metrics
 from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline

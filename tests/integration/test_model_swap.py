@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 from graph_state import GraphConfig
 from operators import Checkpoint, EncoderConfig
-from operators.offline.evaluation import graph_config_dict
+from operators.graph_settings import graph_config_dict
 from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig
-from operators.heads import (
-    HeadConfig,
-    LabelHead,
+from operators.heads import HeadConfig, LabelHead, TaskSpec
+from operators.offline.datasets import Case
+from operators.offline.evaluation import GraphScorer
+from operators.offline.head_training import (
     LabelledData,
     best_f1_threshold,
     binary_metrics,
@@ -25,12 +26,9 @@ from operators.heads import (
     roc_auc,
     train_label_head,
 )
-from operators.offline.datasets import Case
-from operators.offline.evaluation import GraphScorer
 from operators.offline.labels import (
     Example,
     Labels,
-    TaskSpec,
     custom_examples,
     next_action_examples,
     read_labels,

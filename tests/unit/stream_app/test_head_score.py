@@ -10,8 +10,8 @@ import pytest
 
 from graph_state import MemoryStore
 from operators import Checkpoint, Embedder, EncoderConfig
-from operators.heads import HeadConfig, LabelledData, train_label_head
-from operators.offline.labels import TaskSpec
+from operators.heads import HeadConfig, TaskSpec
+from operators.offline.head_training import LabelledData, train_label_head
 from stream_app.cli.train_commands import read_histories
 from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import RawRecord, UserEmbedding

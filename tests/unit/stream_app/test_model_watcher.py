@@ -16,7 +16,7 @@ import pytest
 
 from graph_state import GraphConfig, MemoryStore, UserGraph
 from operators import Checkpoint, Embedder, EncoderConfig, IncrementalPolicy
-from operators.offline.evaluation import graph_config_dict
+from operators.graph_settings import graph_config_dict
 from stream_app import Pipeline, RawRecord
 from stream_app.core.metrics import Metrics
 from stream_app.core.settings import Settings
