@@ -22,14 +22,13 @@ import msgspec
 import torch
 
 from bench.report import markdown, median, record, show
-from graph_state import CachedStore, RocksStore, UserGraph
-from operators import Embedder, set_threads
+from graph_state import RocksStore, UserGraph
+from operators import set_threads
 from operators.tensors import GraphBatch
 from stream_app.core.events import BehaviorEvent
-from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import RawRecord
+from stream_app.core.serving import build_pipeline, load_checkpoint
 from stream_app.core.settings import Settings
-from stream_app.files.file_runner import load_checkpoint
 
 BASE_TS = 1_767_225_600.0
 
@@ -45,9 +44,10 @@ def measure(window: int, users: int, batches: int, incremental: bool, seed: int)
     settings = Settings.from_env(max_nodes=window, incremental=incremental)
     cfg = settings.graph_config()
     with tempfile.TemporaryDirectory() as tmp:
-        store = CachedStore(RocksStore(os.path.join(tmp, "db"), cfg, settings.rocks_options()), 4096)
-        embedder = Embedder(load_checkpoint(settings), settings.incremental_policy())
-        pipeline = Pipeline(store, embedder, settings.event_limits())
+        pipeline = build_pipeline(
+            settings, RocksStore(os.path.join(tmp, "db"), cfg, settings.rocks_options()), cache_users=4096
+        )
+        store, embedder = pipeline.store, pipeline.embedder
         # Fill every window directly (no embedding), like a long history replayed earlier.
         graphs = {}
         for u in range(users):

@@ -115,40 +115,40 @@ class Tracker:
 
 
 def run_embedded(args: argparse.Namespace, state: str, on_sample) -> None:
-    from graph_state import CachedStore, GraphStore, RocksStore
-    from operators import Embedder, set_threads
-    from stream_app.core.pipeline import Pipeline
+    from graph_state import RocksStore
+    from operators import set_threads
+    from stream_app.core.pipeline import BatchResult
     from stream_app.core.records import RawRecord, json_encoder
+    from stream_app.core.serving import build_pipeline
     from stream_app.core.settings import Settings
-    from stream_app.files.file_runner import load_checkpoint
 
     settings = Settings.from_env(state_dir=state, batch_size=args.batch_size)
     set_threads(settings.torch_threads)
-    store: GraphStore = RocksStore(state, settings.graph_config(), settings.rocks_options())
-    if settings.graph_cache_users > 0:
-        store = CachedStore(store, settings.graph_cache_users)
-    pipeline = Pipeline(
-        store, Embedder(load_checkpoint(settings), settings.incremental_policy()), settings.event_limits()
-    )
+    store = RocksStore(state, settings.graph_config(), settings.rocks_options())
+    pipeline = build_pipeline(settings, store)
     tracker = Tracker(settings.max_nodes)
     stream = endless_events(args.users, args.items, args.seed, args.malformed)
     events = dead = 0
     start = last = time.monotonic()
     last_events = 0
     sink = open(os.devnull, "wb")
+
+    class Output:  # the file runner's FileOutput, writing nowhere
+        def publish(self, result: BatchResult) -> None:
+            for emb in result.embeddings:
+                sink.write(json_encoder.encode(emb))
+                tracker.saw(emb.user_id, emb.n_nodes)
+            for letter in result.dead_letters:
+                sink.write(json_encoder.encode(letter))
+
+    output = Output()
     try:
         while time.monotonic() - start < args.minutes * 60:
             chunk = [
                 RawRecord(value, key, "soak", 0, events + i)
                 for i, (value, key) in enumerate(next(stream) for _ in range(args.batch_size))
             ]
-            result = pipeline.process(chunk)
-            for emb in result.embeddings:
-                sink.write(json_encoder.encode(emb))
-                tracker.saw(emb.user_id, emb.n_nodes)
-            for letter in result.dead_letters:
-                sink.write(json_encoder.encode(letter))
-            pipeline.commit(result, {"progress": str(events + len(chunk)).encode()})
+            result = pipeline.run(chunk, output, {"progress": str(events + len(chunk)).encode()})
             events += len(chunk)
             dead += len(result.dead_letters)
             now = time.monotonic()

@@ -33,10 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import markdown, median, record, show, spread
 from graph_state import MemoryStore, decode, encode
-from operators import Embedder, graphs_to_batch, set_threads
-from stream_app.core.pipeline import Pipeline
+from operators import graphs_to_batch, set_threads
+from stream_app.core.serving import build_pipeline, load_checkpoint
 from stream_app.core.settings import Settings
-from stream_app.files.file_runner import batched, load_checkpoint, replay
+from stream_app.files.file_runner import batched, replay
 from stream_app.files.generate import GeneratorSpec, write_events
 from stream_app.files.readers import read_events
 
@@ -44,8 +44,8 @@ from stream_app.files.readers import read_events
 def capture_batches(path: str, fmt: str, settings: Settings) -> tuple[list, int]:
     """Run the pipeline in memory once and keep, per micro-batch, the graphs it embedded."""
     cfg = settings.graph_config()
-    embedder = Embedder(load_checkpoint(settings))
-    pipeline = Pipeline(MemoryStore(cfg), embedder, settings.event_limits())
+    pipeline = build_pipeline(settings, MemoryStore(cfg), cache_users=0)
+    embedder = pipeline.embedder
     captured: list[list[bytes]] = []
     inner = embedder.embed_changed
 

@@ -198,7 +198,7 @@ def worker(
         ensure_topics(settings)
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
-    from stream_app.files.file_runner import W_UNTRAINED
+    from stream_app.core.serving import W_UNTRAINED
     from stream_app.kafka.faust_app import run_worker  # torch and Faust load only once the broker answered
 
     if not settings.model_path:

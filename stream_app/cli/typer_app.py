@@ -45,7 +45,7 @@ def settings_from(**overrides: object) -> Settings:
 def load_user_graph(state: Path, model: Path | None, user: str) -> tuple[Checkpoint, UserGraph]:
     """The checkpoint and one user's stored graph of an embedded state directory (exits with the cause)."""
     from graph_state import RocksStore
-    from stream_app.files.file_runner import load_checkpoint
+    from stream_app.core.serving import load_checkpoint
 
     try:
         settings = Settings.from_env(state_dir=str(state), model_path=str(model) if model else None)
@@ -92,8 +92,9 @@ def replay(
     ] = False,
 ) -> None:
     """Run an event file through the pipeline without Kafka (the embedded default)."""
-    from stream_app.files.file_runner import W_UNTRAINED, summary_rows
+    from stream_app.core.serving import W_UNTRAINED
     from stream_app.files.file_runner import replay as run_replay
+    from stream_app.files.file_runner import summary_rows
 
     try:
         settings = Settings.from_env(

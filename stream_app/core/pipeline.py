@@ -1,12 +1,18 @@
 """The processing pipeline shared by the Faust agent and the file runner.
 
-For one micro-batch, in this order:
+For one micro-batch (:meth:`Pipeline.run`, or :meth:`Pipeline.run_async` for the worker),
+in this order:
 
 1. decode and validate every message; invalid ones become dead letters;
 2. load the graphs of all users in the batch, apply their events in arrival order;
-3. run one batched forward for every user whose graph changed;
-4. hand back the embeddings to publish — the caller publishes, then calls
-   :meth:`Pipeline.commit` so the new state is stored only after its output left.
+3. run one batched forward for every user whose graph changed (steps 1-3: :meth:`Pipeline.process`);
+4. the runner's :class:`Sink` publishes the embeddings and dead letters and returns once they left;
+5. :meth:`Pipeline.commit` stores the new state, only after its output left;
+6. the latency and published counters are observed.
+
+A failure anywhere in 1-5 drops the cached graphs (the batch changed them in place) and
+propagates: nothing of the batch is stored, and the runner redelivers it. Deleting users
+(:meth:`Pipeline.forget`) goes through the same store and cache.
 
 A user whose events in the batch were all duplicates is republished only when
 one of them is the user's latest applied event: that is a redelivery after a
@@ -24,10 +30,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from graph_state import GraphStore, UserGraph
+from graph_state import CachedStore, GraphStore, UserGraph
 from operators import Checkpoint, Embedder, UserDelta
 from operators.explain import explain
 from operators.heads import LabelHead
@@ -67,8 +75,52 @@ class BatchResult:
     """Per published user: the earliest record timestamp behind its update (latency)."""
 
 
+class Sink(Protocol):
+    """Where a runner sends a batch's output: files (the file runner), or anything synchronous.
+
+    :meth:`publish` returns once the embeddings and dead letters are durable (written and
+    flushed): only then does the pipeline store the batch's state.
+    """
+
+    def publish(self, result: BatchResult) -> None: ...
+
+
+class AsyncSink(Protocol):
+    """A :class:`Sink` that waits in an event loop: the Faust worker, until the broker acknowledged."""
+
+    async def publish(self, result: BatchResult) -> None: ...
+
+
 class Pipeline:
-    """decode → apply → embed → (caller publishes) → commit; knows nothing of Kafka or files."""
+    """decode → apply → embed → publish (the runner's :class:`Sink`) → commit; knows nothing of Kafka or files.
+
+    >>> from graph_state import GraphConfig, MemoryStore
+    >>> from operators import Checkpoint, Embedder, EncoderConfig
+    >>> from stream_app.core.records import RawRecord
+    >>> embedder = Embedder(Checkpoint.seeded(EncoderConfig(dim=8), seed=0))
+    >>> pipeline = Pipeline(MemoryStore(GraphConfig()), embedder)
+    >>> class Printed:  # a Sink: the file runner writes files, the worker sends to Kafka
+    ...     def publish(self, result):
+    ...         for emb in result.embeddings:
+    ...             print(emb.user_id, emb.state_version, len(emb.embedding))
+    ...         for dead in result.dead_letters:
+    ...             print("dead letter:", dead.reason)
+    >>> batch = [
+    ...     RawRecord(b'{"event_id": "e1", "user_id": "ann", "item_id": "i1", "action": "view", "ts": 1767225600}'),
+    ...     RawRecord(b'{"event_id": "e2", "user_id": "ann", "item_id": "i2", "action": "cart", "ts": 1767225601}'),
+    ...     RawRecord(b'{"user_id": "bob"}'),
+    ... ]
+    >>> result = pipeline.run(batch, Printed())
+    ann 2 8
+    dead letter: missing_field
+    >>> dict(result.outcomes)
+    {'rejected': 1, 'applied': 2}
+    >>> _ = pipeline.run(batch[:1], Printed())  # a redelivered event: nothing changes, nothing published
+    >>> pipeline.store.get_many(["ann"])["ann"].state_version
+    2
+    >>> pipeline.forget(["ann", "zoe"])  # user → whether it had state
+    {'ann': True, 'zoe': False}
+    """
 
     def __init__(
         self,
@@ -225,6 +277,57 @@ class Pipeline:
             )
         ]
 
+    def run(self, records: Sequence[RawRecord], sink: Sink, meta: Mapping[str, bytes] | None = None) -> BatchResult:
+        """One micro-batch through the whole protocol: process → publish → commit → observe.
+
+        ``meta`` is stored with the batch's state in the same write (the file runner's progress).
+        """
+        with self.dropping_cache_on_failure():
+            result = self.process(records)
+            sink.publish(result)
+            self.commit(result, meta)
+        self.observe_published(result)
+        return result
+
+    async def run_async(
+        self, records: Sequence[RawRecord], sink: AsyncSink, meta: Mapping[str, bytes] | None = None
+    ) -> BatchResult:
+        """:meth:`run` with a sink that publishes in an event loop (the worker)."""
+        with self.dropping_cache_on_failure():
+            result = self.process(records)
+            await sink.publish(result)
+            self.commit(result, meta)
+        self.observe_published(result)
+        return result
+
+    def forget(self, users: Sequence[str]) -> dict[str, bool]:
+        """Delete users' graphs from the store and its cache; user → whether it had state.
+
+        Deleting a user without state is not an error (a redelivered request is harmless).
+        The runner publishes the tombstones (the worker: on the embeddings topic).
+        """
+        with self.dropping_cache_on_failure():
+            found = forget_users(self.store, users)
+        if self.metrics is not None:
+            self.metrics.users_deleted.inc(len(found))
+            if removed := sum(found.values()):
+                self.metrics.users.dec(removed)
+        return found
+
+    def drop_cached(self) -> None:
+        """Forget the decoded graphs in front of the store (after a failed batch, or a rebalance)."""
+        if isinstance(self.store, CachedStore):
+            self.store.clear()
+
+    @contextmanager
+    def dropping_cache_on_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            # process() mutates cached graphs in place; uncommitted, they must not outlive the batch.
+            self.drop_cached()
+            raise
+
     def commit(self, result: BatchResult, meta: Mapping[str, bytes] | None = None) -> None:
         """Store the batch's changed graphs, the republished ones again (and runner metadata) atomically."""
         graphs = {**result.restore, **result.graphs} if result.restore else result.graphs
@@ -255,3 +358,8 @@ class Pipeline:
         now = time.perf_counter()
         m.embed_seconds.observe(now - embed_started)
         m.batch_seconds.observe(now - started)
+
+
+def forget_users(store: GraphStore, users: Sequence[str]) -> dict[str, bool]:
+    """The one way a user's state is deleted (:meth:`Pipeline.forget`, ``ripple forget --state``)."""
+    return {user: store.delete(user) for user in users}

@@ -21,20 +21,19 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import IO
 
 from tqdm import tqdm
 
-from graph_state import CachedStore, GraphStore, RocksStore
-from operators import Checkpoint, Embedder, EncoderConfig, set_threads
-from operators.graph_settings import graph_config_of
-from operators.heads import LabelHead
+from graph_state import RocksStore
+from operators import set_threads
 from stream_app.core.embedding_format import embedding_encoder
 from stream_app.core.metrics import Metrics
-from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, Pipeline
-from stream_app.core.recommend import Recommender
+from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, BatchResult
 from stream_app.core.records import RawRecord, json_encoder
+from stream_app.core.serving import build_pipeline, load_model
 from stream_app.core.settings import Settings
-from stream_app.files.exports import open_sink
+from stream_app.files.exports import EmbeddingSink, open_sink
 from stream_app.files.readers import count_lines, read_events
 
 PROGRESS_PREFIX = "file-progress:"
@@ -59,92 +58,18 @@ class ReplaySummary:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-W_UNTRAINED = (
-    "note: no --model / RIPPLE_MODEL_PATH, so the encoder is the seeded, untrained one (random weights: the "
-    "vectors carry no learned signal); train one with `ripple train --data EVENTS --out model.ckpt` "
-    "(`make demo` shows how) and pass --model model.ckpt."
-)
-E_GRAPH_MISMATCH = (
-    "checkpoint {path} was trained on user graphs built with {trained}, but the settings say {current}; "
-    "the published embeddings would not be the vectors the model was trained and evaluated on. "
-    "Fix: run with {fix}, or retrain the model with the current settings."
-)
+@dataclass
+class FileOutput:
+    """The file runner's :class:`~stream_app.core.pipeline.Sink`: embeddings to the export, dead letters to JSONL."""
 
+    embeddings: EmbeddingSink
+    dead_letters: IO[bytes]
 
-def load_checkpoint(settings: Settings) -> Checkpoint:
-    """The checkpoint named by the settings, or the seeded default model.
-
-    A trained checkpoint records the graph settings (window, actions, action
-    weights, decay) it was trained with; serving it on graphs built differently
-    would publish vectors that were never evaluated, so that is refused with the
-    settings that fix it.
-    """
-    if not settings.model_path:
-        return Checkpoint.seeded(EncoderConfig(actions=settings.actions), seed=settings.model_seed)
-    checkpoint = Checkpoint.load(settings.model_path)
-    check_servable(checkpoint, settings)
-    return checkpoint
-
-
-def load_head(settings: Settings, checkpoint: Checkpoint) -> LabelHead | None:
-    """The label head named by ``RIPPLE_HEAD_PATH`` (None when unset), refused unless trained on ``checkpoint``."""
-    if not settings.head_path:
-        return None
-    head = LabelHead.load(settings.head_path)
-    head.check_encoder(checkpoint, settings.model_path or "the seeded default model", settings.head_path)
-    return head
-
-
-def check_servable(checkpoint: Checkpoint, settings: Settings) -> None:
-    """What a loaded checkpoint must satisfy to be served with ``settings`` (startup and live swap)."""
-    if checkpoint.training.get("graph"):
-        check_graph_settings(checkpoint, settings)
-    recommender(settings).check(checkpoint)
-
-
-def recommender(settings: Settings) -> Recommender:
-    """``RIPPLE_RECOMMEND_TOP`` / ``RIPPLE_RECOMMEND_EXCLUDE_SEEN`` for the pipeline."""
-    return Recommender(settings.recommend_top, settings.recommend_exclude_seen)
-
-
-def check_graph_settings(checkpoint: Checkpoint, settings: Settings) -> None:
-    trained, current = graph_config_of(checkpoint), settings.graph_config()
-    differ = [
-        name
-        for name in ("max_nodes", "actions", "action_weights", "decay_seconds")
-        if _canonical(getattr(trained, name)) != _canonical(getattr(current, name))
-    ]
-    if not differ:
-        return
-
-    def show(config: object) -> str:
-        return " ".join(f"RIPPLE_{n.upper()}={_env_value(getattr(config, n))}" for n in differ)
-
-    raise ValueError(
-        E_GRAPH_MISMATCH.format(
-            path=settings.model_path, trained=show(trained), current=show(current), fix=show(trained)
-        )
-    )
-
-
-def _canonical(value: object) -> object:
-    if isinstance(value, dict):
-        return sorted((str(k), float(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    if isinstance(value, float):
-        return round(value, 9)
-    return value
-
-
-def _env_value(value: object) -> str:
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v:g}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    def publish(self, result: BatchResult) -> None:
+        self.embeddings.write(result.embeddings)
+        for dead in result.dead_letters:
+            self.dead_letters.write(json_encoder.encode(dead) + b"\n")
+        self.dead_letters.flush()
 
 
 def file_identity(path: str) -> str:
@@ -175,20 +100,14 @@ def replay(
 ) -> ReplaySummary:
     """Run a file through the pipeline; see the module docstring for the commit order."""
     set_threads(settings.torch_threads)
-    checkpoint = load_checkpoint(settings)
-    head = load_head(settings, checkpoint)
-    store: GraphStore = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
-    if settings.graph_cache_users > 0:
-        store = CachedStore(store, settings.graph_cache_users)
+    model = load_model(settings)  # refused before the state directory is opened
+    store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
     try:
-        embedder = Embedder(checkpoint, settings.incremental_policy())
-        pipeline = Pipeline(
-            store, embedder, settings.event_limits(), metrics, head, settings.explain_top, recommender(settings)
-        )
+        pipeline = build_pipeline(settings, store, metrics, model=model)
         progress_key = PROGRESS_PREFIX + file_identity(events_path)
         done = store.get_meta(progress_key)
         start_line = 0 if (from_start or done is None) else int(done)
-        summary = ReplaySummary(skipped_lines=start_line, model_version=checkpoint.model_version)
+        summary = ReplaySummary(skipped_lines=start_line, model_version=pipeline.embedder.model_version)
         total = count_lines(events_path, fmt)
         encode = embedding_encoder(settings.embedding_encoding)
         mode = "ab" if append else "wb"
@@ -198,15 +117,10 @@ def replay(
             open(dead_letter_path, mode) if dead_letter_path else open(os.devnull, "wb") as dlq,
             tqdm(total=total, initial=start_line, unit="ev", disable=None if progress is None else not progress) as bar,
         ):
+            output = FileOutput(out, dlq)
             for chunk in batched(read_events(events_path, fmt, start_line), settings.batch_size):
-                result = pipeline.process(chunk)
-                out.write(result.embeddings)
+                result = pipeline.run(chunk, output, {progress_key: str(chunk[-1].offset + 1).encode()})
                 summary.users.update(emb.user_id for emb in result.embeddings)
-                for dead in result.dead_letters:
-                    dlq.write(json_encoder.encode(dead) + b"\n")
-                dlq.flush()
-                pipeline.commit(result, {progress_key: str(chunk[-1].offset + 1).encode()})
-                pipeline.observe_published(result)
                 summary.events += len(chunk)
                 summary.outcomes.update(result.outcomes)
                 summary.rejected.update(result.rejected)

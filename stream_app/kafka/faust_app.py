@@ -5,9 +5,10 @@ Per micro-batch (``take_events(batch_size, within=batch_within_s)``), in this or
 1. turn the batch's events into :class:`RawRecord` s (raw bytes, key, partition,
    offset, Kafka record timestamp);
 2. route every user of the batch to its partition (:meth:`TableStore.routing`) and
-   run :meth:`Pipeline.process` — the same class the file runner calls;
+   run :meth:`Pipeline.run_async` — the protocol the file runner runs too, with this
+   worker as its sink: process;
 3. publish one ``UserEmbedding`` per touched user (key ``user_id``) and every dead
-   letter (key = the message's own key), and wait until the broker has them;
+   letter (key = the message's own key), and wait until the broker has them (:meth:`StreamWorker.publish`);
 4. :meth:`Pipeline.commit` stores the changed graphs in the table (RocksDB + changelog);
 5. leaving the batch acks its events; Faust commits their offsets later, after
    flushing the producer.
@@ -16,9 +17,9 @@ A stop anywhere before 5 redelivers the batch: already stored users see duplicat
 and republish the same ``(user_id, state_version)``, the others are applied again.
 
 Deletion requests (``RIPPLE_DELETION_TOPIC``, key = ``user_id``, value ignored) go to a
-second agent: per request the user's graph is deleted from the table with the request as
-Faust's current event (tombstone in the user's changelog partition) and from the graph
-cache, then a tombstone (``None`` value) is published on the embeddings topic. The two
+second agent: per request the user's graph is deleted (:meth:`Pipeline.forget`) from the
+table with the request as Faust's current event (tombstone in the user's changelog
+partition) and from the graph cache, then a tombstone (``None`` value) is published on the embeddings topic. The two
 agents take turns (one lock), so a request never lands inside an event batch's
 process → publish → commit.
 
@@ -44,13 +45,13 @@ import faust
 from faust.types import TP, EventT, TopicT
 
 from graph_state import CachedStore
-from operators import Embedder, set_threads
+from operators import set_threads
 from stream_app.core.embedding_format import embedding_encoder
 from stream_app.core.metrics import Metrics
 from stream_app.core.pipeline import BatchResult, Pipeline
 from stream_app.core.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
+from stream_app.core.serving import build_pipeline
 from stream_app.core.settings import Settings
-from stream_app.files.file_runner import load_checkpoint, load_head, recommender
 from stream_app.kafka import undecodable
 from stream_app.kafka.batch_send import send_batched
 from stream_app.kafka.compression import compression_type, consumer_codec_warning
@@ -117,18 +118,14 @@ class StreamWorker:
             records = in_partition_order(records, refetched)
             try:
                 with self.store.routing(events, also=refetched):
-                    result = self.pipeline.process(records)
-                    await self.publish(result)
-                    self.pipeline.commit(result)
+                    result = await self.pipeline.run_async(records, self)
                 # Queued, not awaited: Faust flushes the producer before it commits input offsets.
                 self.changelog_inflight = await self.store.flush_changelog()
             except BaseException:
-                # process() mutates cached graphs in place; uncommitted, they must not outlive the batch.
                 self.forget_cached()
                 self.store.discard_pending()
                 raise
             self.guard.advance(records)
-        self.pipeline.observe_published(result)
         return result
 
     def check_changelog_sent(self) -> None:
@@ -178,20 +175,15 @@ class StreamWorker:
         users = list(dict.fromkeys(u for e in keyed if (u := deletion_user(e.message.key)) is not None))
         async with self.lock:
             self.sync_assignment()
-            removed = 0
             try:
                 with self.store.routing(keyed):
-                    for user in users:
-                        removed += self.pipeline.store.delete(user)
+                    self.pipeline.forget(users)
                 self.changelog_inflight = await self.store.flush_changelog()
             except BaseException:
                 self.forget_cached()
                 self.store.discard_pending()
                 raise
             await self.publish_deletions(users, dead)
-        self.metrics.users_deleted.inc(len(users))
-        if removed:
-            self.metrics.users.dec(removed)
         if dead:
             self.metrics.dead_letters.labels(reason=DELETION_WITHOUT_KEY).inc(len(dead))
         return users
@@ -239,8 +231,7 @@ class StreamWorker:
             self.on_assignment_changed()
 
     def forget_cached(self) -> None:
-        if self.cache is not None:
-            self.cache.clear()
+        self.pipeline.drop_cached()
 
     def on_assignment_changed(self) -> None:
         """After a rebalance: partitions may have been updated elsewhere meanwhile; recount the local users."""
@@ -467,17 +458,13 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
         value_type=bytes,
     )
     store = TableStore(table, settings.graph_config(), direct=True)
-    cache = CachedStore(store, settings.graph_cache_users) if settings.graph_cache_users > 0 else None
     # Before the load: a file replaced between the two is seen as changed by the first poll.
     watcher = ModelWatcher(settings, metrics) if settings.model_path and settings.model_poll_s > 0 else None
-    embedder = Embedder(load_checkpoint(settings), settings.incremental_policy())
     # Kafka events need key = user_id: a key-less one could arrive on another partition than the
     # user's other events and start a second graph there (rejected as missing_key).
     limits = dataclasses.replace(settings.event_limits(), require_key=True)
-    head = load_head(settings, embedder.checkpoint)  # RIPPLE_HEAD_PATH: head_score beside each embedding
-    pipeline = Pipeline(
-        store if cache is None else cache, embedder, limits, metrics, head, settings.explain_top, recommender(settings)
-    )
+    pipeline = build_pipeline(settings, store, metrics, limits)
+    cache = pipeline.store if isinstance(pipeline.store, CachedStore) else None
     worker = StreamWorker(
         settings, app, events, embeddings, dead_letters, table, store, pipeline, metrics, cache, deletions,
         watcher=watcher, encode=embedding_encoder(settings.embedding_encoding),

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from operators import Checkpoint, Embedder
 from stream_app.core.metrics import Metrics
 from stream_app.core.pipeline import Pipeline
+from stream_app.core.serving import check_servable
 from stream_app.core.settings import Settings
-from stream_app.files.file_runner import check_servable
 
 log = logging.getLogger("ripple.model_swap")
 
