@@ -41,8 +41,8 @@ from bench.recommend import diginetica_checkpoint, diginetica_events
 from bench.redis_server import RedisServer
 from bench.report import markdown, median, record, show
 from bench.worker_process import TopicReader, WorkerProcess, worker_env
-from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.settings import Settings
+from stream_app.kafka.produce import produce_events
 
 TARGETS = ("redis", "embedding", "recommendations")
 

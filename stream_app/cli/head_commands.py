@@ -40,7 +40,7 @@ class SplitBy(StrEnum):
 
 def _load_data(data: Path, fmt: EventFormat, task: str, labels: Optional[Path]):
     from operators.offline.labels import E_NEEDS_LABELS, read_labels
-    from stream_app.cli.train_commands import read_histories  # here: train_cli imports cli, which registers this module
+    from stream_app.files.histories import read_histories
 
     if task == "custom" and labels is None:
         raise ValueError(E_NEEDS_LABELS)

@@ -3,163 +3,15 @@ and ``forget`` (delete users: a request on the deletion topic, or directly in an
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from tqdm import tqdm
 
 from stream_app.cli.typer_app import EventFormat, app, console, fail, print_table, settings_from
-from stream_app.core.settings import Settings
 
 E_NO_TOPIC_DATA = "no message arrived on {topic!r} within {timeout:g}s."
-E_NOT_EMBEDDED_STATE = (
-    "{path} is not a state directory of `ripple replay` (no RocksDB there){hint}; pass the --state of the replay "
-    "whose users to delete, or leave --state out to send the request to the worker's deletion topic."
-)
-E_WORKER_STATE = ": it looks like a Faust worker's state, which only the worker itself may change"
-
-
-@dataclass
-class ProduceSummary:
-    """What ``produce`` sent."""
-
-    messages: int = 0
-    keyless: int = 0
-    seconds: float = 0.0
-    partitions: Counter[int] = field(default_factory=Counter)
-
-
-def produce_events(
-    events_path: str,
-    fmt: str,
-    settings: Settings,
-    rate: float | None = None,
-    progress: bool | None = None,
-) -> ProduceSummary:
-    """Send every event of a file to the input topic, keyed by ``user_id``, in file order.
-
-    Lines without a readable ``user_id`` are sent unchanged without a key, so the
-    worker dead-letters them exactly as the file runner would. ``rate`` caps the
-    messages per second (``None``: as fast as the broker takes them).
-    """
-    from kafka import KafkaProducer
-
-    from stream_app.core.keys import message_key
-    from stream_app.files.readers import count_lines, read_events
-    from stream_app.kafka.compression import check_producer_codec, compression_type
-    from stream_app.kafka.kafka_connection import client_config, ensure_topics
-
-    check_producer_codec(settings, "kafka-python")
-    ensure_topics(settings)
-    # Idempotence keeps each partition in send order even when a batch is retried (per-user order is the contract).
-    producer = KafkaProducer(
-        **client_config(settings),
-        linger_ms=5,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=16 << 20,
-        compression_type=compression_type(settings),
-    )
-    summary = ProduceSummary()
-    started = time.perf_counter()
-    futures = []
-    try:
-        total = count_lines(events_path, fmt)
-        with tqdm(total=total, unit="ev", disable=None if progress is None else not progress) as bar:
-            for record in read_events(events_path, fmt):
-                key = message_key(record.value)
-                summary.keyless += key is None
-                futures.append(producer.send(settings.input_topic, key=key, value=record.value))
-                summary.messages += 1
-                bar.update(1)
-                if rate:
-                    ahead = started + summary.messages / rate - time.perf_counter()
-                    if ahead > 0:
-                        time.sleep(ahead)
-                if len(futures) >= 10_000:
-                    summary.partitions.update(f.get(timeout=60).partition for f in futures)
-                    futures.clear()
-            producer.flush()
-            summary.partitions.update(f.get(timeout=60).partition for f in futures)
-    finally:
-        producer.close(timeout=10)
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-@dataclass(frozen=True)
-class DeletionSent:
-    """One deletion request on the deletion topic."""
-
-    user_id: str
-    partition: int
-    offset: int
-
-
-def produce_deletions(user_ids: list[str], settings: Settings, reason: str | None = None) -> list[DeletionSent]:
-    """Send one deletion request per user to the deletion topic (key = ``user_id``) and wait for the broker.
-
-    The value is informative only (the worker reads the key): ``{"user_id", "reason", "requested_at"}``.
-    Creates Ripple's topics where missing and checks that the deletion topic is co-partitioned
-    with the input topic, like ``ripple produce``.
-    """
-    from kafka import KafkaProducer
-
-    from stream_app.kafka.compression import check_producer_codec, compression_type
-    from stream_app.kafka.kafka_connection import client_config, ensure_topics
-
-    check_producer_codec(settings, "kafka-python")
-    ensure_topics(settings)
-    producer = KafkaProducer(
-        **client_config(settings), acks="all", enable_idempotence=True, compression_type=compression_type(settings)
-    )
-    try:
-        futures = []
-        for user in user_ids:
-            value = json.dumps({"user_id": user, "reason": reason, "requested_at": time.time()}).encode()
-            futures.append((user, producer.send(settings.deletion_topic, key=user.encode("utf-8"), value=value)))
-        producer.flush()
-        sent = []
-        for user, future in futures:
-            meta = future.get(timeout=60)
-            sent.append(DeletionSent(user, meta.partition, meta.offset))
-        return sent
-    finally:
-        producer.close(timeout=10)
-
-
-def forget_local(user_ids: list[str], settings: Settings) -> dict[str, bool]:
-    """Delete users from an embedded (``ripple replay``) state directory; user → whether it had state."""
-    from graph_state import RocksStore
-
-    path = settings.state_dir
-    if not os.path.isfile(os.path.join(path, "CURRENT")):
-        worker_like = os.path.isdir(path) and any(
-            os.path.isdir(os.path.join(path, name, "v1", "tables")) for name in os.listdir(path)
-        )
-        raise ValueError(E_NOT_EMBEDDED_STATE.format(path=path, hint=E_WORKER_STATE if worker_like else ""))
-    store = RocksStore(path, settings.graph_config(), settings.rocks_options())
-    try:
-        return {user: store.delete(user) for user in user_ids}
-    finally:
-        store.close()
-
-
-def readable(value: bytes) -> bytes:
-    """An embedding record with its vector as JSON numbers; anything else unchanged."""
-    from stream_app.core.embedding_format import as_json
-
-    try:
-        return as_json(value)
-    except (ValueError, TypeError):  # msgspec's errors are ValueErrors: not an embedding record
-        return value
 
 
 @app.command()
@@ -221,6 +73,8 @@ def produce(
     broker: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
 ) -> None:
     """Replay an event file into the input topic (key = user_id), with a progress bar."""
+    from stream_app.kafka.produce import produce_events
+
     settings = settings_from(input_topic=topic, broker=broker)
     try:
         summary = produce_events(str(events), format.value, settings, rate=rate)
@@ -256,6 +110,7 @@ def tail(
     from kafka import KafkaConsumer
     from kafka.errors import NoBrokersAvailable
 
+    from stream_app.core.embedding_format import readable
     from stream_app.kafka.kafka_connection import E_NO_BROKER, client_config
 
     settings = settings_from(broker=broker)
@@ -308,6 +163,8 @@ def forget(
     topic. With --state: delete from an embedded state directory now (stop `ripple replay` first).
     """
     if state is not None:
+        from stream_app.files.forget import forget_local
+
         settings = settings_from(state_dir=str(state))
         try:
             found = forget_local(users, settings)
@@ -317,6 +174,8 @@ def forget(
         rows = [(user, "deleted" if had else "no state (nothing to delete)") for user, had in found.items()]
         print_table(f"forgotten in {state}", rows)
         return
+    from stream_app.kafka.produce import produce_deletions
+
     settings = settings_from(deletion_topic=topic, broker=broker)
     try:
         sent = produce_deletions(users, settings, reason)

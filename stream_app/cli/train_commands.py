@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,9 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from stream_app.cli.typer_app import app, console, fail
-from stream_app.core.events import BehaviorEvent, Rejection, decode_event
 from stream_app.core.settings import Settings
-from stream_app.files.readers import read_events
+from stream_app.files.histories import read_histories
 
 E_FORMAT_SESSIONS = "--format sessions reads the SR-GNN split; {path} is neither its directory nor train_sessions.txt."
 E_NO_TEST = "{path} gives no test cases (test_prefixes.tsv next to the train file, or users with 3+ events)."
@@ -38,26 +36,6 @@ class DataFormat(StrEnum):
     jsonl = "jsonl"
     csv = "csv"
     diginetica = "diginetica"
-
-
-def read_histories(path: str, fmt: str, settings: Settings) -> tuple[dict[str, list[BehaviorEvent]], Counter[str]]:
-    """Validated events of an event file, per user in file order, and the rejection counts."""
-    limits = settings.event_limits()
-    histories: dict[str, list[BehaviorEvent]] = {}
-    rejected: Counter[str] = Counter()
-    seen: set[tuple[str, str]] = set()
-    for record in read_events(path, fmt):
-        event = decode_event(record.value, record.key, limits)
-        if isinstance(event, Rejection):
-            rejected[event.reason] += 1
-            continue
-        key = (event.user_id, event.event_id)
-        if key in seen:  # the graph would ignore it too; keep targets consistent with that
-            rejected["duplicate"] += 1
-            continue
-        seen.add(key)
-        histories.setdefault(event.user_id, []).append(event)
-    return histories, rejected
 
 
 def load_split(data: Path, fmt: DataFormat, settings: Settings, val_share: float, seed: int):

@@ -106,3 +106,11 @@ def decode_embedding(data: bytes | str) -> UserEmbedding:
 def as_json(data: bytes) -> bytes:
     """Any embedding record → the ``json`` encoding of it (``ripple tail --decode``)."""
     return json_encoder.encode(decode_embedding(data))
+
+
+def readable(value: bytes) -> bytes:
+    """An embedding record with its vector as JSON numbers; anything else unchanged."""
+    try:
+        return as_json(value)
+    except (ValueError, TypeError):  # msgspec's errors are ValueErrors: not an embedding record
+        return value

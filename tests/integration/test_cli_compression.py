@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from stream_app.cli import app
-from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.produce import produce_events
 from tests.conftest import write_jsonl
 from tests.integration.kafka_tools import batch_codecs
 

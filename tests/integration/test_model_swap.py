@@ -31,11 +31,11 @@ from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, rea
 from graph_state import GraphConfig
 from operators import Checkpoint, EncoderConfig
 from operators.graph_settings import graph_config_dict
-from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.produce import produce_events
 from tests.conftest import write_jsonl
 
 CONFIG = EncoderConfig(dim=32, layers=2)

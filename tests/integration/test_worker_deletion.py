@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from bench.worker_process import TopicReader, WorkerProcess, reached, worker_env
 from stream_app.cli import app as cli_app
-from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.records import DeadLetter
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.faust_app import DELETION_WITHOUT_KEY
+from stream_app.kafka.produce import produce_events
 from tests.conftest import write_jsonl
 from tests.integration.test_worker import file_embeddings, metric
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
-from stream_app.cli.kafka_commands import produce_events
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.kafka.produce import produce_events
 from tests.conftest import write_jsonl
 from tests.integration.test_worker import file_embeddings
 

@@ -35,9 +35,9 @@ from operators.offline.labels import (
     split_examples,
 )
 from stream_app.cli import app
-from stream_app.cli.train_commands import read_histories
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.files.histories import read_histories
 from tests.conftest import BASE_TS, Ev, write_jsonl
 
 ENCODER = EncoderConfig(dim=32, hash_buckets=64)

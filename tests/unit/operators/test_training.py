@@ -16,11 +16,11 @@ from operators.offline.datasets import Case, leave_one_out
 from operators.offline.evaluation import GraphScorer, evaluate
 from operators.offline.training import TrainConfig, curves_path, train_encoder
 from stream_app.cli import app
-from stream_app.cli.train_commands import read_histories
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.files.histories import read_histories
 from tests.conftest import write_jsonl
 
 SPEC = GeneratorSpec(users=100, items=80, events=4000, seed=7, successors=2, follow=0.85)

@@ -8,7 +8,6 @@ import msgspec
 import numpy as np
 import pytest
 
-from stream_app.cli.kafka_commands import readable
 from stream_app.core.embedding_format import (
     F32_ENCODING,
     as_json,
@@ -16,6 +15,7 @@ from stream_app.core.embedding_format import (
     embedding_encoder,
     embedding_record,
     encode_f32,
+    readable,
 )
 from stream_app.core.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
 from stream_app.core.settings import Settings

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from graph_state import RocksStore
 from stream_app.cli import app
-from stream_app.cli.kafka_commands import forget_local
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
+from stream_app.files.forget import forget_local
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.faust_app import DELETION_WITHOUT_KEY, build_worker, deletion_user
 from tests.conftest import write_jsonl

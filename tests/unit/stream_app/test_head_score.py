@@ -12,11 +12,11 @@ from graph_state import MemoryStore
 from operators import Checkpoint, Embedder, EncoderConfig
 from operators.heads import HeadConfig, TaskSpec
 from operators.offline.head_training import LabelledData, train_label_head
-from stream_app.cli.train_commands import read_histories
 from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import RawRecord, UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
+from stream_app.files.histories import read_histories
 from stream_app.kafka.faust_app import build_worker
 from tests.conftest import random_stream, to_json, write_jsonl
 

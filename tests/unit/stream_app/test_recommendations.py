@@ -19,12 +19,12 @@ from operators.offline.datasets import Case
 from operators.offline.evaluation import GraphScorer, rank_of_targets
 from operators.recommend import ItemRanker, exclude_items
 from stream_app.cli import app
-from stream_app.cli.train_commands import read_histories
 from stream_app.core.recommend import parse_request
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.files.histories import read_histories
 from tests.conftest import write_jsonl
 
 

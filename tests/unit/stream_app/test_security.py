@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from stream_app.cli import kafka_commands as kafka_cli
 from stream_app.core.settings import Settings
+from stream_app.kafka import produce as kafka_cli
 from stream_app.kafka.faust_app import build_app
 from stream_app.kafka.kafka_connection import client_config, ensure_topics
 

@@ -12,11 +12,11 @@ from operators.checkpoint import Checkpoint
 from operators.offline.datasets import Case
 from operators.offline.evaluation import GraphScorer
 from stream_app.cli import app
-from stream_app.cli.train_commands import read_histories
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.files.histories import read_histories
 from tests.conftest import write_jsonl
 
 SPEC = GeneratorSpec(users=40, items=30, events=800, seed=3, successors=2, follow=0.8)
