@@ -128,3 +128,49 @@ def test_late_events_are_dead_lettered_and_change_nothing():
     assert dead.offset == 1 and "RIPPLE_MAX_LATENESS_S" in dead.detail
     (emb,) = result.embeddings
     assert emb.state_version == 1 and emb.last_event_id == "e1"
+
+
+class Collected:
+    """A Sink that keeps what it was given (the file runner writes files, the worker sends to Kafka)."""
+
+    def __init__(self) -> None:
+        self.published: list = []
+
+    def publish(self, result) -> None:
+        self.published.extend(result.embeddings)
+
+
+class Broken:
+    def publish(self, result) -> None:
+        raise ConnectionError("the output went away")
+
+
+def test_a_batch_whose_publish_fails_stores_nothing_and_its_redelivery_publishes_as_if_it_never_ran():
+    """The failure clean-up of Pipeline.run, the same for both runners: cached graphs are dropped, nothing stored."""
+    import pytest
+
+    from graph_state import CachedStore
+
+    events = random_stream(9, 40, n_users=3)
+    records = [RawRecord(to_json(ev)) for ev in events]
+    reference = Collected()
+    ref = Pipeline(MemoryStore(GraphConfig(max_nodes=6)), EMBEDDER)
+    for start in (0, 20):
+        ref.run(records[start : start + 20], reference)
+
+    store = CachedStore(MemoryStore(GraphConfig(max_nodes=6)), 16)
+    pipeline = Pipeline(store, EMBEDDER)
+    out = Collected()
+    pipeline.run(records[:20], out)
+    users = sorted({ev.user_id for ev in events})
+    before = {uid: g.state_version for uid, g in store.inner.get_many(users).items()}
+    with pytest.raises(ConnectionError):
+        pipeline.run(records[20:], Broken())
+    assert len(store) == 0  # the graphs the failed batch changed in place are gone from the cache
+    assert {uid: g.state_version for uid, g in store.get_many(users).items()} == before
+    pipeline.run(records[20:], out)
+    assert [(e.user_id, e.state_version) for e in out.published] == [
+        (e.user_id, e.state_version) for e in reference.published
+    ]
+    for got, want in zip(out.published, reference.published, strict=True):
+        np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5)
