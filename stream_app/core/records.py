@@ -35,7 +35,7 @@ class Recommended(msgspec.Struct, frozen=True):
 
 
 class UserEmbedding(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The published record (DESIGN.md contract). Consumers dedupe by (user_id, state_version).
+    """The published record (docs/architecture.md, Contracts). Consumers dedupe by (user_id, state_version).
 
     ``head_score``/``head_version`` are present only when a label head is configured
     (``RIPPLE_HEAD_PATH``) and trained on the serving model; otherwise the record has

@@ -1,4 +1,4 @@
-"""Incremental L-hop recompute equals a full recompute (DESIGN.md invariant)."""
+"""Incremental L-hop recompute equals a full recompute (docs/architecture.md, invariants)."""
 
 from __future__ import annotations
 

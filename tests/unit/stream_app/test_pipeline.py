@@ -1,4 +1,4 @@
-"""The DESIGN.md invariants on the pipeline: streaming equals batch, idempotent replay, bad input."""
+"""The docs/architecture.md invariants on the pipeline: streaming equals batch, idempotent replay, bad input."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def test_a_mixed_batch_writes_each_user_to_its_own_partition(table):
 
 
 def test_without_routing_faust_puts_a_mixed_batch_into_the_last_events_partition(table):
-    """The pitfall TableStore exists for (DESIGN.md), shown on Faust's own store."""
+    """The pitfall TableStore exists for (docs/architecture.md, pitfalls), shown on Faust's own store."""
     app = table.app
     batch = [event(app, p, f"v{p}".encode()) for p in range(PARTITIONS)]
     with acting_as(batch[-1]):
