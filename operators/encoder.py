@@ -189,6 +189,26 @@ class GraphEncoder(nn.Module):
     The readout attends over all nodes with the latest behaviour as the query and
     a learned recency bias, then mixes the latest node's state with the attended
     summary: ``user = W [h_last ; sum_i alpha_i h_i]``.
+
+    A checkpoint holds one with its item index; :class:`~operators.inference.Embedder`
+    is how serving runs it. One forward over a batch of user graphs:
+
+    >>> import torch
+    >>> from types import SimpleNamespace as Ev
+    >>> from graph_state import GraphConfig, UserGraph
+    >>> from operators.checkpoint import Checkpoint
+    >>> from operators.tensors import graphs_to_batch
+    >>> checkpoint = Checkpoint.seeded(EncoderConfig(dim=16), seed=0)
+    >>> g = UserGraph(GraphConfig())
+    >>> for n, item in enumerate(["a", "b", "a"]):
+    ...     _ = g.apply(Ev(event_id=str(n), item_id=item, action="view", ts=float(n), weight=None))
+    >>> batch = graphs_to_batch([g, g], checkpoint.index)  # two users with two distinct items each
+    >>> encoder = checkpoint.encoder.eval()
+    >>> with torch.inference_mode():
+    ...     nodes = encoder.node_states(batch)  # after the L graph layers: one state per node
+    ...     users = encoder(batch)  # node states → readout: one vector per user
+    >>> tuple(nodes.shape), tuple(users.shape)
+    ((4, 16), (2, 16))
     """
 
     feat_offsets: torch.Tensor

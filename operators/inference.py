@@ -33,6 +33,22 @@ class Embedder:
     >>> _ = g.apply(Ev(event_id="1", item_id="a", action="view", ts=0.0, weight=None))
     >>> Embedder(Checkpoint.seeded()).embed_many([g, g]).shape
     (2, 64)
+
+    The pipeline calls :meth:`embed_changed`: with the nodes an event changed (a
+    :class:`UserDelta`), only their L-hop neighbourhood is recomputed from the graph's
+    per-node layer cache, and the vector is the one a full forward gives:
+
+    >>> from operators.incremental import IncrementalPolicy, UserDelta
+    >>> embedder = Embedder(Checkpoint.seeded(seed=0), IncrementalPolicy(min_nodes=0))
+    >>> g = UserGraph(GraphConfig())
+    >>> for n in range(12):
+    ...     _ = g.apply(Ev(event_id=str(n), item_id=f"i{n}", action="view", ts=float(n), weight=None))
+    >>> _ = embedder.embed_changed([g], [None])  # no delta: a full forward, which fills the cache
+    >>> base = g.state_version
+    >>> change = g.apply(Ev(event_id="12", item_id="i11", action="cart", ts=12.0, weight=None))
+    >>> vector = embedder.embed_changed([g], [UserDelta(base, frozenset(change.nodes))])[0]
+    >>> embedder.incremental.stats["incremental"], bool(np.allclose(vector, embedder.embed_one(g), atol=1e-5))
+    (1, True)
     """
 
     def __init__(self, checkpoint: Checkpoint, policy: IncrementalPolicy | None = None) -> None:
