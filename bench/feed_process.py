@@ -96,36 +96,10 @@ def produce(broker: str, topic: str, messages: list[tuple[str, UserEmbedding | N
         producer.close(10)
 
 
-def expected_store(messages: list[tuple[str, UserEmbedding | None]]) -> dict[str, UserEmbedding]:
-    """What the store must hold after ``messages`` in order: per user, the highest state_version since its
-    last tombstone (ties: the later record)."""
-    latest: dict[str, UserEmbedding] = {}
-    for user, emb in messages:
-        if emb is None:
-            latest.pop(user, None)
-        elif user not in latest or emb.state_version >= latest[user].state_version:
-            latest[user] = emb
-    return latest
-
-
 def store_content(store: OnlineStore) -> dict[str, dict]:
     """Every user in the store under its prefix: ``{user_id: StoredEmbedding.to_dict()}``."""
     users = [key.decode()[len(store.prefix) :] for key in store.client.scan_iter(match=store.prefix + "*", count=1000)]
     return {uid: entry.to_dict() for uid, entry in store.get_many(users).items()}
-
-
-def assert_store_equals(store: OnlineStore, expected: dict[str, UserEmbedding]) -> None:
-    got = store_content(store)
-    assert sorted(got) == sorted(expected), (sorted(set(got) ^ set(expected)))[:10]
-    for uid, want in expected.items():
-        entry = got[uid]
-        assert (entry["state_version"], entry["model_version"], entry["last_event_id"]) == (
-            want.state_version,
-            want.model_version,
-            want.last_event_id,
-        ), uid
-        assert entry["event_ts"] == want.event_ts and entry["computed_at"] == want.computed_at, uid
-        np.testing.assert_array_equal(np.asarray(entry["embedding"], np.float32), np.float32(want.embedding))
 
 
 def committed_offsets(broker: str, group: str, topic: str, partitions: int = 4) -> dict[int, int]:

@@ -258,46 +258,6 @@ class BackgroundProducer:
         assert self.sent == len(self.lines)
 
 
-def assert_final_embeddings(published: list[UserEmbedding], expected: dict[str, UserEmbedding]) -> None:
-    """Every user's last published embedding is the uninterrupted (file) run's: version, last event, vector."""
-    import numpy as np
-
-    latest = latest_by_user(published)
-    assert latest.keys() == expected.keys()
-    for uid, want in expected.items():
-        got = latest[uid]
-        assert (got.state_version, got.last_event_id) == (want.state_version, want.last_event_id), uid
-        np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5, err_msg=uid)
-
-
-def assert_republishes_identical(
-    published: list[UserEmbedding],
-    expected: dict[str, UserEmbedding],
-    reference: list[UserEmbedding] | tuple[UserEmbedding, ...] = (),
-) -> int:
-    """A (user_id, state_version) published twice carries the same vector and last event; returns the repeats.
-
-    No version beyond the user's final one is ever published, and where the uninterrupted run
-    (``reference``: every embedding it published) has the same (user_id, state_version), the vectors agree.
-    """
-    import numpy as np
-
-    seen: dict[tuple[str, int], UserEmbedding] = {}
-    repeats = 0
-    for emb in published:
-        assert emb.state_version <= expected[emb.user_id].state_version, (emb.user_id, emb.state_version)
-        key = (emb.user_id, emb.state_version)
-        first = seen.setdefault(key, emb)
-        if first is not emb:
-            repeats += 1
-            assert emb.last_event_id == first.last_event_id, key
-            np.testing.assert_allclose(emb.embedding, first.embedding, atol=1e-5, err_msg=str(key))
-    for ref in reference:
-        if (got := seen.get((ref.user_id, ref.state_version))) is not None:
-            np.testing.assert_allclose(got.embedding, ref.embedding, atol=1e-5, err_msg=ref.user_id)
-    return repeats
-
-
 def stored_embeddings(worker: WorkerProcess, users: list[str]) -> dict[str, dict]:
     """``GET /users/{id}/embedding`` for each user: the stored graph embedded from scratch (routed to its owner)."""
     views = {}
@@ -306,21 +266,6 @@ def stored_embeddings(worker: WorkerProcess, users: list[str]) -> dict[str, dict
         assert status == 200, (uid, status, body[:300])
         views[uid] = json.loads(body)
     return views
-
-
-def assert_stored_state(views: dict[str, dict], expected: dict[str, UserEmbedding]) -> None:
-    """The workers' table holds every user's uninterrupted-run state (version, last event, nodes, vector)."""
-    import numpy as np
-
-    assert views.keys() == expected.keys()
-    for uid, want in expected.items():
-        got = views[uid]
-        assert (got["state_version"], got["last_event_id"], got["n_nodes"]) == (
-            want.state_version,
-            want.last_event_id,
-            want.n_nodes,
-        ), uid
-        np.testing.assert_allclose(got["embedding"], want.embedding, atol=1e-5, err_msg=uid)
 
 
 def assigned_partitions(worker: WorkerProcess) -> set[int] | None:

@@ -35,7 +35,6 @@ E_TASK = "unknown task {task!r}; choose purchase, click or custom (custom needs 
 E_SPLIT = "unknown split {split!r}; choose user or time."
 
 
-
 @dataclass(frozen=True)
 class TaskSpec:
     """What a head predicts and how its examples are split; stored in the head so evaluation re-derives them."""
@@ -61,6 +60,7 @@ class TaskSpec:
 
     def to_dict(self) -> dict[str, str | float | int]:
         return dict(self.__dict__)
+
 
 # ---- the classifier --------------------------------------------------------------------
 

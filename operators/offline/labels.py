@@ -269,5 +269,3 @@ def split_examples(
         if len(idx) == 0:
             raise ValueError(E_EMPTY_SIDE.format(split=by, share=test_share, side=side_name))
     return train, test
-
-

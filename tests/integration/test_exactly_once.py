@@ -15,17 +15,12 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from bench.worker_process import (
-    BackgroundProducer,
-    WorkerProcess,
-    assert_final_embeddings,
-    sigkill,
-    worker_env,
-)
+from bench.worker_process import BackgroundProducer, WorkerProcess, sigkill, worker_env
 from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
+from tests.integration.expectations import assert_final_embeddings
 from tests.integration.test_worker_crash import uninterrupted_run
 
 pytestmark = pytest.mark.skipif(

@@ -10,10 +10,8 @@ import redis
 
 from bench.feed_process import (
     FeedProcess,
-    assert_store_equals,
     committed_offsets,
     create_topic,
-    expected_store,
     feed_env,
     health,
     produce,
@@ -23,6 +21,7 @@ from bench.feed_process import (
 from bench.worker_process import free_port, sigkill
 from stream_app.core.records import UserEmbedding
 from stream_app.kafka.feed import OnlineStore
+from tests.integration.expectations import assert_store_equals, expected_store
 
 
 def messages(

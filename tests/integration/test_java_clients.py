@@ -15,20 +15,14 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from bench.worker_process import (
-    TopicReader,
-    WorkerProcess,
-    assert_final_embeddings,
-    latest_by_user,
-    reached,
-    worker_env,
-)
+from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 from stream_app.core.embedding_format import decode_embedding
 from stream_app.core.keys import message_key
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.kafka_connection import ensure_topics
 from tests.conftest import write_jsonl
+from tests.integration.expectations import assert_final_embeddings
 from tests.integration.kafka_tools import batch_codecs, java_consume, java_produce, require_java
 from tests.integration.test_worker_crash import uninterrupted_run
 

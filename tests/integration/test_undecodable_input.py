@@ -26,20 +26,14 @@ from kafka import KafkaProducer
 from kafka.record.default_records import DefaultRecordBatch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.worker_process import (
-    ROOT,
-    TopicReader,
-    WorkerProcess,
-    assert_final_embeddings,
-    reached,
-    worker_env,
-)
+from bench.worker_process import ROOT, TopicReader, WorkerProcess, reached, worker_env
 from stream_app.core.keys import message_key
 from stream_app.core.records import DeadLetter
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.kafka.kafka_connection import ensure_topics
 from tests.conftest import write_jsonl
+from tests.integration.expectations import assert_final_embeddings
 from tests.integration.test_worker_crash import uninterrupted_run
 
 NO_CRAMJAM = 'raise ImportError("cramjam is made unavailable by tests/integration/test_undecodable_input.py")\n'

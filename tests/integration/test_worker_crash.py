@@ -23,9 +23,6 @@ from bench.worker_process import (
     BackgroundProducer,
     TopicReader,
     WorkerProcess,
-    assert_final_embeddings,
-    assert_republishes_identical,
-    assert_stored_state,
     latest_by_user,
     reached,
     sigkill,
@@ -37,6 +34,7 @@ from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
+from tests.integration.expectations import assert_final_embeddings, assert_republishes_identical, assert_stored_state
 
 SEED = 61
 KILLS = 5

@@ -24,9 +24,6 @@ from bench.worker_process import (
     BackgroundProducer,
     TopicReader,
     WorkerProcess,
-    assert_final_embeddings,
-    assert_republishes_identical,
-    assert_stored_state,
     free_port,
     reached,
     sigkill,
@@ -37,6 +34,7 @@ from bench.worker_process import (
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
+from tests.integration.expectations import assert_final_embeddings, assert_republishes_identical, assert_stored_state
 from tests.integration.test_worker_crash import uninterrupted_run
 
 SEED = 67

@@ -19,9 +19,6 @@ from bench.worker_process import (
     BackgroundProducer,
     TopicReader,
     WorkerProcess,
-    assert_final_embeddings,
-    assert_republishes_identical,
-    assert_stored_state,
     reached,
     sigkill,
     stored_embeddings,
@@ -30,6 +27,7 @@ from bench.worker_process import (
 from stream_app.core.settings import Settings
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
+from tests.integration.expectations import assert_final_embeddings, assert_republishes_identical, assert_stored_state
 from tests.integration.test_worker_crash import uninterrupted_run
 
 SESSION_TIMEOUT_S = 60.0  # the default: what a dynamic member's restart waits out
