@@ -1,4 +1,5 @@
-"""The running service: settings, event contract, pipeline, runners, metrics and CLI."""
+"""The running service: `core` (settings, events, the pipeline, metrics), `kafka` (the worker, the feed), `files`
+(the file runner, readers, exports) and `cli` (the `ripple` command); see docs/architecture.md."""
 
 from __future__ import annotations
 
