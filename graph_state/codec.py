@@ -14,6 +14,8 @@ v1 record decodes to the same graph and is written back as v2 the next time it c
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 
 import msgspec
 import numpy as np
@@ -90,7 +92,10 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
     recomputed in full the next time it is embedded.
     """
     cache = graph.cache if include_cache else b""
-    ring = np.asarray(graph.ring, dtype=_RING)
+    ring = graph.ring
+    if sys.byteorder != "little":
+        ring = array("q", ring)
+        ring.byteswap()
     header = _encoder.encode(
         _Header(
             state_version=graph.state_version,
@@ -150,7 +155,10 @@ def _decode_v2(data: bytes, config: GraphConfig) -> UserGraph:
     offset += nodes.nbytes
     edges = np.frombuffer(data, dtype=_BLOCK, count=edge_rows * ne, offset=offset).reshape(edge_rows, ne)
     offset += edges.nbytes
-    ring = np.frombuffer(data, dtype=_RING, count=h.ring_len, offset=offset)
+    ring = array("q")
+    ring.frombytes(data[offset : offset + h.ring_len * _RING.itemsize])
+    if sys.byteorder != "little":
+        ring.byteswap()
     offset += h.ring_len * _RING.itemsize
     cache = data[offset : offset + h.cache_len]
     if offset + h.cache_len != len(data):
@@ -165,7 +173,7 @@ def _decode_v2(data: bytes, config: GraphConfig) -> UserGraph:
         item_ids=h.item_ids,
         nodes=nodes,
         edges=edges,
-        ring=ring.tolist(),
+        ring=ring,
         ring_pos=h.ring_pos,
         cache_key=h.cache_key,
         cache=cache,

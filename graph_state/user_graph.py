@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -115,7 +116,7 @@ class UserGraph:
         item_ids: list[str] | None = None,
         nodes: np.ndarray | None = None,
         edges: np.ndarray | None = None,
-        ring: list[int] | None = None,
+        ring: Sequence[int] | None = None,
         ring_pos: int = 0,
         cache_key: str = "",
         cache: bytes | np.ndarray = b"",
@@ -146,7 +147,8 @@ class UserGraph:
         self._rows_owner: object | None = None
         self._rows: list[int] = []
         self._stale_rows: list[int] = []
-        self.ring = list(ring) if ring is not None else []
+        self.ring = array("q", ring if ring is not None else ())
+        """Digests of the newest event ids (a ring buffer of signed 64-bit ints; ``tobytes`` is the codec's)."""
         self.ring_pos = ring_pos
         size = config.dedupe_ring
         if len(self.ring) > size or (self.ring_pos and len(self.ring) < size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -130,7 +131,17 @@ class GraphLayer(nn.Module):
             m = m + self.sim(h, sim_index)
         return self.norm(h + torch.relu(m))
 
-    def _both_directions(self, h: torch.Tensor, plan: GcnPlan) -> torch.Tensor:
+    def partial(self, h_src: torch.Tensor, plan: GcnPlan, selfs: torch.Tensor) -> torch.Tensor:
+        """The layer's outputs for some nodes only (the incremental engine's recompute).
+
+        ``h_src``: the inputs of every node the outputs depend on; ``selfs``: the row of each
+        output node in ``h_src``; ``plan``: like :func:`gcn_plan`'s, with sources indexing rows of
+        ``h_src`` (``2 i`` forward, ``2 i + 1`` backward) and targets indexing the outputs.
+        """
+        m = self._both_directions(h_src, plan, len(selfs))
+        return self.norm(h_src[selfs] + torch.relu(m))
+
+    def _both_directions(self, h: torch.Tensor, plan: GcnPlan, n_out: int | None = None) -> torch.Tensor:
         """``GCNConv`` forward along the edges plus ``GCNConv`` backward along them, in one gather and scatter.
 
         The same function as the two PyG convolutions (self loops of weight 1, symmetric degree
@@ -141,7 +152,7 @@ class GraphLayer(nn.Module):
         x = F.linear(h, torch.cat([fwd.lin.weight, bwd.lin.weight]))  # [n, 2d]: forward | backward
         rows = x.reshape(-1, h.shape[1])  # row 2i: node i's forward transform, 2i + 1: its backward one
         messages = rows[plan.source] * plan.weight.unsqueeze(-1)
-        out = torch.zeros_like(h).index_add_(0, plan.target, messages)
+        out = h.new_zeros((h.shape[0] if n_out is None else n_out, h.shape[1])).index_add_(0, plan.target, messages)
         return out + (fwd.bias + bwd.bias)
 
 
@@ -321,13 +332,61 @@ class GraphEncoder(nn.Module):
         that changes a few nodes of a large graph does not project every node again.
         """
         h_last = h[b.last_node]
+        if not (self.training or torch.is_grad_enabled()):
+            # Serving: one gather from a [graphs x recency buckets] table of query terms, then
+            # in-place ops (see _attention), instead of two gathers, two sums and a sigmoid that
+            # each allocate.
+            gate = (
+                self._query_table(h_last)
+                .view(-1, self.config.dim)
+                .index_select(0, b.batch * RECENCY_BUCKETS + b.recency)
+            )
+            alpha = self._attention(gate, projected, self.att_q.weight[0])
+            summary = torch.zeros(b.num_graphs, self.config.dim).index_add_(0, b.batch, h * alpha.unsqueeze(-1))
+            return self._user(h_last, summary), alpha
         gate = torch.sigmoid(self.att_last(h_last)[b.batch] + projected + self.recency_emb(b.recency))
         alpha = self.att_q(gate).squeeze(-1)
         summary = scatter(alpha.unsqueeze(-1) * h, b.batch, dim=0, dim_size=b.num_graphs, reduce="sum")
-        user = self.out(torch.cat([h_last, self.dropout(summary)], dim=-1))
+        return self._user(h_last, self.dropout(summary)), alpha
+
+    def readout_graphs(
+        self, h_last: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Serving readout of graphs whose node states live in separate arrays (no concatenation).
+
+        ``h_last`` is ``[G, d]``, the newest node's state of each graph; ``parts[g]`` is
+        ``(h, projected, recency)`` of graph ``g``: ``[n, d]``, ``[n, d]`` (``att_node(h)``) and
+        ``[n]`` recency buckets. Equals :meth:`readout_projected` (to float rounding); used by the
+        incremental engine, whose large graphs would otherwise be copied into one batch per event.
+        """
+        table = self._query_table(h_last)
+        q = self.att_q.weight[0]
+        summary = torch.empty(len(parts), self.config.dim)
+        for g, (h, projected, recency) in enumerate(parts):
+            summary[g] = torch.mv(h.t(), self._attention(table[g].index_select(0, recency), projected, q))
+        return self._user(h_last, summary)
+
+    def _query_table(self, h_last: torch.Tensor) -> torch.Tensor:
+        """``[G, RECENCY_BUCKETS, d]``: half of the newest node's attention query plus each recency
+        bucket's term (halved for :meth:`_attention`)."""
+        return (self.att_last(h_last).unsqueeze(1) + self.recency_emb.weight).mul_(0.5)
+
+    @staticmethod
+    def _attention(query: torch.Tensor, projected: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """``q · sigmoid(2 * query + projected)`` per row, in place on ``query`` (rows of :meth:`_query_table`;
+        ``q`` is ``att_q``'s weight).
+
+        As ``sigmoid(x) = (1 + tanh(x / 2)) / 2``: torch's ``tanh`` is 2-4x faster than its
+        ``sigmoid`` on CPU (measured on 100k elements), and this is the readout's largest op.
+        """
+        gate = query.add_(projected, alpha=0.5).tanh_()
+        return torch.mv(gate, q).add_(q.sum()).mul_(0.5)
+
+    def _user(self, h_last: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        user = self.out(torch.cat([h_last, summary], dim=-1))
         if self.config.norm_scale > 0:
             user = self.config.norm_scale * F.normalize(user, dim=-1)
-        return user, alpha
+        return user
 
     def forward(self, b: GraphBatch) -> torch.Tensor:
         user, _ = self.readout(self.node_states(b), b)

@@ -34,10 +34,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch_geometric.utils import scatter
 
 from graph_state import UserGraph
 from operators.checkpoint import Checkpoint
+from operators.encoder import GcnPlan
 from operators.tensors import GraphBatch, graphs_to_batch, recency_buckets
 
 CACHE_LAYOUT = 2
@@ -231,9 +231,17 @@ class IncrementalEncoder:
         changed_last = np.flatnonzero(last)
         projected = enc.att_node(torch.from_numpy(_gather(plans, n_layers - 1, changed_last, ptr)))
         _scatter_back(plans, n_layers, changed_last, ptr, projected.numpy())
-        h_last = torch.from_numpy(np.concatenate([p.layers[n_layers - 1] for p in plans]))
-        p_all = torch.from_numpy(np.concatenate([p.layers[n_layers] for p in plans]))
-        user, _ = enc.readout_projected(h_last, p_all, _readout_batch(graphs, ptr))
+        # The readout reads each graph's cache where it lies: no copy of a large graph per event.
+        h_last = torch.from_numpy(np.stack([p.layers[n_layers - 1][p.graph.last_slot] for p in plans]))
+        parts = [
+            (
+                torch.from_numpy(p.layers[n_layers - 1]),
+                torch.from_numpy(p.layers[n_layers]),
+                torch.from_numpy(recency_buckets(p.graph.state_version - p.graph.last_seq)),
+            )
+            for p in plans
+        ]
+        user = enc.readout_graphs(h_last, parts)
         for p in plans:
             self._store(p.graph, p.layers)
             self.stats["recomputed_nodes"] += int(p.sets[-1].sum())
@@ -279,33 +287,39 @@ class IncrementalEncoder:
         in_deg: np.ndarray,
         out_deg: np.ndarray,
     ) -> torch.Tensor:
-        """GCN layer outputs of the target nodes (a mask over all nodes), given ``h_src`` of ``s_idx``."""
+        """GCN layer outputs of the target nodes (a mask over all nodes), given ``h_src`` of ``s_idx``.
+
+        The messages into the targets as a :class:`GcnPlan` over ``h_src``'s rows (both
+        directions and the self loops, normalised by the full graphs' degrees), so the layer
+        runs the same fused gather and scatter as the full forward.
+        """
         n_total = len(targets)
         pos = np.full(n_total, -1, dtype=np.int64)
         pos[s_idx] = np.arange(len(s_idx))
         t_idx = np.flatnonzero(targets)
         tpos = np.full(n_total, -1, dtype=np.int64)
         tpos[t_idx] = np.arange(len(t_idx))
-        n_t = len(t_idx)
         fe = targets[dst]  # forward conv: src → dst for dst in targets
         be = targets[src]  # backward conv (reversed edges): dst → src for src in targets
         f_src, f_dst = src[fe], dst[fe]
         b_src, b_dst = src[be], dst[be]
-        f_w = weight[fe] / np.sqrt(in_deg[f_src] * in_deg[f_dst])
-        b_w = weight[be] / np.sqrt(out_deg[b_dst] * out_deg[b_src])
-        xf = layer.fwd.lin(h_src)
-        xb = layer.bwd.lin(h_src)
-        selfs = torch.from_numpy(pos[t_idx])
-        mf = xf[selfs] * torch.from_numpy((1.0 / in_deg[t_idx]).astype(np.float32)).unsqueeze(-1)
-        mb = xb[selfs] * torch.from_numpy((1.0 / out_deg[t_idx]).astype(np.float32)).unsqueeze(-1)
-        if len(f_src):
-            msg = xf[torch.from_numpy(pos[f_src])] * torch.from_numpy(f_w.astype(np.float32)).unsqueeze(-1)
-            mf = mf + scatter(msg, torch.from_numpy(tpos[f_dst]), dim=0, dim_size=n_t, reduce="sum")
-        if len(b_src):
-            msg = xb[torch.from_numpy(pos[b_dst])] * torch.from_numpy(b_w.astype(np.float32)).unsqueeze(-1)
-            mb = mb + scatter(msg, torch.from_numpy(tpos[b_src]), dim=0, dim_size=n_t, reduce="sum")
-        m = mf + layer.fwd.bias + mb + layer.bwd.bias
-        return layer.norm(h_src[selfs] + torch.relu(m))
+        selfs = pos[t_idx]
+        own = np.arange(len(t_idx))
+        plan = GcnPlan(
+            source=torch.from_numpy(np.concatenate([2 * pos[f_src], 2 * pos[b_dst] + 1, 2 * selfs, 2 * selfs + 1])),
+            target=torch.from_numpy(np.concatenate([tpos[f_dst], tpos[b_src], own, own])),
+            weight=torch.from_numpy(
+                np.concatenate(
+                    [
+                        weight[fe] / np.sqrt(in_deg[f_src] * in_deg[f_dst]),
+                        weight[be] / np.sqrt(out_deg[b_dst] * out_deg[b_src]),
+                        1.0 / in_deg[t_idx],
+                        1.0 / out_deg[t_idx],
+                    ]
+                ).astype(np.float32)
+            ),
+        )
+        return layer.partial(h_src, plan, torch.from_numpy(selfs))
 
 
 def _gather(plans: Sequence[_Plan], depth: int, nodes: np.ndarray, ptr: np.ndarray) -> np.ndarray:
@@ -321,23 +335,3 @@ def _scatter_back(plans: Sequence[_Plan], depth: int, nodes: np.ndarray, ptr: np
         lo, hi = bounds[u], bounds[u + 1]
         if hi > lo:
             p.layers[depth][nodes[lo:hi] - ptr[u]] = values[lo:hi]
-
-
-def _readout_batch(graphs: Sequence[UserGraph], ptr: np.ndarray) -> GraphBatch:
-    sizes = ptr[1:] - ptr[:-1]
-    batch = np.repeat(np.arange(len(graphs)), sizes)
-    versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
-    recency = recency_buckets(np.repeat(versions, sizes) - np.concatenate([g.last_seq for g in graphs]))
-    last = np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs)) + ptr[:-1]
-    empty = torch.zeros(0, dtype=torch.long)
-    return GraphBatch(
-        item_rows=empty,
-        actions=empty,
-        log_counts=torch.zeros(0),
-        recency=torch.from_numpy(recency),
-        edge_index=torch.zeros((2, 0), dtype=torch.long),
-        edge_weight=torch.zeros(0),
-        batch=torch.from_numpy(batch),
-        last_node=torch.from_numpy(last),
-        ptr=torch.from_numpy(ptr),
-    )

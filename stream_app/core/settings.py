@@ -99,6 +99,15 @@ class Settings:
     rocksdb_write_buffer_mb: int = _doc("RocksDB write buffer (memtable) size, MiB.", 8)
     rocksdb_max_write_buffers: int = _doc("RocksDB memtables kept per database.", 2)
     rocksdb_max_open_files: int = _doc("RocksDB open file limit per database.", 256)
+    rocksdb_wal: bool = _doc(
+        "Write RocksDB's write-ahead log for the file runner's state. Off: a crash rolls state and "
+        "progress back together to the last memtable flush and a resumed run re-reads those events "
+        "(at-least-once output either way); on: every batch is written twice.",
+        False,
+    )
+    rocksdb_sync_writes: bool = _doc(
+        "fsync RocksDB's write-ahead log on every batch (needs RIPPLE_ROCKSDB_WAL).", False
+    )
     graph_cache_users: int = _doc("Decoded user graphs kept in memory (write-through LRU); 0 disables.", 4096)
     # Graph
     max_nodes: int = _doc("Distinct items kept in a user's window.", 50)
@@ -304,6 +313,8 @@ class Settings:
             write_buffer_mb=self.rocksdb_write_buffer_mb,
             max_write_buffers=self.rocksdb_max_write_buffers,
             max_open_files=self.rocksdb_max_open_files,
+            wal=self.rocksdb_wal,
+            sync_writes=self.rocksdb_sync_writes,
         )
 
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -125,6 +128,46 @@ def test_rocks_store_persists_the_layer_cache_only_every_n_versions(tmp_path):
     assert (back.cache_key, back.cache) == ("model@2", b"\x01" * 8)
     assert encode(back, include_cache=False) == encode(g, include_cache=False)
     store.close()
+
+
+_CRASH_AFTER_WRITES = """
+import os, sys
+from graph_state import GraphConfig, RocksOptions, RocksStore, UserGraph
+from tests.conftest import Ev
+
+store = RocksStore(sys.argv[1], GraphConfig(), RocksOptions(wal=sys.argv[2] == "wal"))
+g = UserGraph(GraphConfig())
+for n in range(1, 5):
+    g.apply(Ev(str(n), f"i{n}"))
+    store.put_many({"u": g}, meta={"progress": str(n).encode()})
+    if n == 2:
+        store._db.flush()  # what RocksDB does when a memtable fills
+os._exit(0)  # no close: a crash
+"""
+
+
+@pytest.mark.parametrize("wal", [True, False])
+def test_rocks_store_crash_rolls_state_and_progress_back_together(tmp_path, wal):
+    """Without the WAL a crash loses the batches after the last memtable flush — state and
+    progress alike, so a resumed run re-reads exactly those events; with it, nothing is lost."""
+    from graph_state import RocksOptions
+
+    db = tmp_path / "db"
+    root = Path(__file__).parents[3]
+    subprocess.run(
+        [sys.executable, "-c", _CRASH_AFTER_WRITES, str(db), "wal" if wal else "nowal"],
+        check=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    store = RocksStore(db, GraphConfig())
+    progress = int(store.get_meta("progress") or b"0")
+    graph = store.get_many(["u"])["u"]
+    store.close()
+    assert progress == (4 if wal else 2)
+    assert graph.state_version == progress  # the graph is the one written with that progress
+    with pytest.raises(ValueError, match="RIPPLE_ROCKSDB_WAL=true"):
+        RocksStore(tmp_path / "other", GraphConfig(), RocksOptions(wal=False, sync_writes=True))
 
 
 V1_RECORDS = Path(__file__).parents[2] / "data" / "graph_codec_v1.msgpack"
