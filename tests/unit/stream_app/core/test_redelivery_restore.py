@@ -11,7 +11,7 @@ from graph_state import GraphConfig, MemoryStore, encode
 from stream_app import Pipeline, RawRecord
 from stream_app.core.pipeline import DUPLICATE
 from tests.conftest import random_stream, to_json
-from tests.unit.stream_app.test_pipeline import EMBEDDER
+from tests.unit.stream_app.core.test_pipeline import EMBEDDER
 
 
 class RecordingStore(MemoryStore):
