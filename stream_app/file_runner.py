@@ -175,6 +175,7 @@ def replay(
 ) -> ReplaySummary:
     """Run a file through the pipeline; see the module docstring for the commit order."""
     set_threads(settings.torch_threads)
+    settings.tune_gc()
     checkpoint = load_checkpoint(settings)
     head = load_head(settings, checkpoint)
     store: GraphStore = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
