@@ -106,9 +106,11 @@ class JsonlSink(EmbeddingSink):
         self.encode = encode
 
     def write(self, records: Sequence[UserEmbedding]) -> None:
-        encode = self.encode
-        for emb in records:
-            self.file.write(encode(emb) + b"\n")
+        if self.encode == json_encoder.encode:
+            self.file.write(json_encoder.encode_lines(records))  # one call: the same lines, no join
+        else:
+            encode = self.encode
+            self.file.write(b"".join([encode(emb) + b"\n" for emb in records]))
         self.file.flush()
 
     def finish(self) -> None:

@@ -100,6 +100,7 @@ def replay(
 ) -> ReplaySummary:
     """Run a file through the pipeline; see the module docstring for the commit order."""
     set_threads(settings.torch_threads)
+    settings.tune_gc()
     model = load_model(settings)  # refused before the state directory is opened
     store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
     try:

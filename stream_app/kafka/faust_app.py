@@ -437,6 +437,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
     from stream_app.kafka.web import add_views
 
     set_threads(settings.torch_threads)
+    settings.tune_gc()
     # Before any consumer exists: a batch that cannot be decoded is skipped and reported, not a crash.
     undecodable.install()
     if warning := consumer_codec_warning():

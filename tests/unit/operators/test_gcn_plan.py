@@ -51,3 +51,22 @@ def test_plan_equals_pyg_gcnconv_forward_and_gradients():
 def test_gat_layers_have_no_plan():
     ck = Checkpoint.seeded(EncoderConfig(dim=8, layers=1, conv="gat"))
     assert ck.encoder.gcn_plan(graphs_to_batch(_graphs(1)[:2], ck.index)) is None
+
+
+def test_serving_multiplies_by_the_plan_matrix_with_the_same_result():
+    """Without autograd the layers multiply by the plan as a sparse matrix (no gather/scatter)."""
+    ck = Checkpoint.seeded(EncoderConfig(dim=16, layers=2))
+    enc = ck.encoder
+    b = graphs_to_batch(_graphs(4), ck.index)
+    plan = enc.gcn_plan(b)
+    assert plan is not None
+    with torch.inference_mode():
+        h0 = enc.node_inputs(b)
+        outs = []
+        for p in (None, plan):
+            x = h0
+            for layer in enc.layers:
+                x = layer(x, b.edge_index, b.edge_weight, None, p)
+            outs.append(x)
+    assert plan._matrix is not None and plan._matrix.layout == torch.sparse_csr
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
