@@ -179,7 +179,7 @@ class GcnPlan:
         """
         if self._matrix is None:
             target = self.target.numpy()
-            order = np.argsort(target, kind="stable")
+            order = _stable_order(target)
             crow = np.zeros(n_out + 1, dtype=np.int64)
             np.cumsum(np.bincount(target, minlength=n_out), out=crow[1:])
             with warnings.catch_warnings():
@@ -191,6 +191,21 @@ class GcnPlan:
                     (n_out, n_rows),
                 )
         return self._matrix
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative keys below 2**32, as a radix sort.
+
+    numpy sorts 16-bit keys stably by radix (linear) but 64-bit ones by merge sort, 10x slower
+    on a micro-batch's 15,000 messages; two 16-bit passes give the same order.
+
+    >>> _stable_order(np.array([70000, 3, 70000, 2, 3])).tolist()
+    [3, 1, 4, 0, 2]
+    """
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    if keys.size and int(keys.max()) >= 1 << 16:
+        order = order[np.argsort((keys[order] >> 16).astype(np.uint16), kind="stable")]
+    return order
 
 
 def gcn_plan(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: int) -> GcnPlan:

@@ -100,6 +100,7 @@ class Settings:
     rocksdb_write_buffer_mb: int = _doc("RocksDB write buffer (memtable) size, MiB.", 8)
     rocksdb_max_write_buffers: int = _doc("RocksDB memtables kept per database.", 2)
     rocksdb_max_open_files: int = _doc("RocksDB open file limit per database.", 256)
+    rocksdb_compression: str = _doc("Block compression of RocksDB's files: none, snappy, lz4 or zstd.", "lz4")
     rocksdb_wal: bool = _doc(
         "Write RocksDB's write-ahead log for the file runner's state. Off: a crash rolls state and "
         "progress back together to the last memtable flush and a resumed run re-reads those events "
@@ -325,6 +326,7 @@ class Settings:
             write_buffer_mb=self.rocksdb_write_buffer_mb,
             max_write_buffers=self.rocksdb_max_write_buffers,
             max_open_files=self.rocksdb_max_open_files,
+            compression=self.rocksdb_compression,
             wal=self.rocksdb_wal,
             sync_writes=self.rocksdb_sync_writes,
         )

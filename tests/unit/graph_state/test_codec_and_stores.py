@@ -236,3 +236,20 @@ def test_codec_v2_rejects_truncated_and_inconsistent_records():
     for bad in (raw[:-3], raw + b"x", raw[:3]):
         with pytest.raises(ValueError, match="corrupt"):
             decode(bad, cfg)
+
+
+def test_rocks_store_reads_what_another_compression_wrote_and_rejects_unknown_ones(tmp_path):
+    from graph_state import RocksOptions
+
+    cfg = GraphConfig()
+    g = UserGraph(cfg)
+    g.apply(Ev("1", "a"))
+    first = RocksStore(tmp_path / "db", cfg, RocksOptions(compression="snappy"))
+    first.put_many({"u": g})
+    first._db.flush()
+    first.close()
+    again = RocksStore(tmp_path / "db", cfg, RocksOptions(compression="lz4"))
+    assert encode(again.get_many(["u"])["u"]) == encode(g)
+    again.close()
+    with pytest.raises(ValueError, match="RIPPLE_ROCKSDB_COMPRESSION"):
+        RocksStore(tmp_path / "other", cfg, RocksOptions(compression="brotli"))
