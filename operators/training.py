@@ -34,6 +34,7 @@ from operators.checkpoint import Checkpoint, build_encoder, with_features
 from operators.datasets import Split, pack_case_graphs, pack_prefix_graphs
 from operators.encoder import EncoderConfig
 from operators.evaluation import graph_config_dict, rank_metrics, rank_of_targets
+from operators.global_view import build_global_view
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
 
@@ -233,7 +234,8 @@ def train_encoder(
     """Pack the split's prefix graphs, train a :class:`GraphEncoder`, return (and save) its checkpoint.
 
     With ``features`` the encoder fuses each item's side-feature tokens into its item
-    vector and the checkpoint carries the feature table.
+    vector and the checkpoint carries the feature table. With ``encoder_config.global_k`` the
+    global item view is built from the training histories only and travels in the checkpoint.
     """
     say = log or (lambda _msg: None)
     if features is not None:
@@ -252,8 +254,17 @@ def train_encoder(
             f"item features {features.label}: {len(features.tokens):,} tokens, "
             f"{100 * features.coverage(split.vocab):.1f}% of the {len(split.vocab):,} items have some"
         )
+    view = None
+    if encoder_config.global_k > 0:
+        t1 = time.perf_counter()
+        rows = (index.rows([ev.item_id for ev in history]) for history in split.train)
+        view = build_global_view(rows, index.n_rows, encoder_config.global_k, encoder_config.global_window)
+        say(
+            f"global view: {len(view.neighbours):,} neighbour links (k={encoder_config.global_k}, "
+            f"window {encoder_config.global_window}) in {time.perf_counter() - t1:.1f}s"
+        )
     torch.manual_seed(train_config.seed)
-    encoder = build_encoder(encoder_config, index, features)
+    encoder = build_encoder(encoder_config, index, features, view)
     result = Trainer(encoder, train_data, valid_data, len(split.vocab), train_config).fit(say)
     checkpoint = Checkpoint(
         encoder,

@@ -117,6 +117,13 @@ def train(
     similarity_k: Annotated[
         int, typer.Option(min=0, max=64, help="Similarity edges: k most similar items per node (0 = off).")
     ] = 0,
+    global_k: Annotated[
+        int,
+        typer.Option(min=0, max=256, help="Global item view: k strongest transition neighbours per item (0 = off)."),
+    ] = 0,
+    global_window: Annotated[
+        int, typer.Option(min=1, max=16, help="Global view: steps apart two items may be to be neighbours.")
+    ] = 1,
 ) -> None:
     """Train the graph encoder on next-item prediction; write a checkpoint and its training curves."""
     import torch
@@ -145,6 +152,8 @@ def train(
             dropout=dropout,
             norm_scale=norm_scale,
             similarity_k=similarity_k,
+            global_k=global_k,
+            global_window=global_window,
         )
         features = None
         if item_features is not None:
@@ -338,6 +347,8 @@ def model_label(config) -> str:
         label += f"+sim{config.similarity_k}"
     if config.feature_tokens:
         label += "+feat"
+    if getattr(config, "global_k", 0):
+        label += f"+global{config.global_k}"
     return label
 
 
