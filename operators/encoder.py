@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -238,6 +238,7 @@ class GraphEncoder(nn.Module):
         self.reset_parameters()
         # The global view after every other draw, so the rest of the model initialises as without it.
         self.global_lin: nn.Linear | None = None
+        self._global_terms: torch.Tensor | None = None
         if config.global_k > 0:
             if global_view is None:
                 raise ValueError(E_GLOBAL_TABLE.format(k=config.global_k))
@@ -296,6 +297,24 @@ class GraphEncoder(nn.Module):
         mixed = torch.zeros((rows.numel(), vectors.shape[1]), dtype=vectors.dtype).index_add_(0, owner, weighted)
         return self.global_lin(mixed)
 
+    def global_terms(self, rows: torch.Tensor) -> torch.Tensor:
+        """:meth:`global_context` of some rows; when serving, read from a table of every row computed
+        once per loaded model (the weights do not change between :meth:`train` calls), so a node
+        costs one row lookup, as without the view."""
+        if self.training or torch.is_grad_enabled():
+            return self.global_context(rows)
+        if self._global_terms is None:
+            self._global_terms = self.global_context(torch.arange(self.item_emb.num_embeddings))
+        return self._global_terms[rows]
+
+    def train(self, mode: bool = True) -> GraphEncoder:
+        self._global_terms = None  # training changes the weights it was computed from
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._global_terms = None
+        return super().load_state_dict(*args, **kwargs)
+
     def item_table(self) -> torch.Tensor:
         """Raw vectors of every item row (:meth:`item_rows_vectors` of all rows at once)."""
         if self.token_emb is None:
@@ -310,7 +329,7 @@ class GraphEncoder(nn.Module):
         if self.config.norm_scale > 0:
             items = F.normalize(items, dim=-1)
         if self.global_lin is not None:
-            items = items + self.global_context(b.item_rows)
+            items = items + self.global_terms(b.item_rows)
         return items + self.action_emb(b.actions) + b.log_counts.unsqueeze(-1) * self.count_vec
 
     def similarity_edges(self, b: GraphBatch) -> torch.Tensor | None:

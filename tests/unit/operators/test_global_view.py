@@ -88,6 +88,11 @@ def test_node_inputs_add_the_projected_weighted_mean_of_the_neighbours():
         mean = sum(w * F.normalize(enc.item_emb.weight[n], dim=-1) for n, w in own)
         torch.testing.assert_close(got[0], enc.global_lin(mean))
         assert torch.equal(got[1], torch.zeros(8))  # a hashed row has no neighbours
+        torch.testing.assert_close(enc.global_terms(rows), got)  # served from the table of every row
+        assert enc._global_terms is not None and enc._global_terms.shape == (ckpt.index.n_rows, 8)
+    enc.train()
+    assert enc._global_terms is None  # training invalidates it
+    enc.eval()
     # The scoring side is untouched: targets are the items' own vectors.
     plain = Checkpoint.seeded(EncoderConfig(dim=8, hash_buckets=4, norm_scale=10.0), seed=1, vocab=VOCAB)
     torch.testing.assert_close(ckpt.encoder.item_vectors(), plain.encoder.item_vectors())
