@@ -277,6 +277,11 @@ class GraphEncoder(nn.Module):
             return None
         return GlobalView(self.global_offsets, self.global_neighbours, self.global_weights)
 
+    def set_global_view(self, view: GlobalView) -> None:
+        """Replace the view's table (training swaps its out-of-fold blocks for the served view)."""
+        self.global_offsets, self.global_neighbours, self.global_weights = view
+        self._global_terms = None
+
     def global_context(self, rows: torch.Tensor) -> torch.Tensor:
         """The global view's term of some rows' inputs: a projection of the weighted mean of their neighbours.
 
@@ -322,14 +327,19 @@ class GraphEncoder(nn.Module):
         bags = F.embedding_bag(self.feat_tokens, self.token_emb.weight, self.feat_offsets[:-1], mode="mean")
         return self.item_emb.weight + bags
 
-    def node_inputs(self, b: GraphBatch) -> torch.Tensor:
+    def node_inputs(self, b: GraphBatch, global_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Each node's input from its own fields only (item and its side features, its global
-        neighbours when the model has a global view, last action, count)."""
+        neighbours when the model has a global view, last action, count).
+
+        ``global_rows``: the view rows the nodes read instead of their item rows (out-of-fold
+        training, :class:`operators.global_view.OutOfFoldGraphs`)."""
         items = self.item_rows_vectors(b.item_rows)
         if self.config.norm_scale > 0:
             items = F.normalize(items, dim=-1)
         if self.global_lin is not None:
-            items = items + self.global_terms(b.item_rows)
+            items = items + (
+                self.global_terms(b.item_rows) if global_rows is None else self.global_context(global_rows)
+            )
         return items + self.action_emb(b.actions) + b.log_counts.unsqueeze(-1) * self.count_vec
 
     def similarity_edges(self, b: GraphBatch) -> torch.Tensor | None:
@@ -354,8 +364,8 @@ class GraphEncoder(nn.Module):
             return None
         return gcn_plan(b.edge_index, b.edge_weight, int(b.batch.shape[0]))
 
-    def node_states(self, b: GraphBatch) -> torch.Tensor:
-        h = self.dropout(self.node_inputs(b))
+    def node_states(self, b: GraphBatch, global_rows: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.dropout(self.node_inputs(b, global_rows))
         sim = self.similarity_edges(b)
         plan = self.gcn_plan(b)
         for layer in self.layers:
@@ -383,8 +393,8 @@ class GraphEncoder(nn.Module):
             user = self.config.norm_scale * F.normalize(user, dim=-1)
         return user, alpha
 
-    def forward(self, b: GraphBatch) -> torch.Tensor:
-        user, _ = self.readout(self.node_states(b), b)
+    def forward(self, b: GraphBatch, global_rows: torch.Tensor | None = None) -> torch.Tensor:
+        user, _ = self.readout(self.node_states(b, global_rows), b)
         return user
 
     def item_vectors(self) -> torch.Tensor:

@@ -124,6 +124,12 @@ def train(
     global_window: Annotated[
         int, typer.Option(min=1, max=16, help="Global view: steps apart two items may be to be neighbours.")
     ] = 1,
+    global_folds: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Global view: each fold of the training histories trains on the view of the others (<=1: off)."
+        ),
+    ] = 5,
 ) -> None:
     """Train the graph encoder on next-item prediction; write a checkpoint and its training curves."""
     import torch
@@ -171,6 +177,7 @@ def train(
             seed=seed,
             max_minutes=max_minutes,
             progress=progress,
+            global_folds=global_folds,
         )
         ckpt, result = train_encoder(
             split, settings.graph_config(), enc, cfg, str(out), log=console.print, features=features
