@@ -11,8 +11,17 @@ from torch.nn import functional as F
 
 from graph_state import GraphConfig, MemoryStore, UserGraph, decode, encode
 from operators import Checkpoint, Embedder, EncoderConfig, IncrementalPolicy, graphs_to_batch
+from operators.datasets import pack_prefix_graphs
 from operators.explain import explain
-from operators.global_view import GlobalView, build_global_view
+from operators.global_view import (
+    GlobalView,
+    OutOfFoldGraphs,
+    build_global_view,
+    first_block,
+    fold_of_histories,
+    pack_by_fold,
+    stacked_views,
+)
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
 from stream_app import Pipeline, RawRecord
@@ -168,3 +177,37 @@ def test_explanations_stay_additive_with_a_global_view():
     b = graphs_to_batch([graph(["i1", "i2"])], ckpt.index)
     with torch.no_grad():
         assert ckpt.encoder.node_inputs(b).shape == (2, 16)
+
+
+def test_out_of_fold_views_leave_each_folds_own_transitions_out():
+    histories = [[A, B], [B, C], [C, D], [A, B]]
+    folds = np.array([0, 1, 0, 1])
+    view = stacked_views(histories, 4, k=4, window=1, folds=folds, n_folds=2)
+    served = first_block(view, 4)
+    assert served.offsets.tolist() == build_global_view(histories, 4, k=4).offsets.tolist()
+    assert weights(served, B) == [(A, round(2 / 3, 6)), (C, round(1 / 3, 6))]
+    # Block f + 1 (rows (f + 1) * 4 + r) is the view without fold f.
+    assert weights(view, 4 + B) == [(A, 0.5), (C, 0.5)]  # fold 0 left out: [b c], [a b]
+    assert weights(view, 4 + D) == []
+    assert weights(view, 8 + B) == [(A, 1.0)]  # fold 1 left out: [a b], [c d]
+    assert weights(view, 8 + C) == [(D, 1.0)]
+
+
+def test_out_of_fold_batches_read_their_folds_block():
+    config = GraphConfig()
+    index = ItemIndex(VOCAB, 4)
+    histories = [[Ev(f"{u}-{t}", item, ts=float(t)) for t, item in enumerate(h)] for u, h in enumerate(HISTORIES)]
+    folds = fold_of_histories(len(histories), 3, seed=0)
+    assert sorted(np.bincount(folds).tolist()) == [4, 4, 4]
+    packed, graph_folds = pack_by_fold(histories, folds, 3, lambda part: pack_prefix_graphs(part, config, index))
+    reordered = pack_prefix_graphs(
+        [h for f in range(3) for h, g in zip(histories, folds, strict=True) if g == f], config, index
+    )
+    for name in ("item_rows", "node_ptr", "src", "dst", "edge_ptr", "last", "targets"):
+        assert np.array_equal(getattr(packed, name), getattr(reordered, name)), name
+    assert len(graph_folds) == len(packed) == 12 * 7
+    data = OutOfFoldGraphs(packed, graph_folds, index.n_rows)
+    sel = np.array([5, 30, 70, 1])
+    b, rows = data.batch(sel)
+    node_fold = np.repeat(graph_folds[sel], np.diff(b.ptr.numpy()))
+    assert rows.tolist() == (b.item_rows.numpy() + (node_fold + 1) * index.n_rows).tolist()
