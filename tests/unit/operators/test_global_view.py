@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from graph_state import GraphConfig, MemoryStore, UserGraph, decode, encode
 from operators import Checkpoint, Embedder, EncoderConfig, IncrementalPolicy, graphs_to_batch
-from operators.datasets import pack_prefix_graphs
+from operators.datasets import Case, pack_prefix_graphs
+from operators.evaluation import GraphScorer
 from operators.explain import explain
 from operators.global_view import (
     GlobalView,
@@ -22,8 +23,10 @@ from operators.global_view import (
     pack_by_fold,
     stacked_views,
 )
+from operators.heads import embed_examples
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
+from operators.labels import next_action_examples
 from stream_app import Pipeline, RawRecord
 from tests.conftest import Ev, random_stream, to_json
 
@@ -211,3 +214,38 @@ def test_out_of_fold_batches_read_their_folds_block():
     b, rows = data.batch(sel)
     node_fold = np.repeat(graph_folds[sel], np.diff(b.ptr.numpy()))
     assert rows.tolist() == (b.item_rows.numpy() + (node_fold + 1) * index.n_rows).tolist()
+
+
+def test_a_live_swap_to_and_from_a_model_with_a_global_view():
+    plain = Checkpoint.seeded(EncoderConfig(dim=16, layers=1, norm_scale=10.0), seed=5, vocab=VOCAB)
+    models = [plain, GLOBAL_MODELS[0], plain]  # the global one has the same shape plus its view
+    config = GraphConfig(max_nodes=12)
+    pipeline = Pipeline(MemoryStore(config), Embedder(plain, ALWAYS))
+    events = random_stream(5, 360, n_users=6, n_items=34)
+    for n, start in enumerate(range(0, len(events), 40)):
+        serving = models[n // 3]
+        if n % 3 == 0 and n > 0:
+            pipeline.swap_model(Embedder(serving, ALWAYS))
+        result = pipeline.process([RawRecord(to_json(ev)) for ev in events[start : start + 40]])
+        pipeline.commit(result)
+        for emb in result.embeddings:
+            assert emb.model_version == serving.model_version
+            stored = pipeline.store.get_many([emb.user_id])[emb.user_id]
+            fresh = decode(encode(stored), stored.config)
+            fresh.cache_key, fresh.cache = "", b""
+            np.testing.assert_allclose(emb.embedding, Embedder(serving).embed_one(fresh), atol=1e-5)
+
+
+def test_label_head_features_are_the_served_vectors_of_a_global_model():
+    ckpt = GLOBAL_MODELS[1]
+    histories = {
+        u: [
+            Ev(f"{u}-{t}", item, action=("cart" if t % 3 else "view"), ts=float(t), user_id=u)
+            for t, item in enumerate(h)
+        ]
+        for u, h in ((f"u{n}", h) for n, h in enumerate(HISTORIES))
+    }
+    examples = next_action_examples(histories, "cart")[:30]
+    vectors = embed_examples(ckpt, histories, examples, batch_size=7)
+    cases = [Case(e.user_id, histories[e.user_id][: e.length], "") for e in examples]
+    np.testing.assert_allclose(vectors, GraphScorer(ckpt).user_vectors(cases), atol=1e-5)
