@@ -162,11 +162,16 @@ class GraphLayer(nn.Module):
         x = F.linear(h, torch.cat([fwd.lin.weight, bwd.lin.weight]))  # [n, 2d]: forward | backward
         rows = x.reshape(-1, h.shape[1])  # row 2i: node i's forward transform, 2i + 1: its backward one
         n = h.shape[0] if n_out is None else n_out
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and plan.source.shape[0] >= MATRIX_MIN_MESSAGES:
             return (plan.matrix(n, rows.shape[0]) @ rows).add_(fwd.bias + bwd.bias)
         messages = rows[plan.source] * plan.weight.unsqueeze(-1)
         out = h.new_zeros((n, h.shape[1])).index_add_(0, plan.target, messages)
         return out + (fwd.bias + bwd.bias)
+
+
+MATRIX_MIN_MESSAGES = 1024
+"""Below this many messages, gathering and scattering them beats building a sparse matrix
+(measured: 600 messages 47 vs 55 µs, 1,500: 100 vs 64 µs, 15,000: 3.9 vs 0.5 ms)."""
 
 
 @dataclass
