@@ -13,6 +13,7 @@ import msgspec
 import torch
 
 from operators.encoder import EncoderConfig, FeatureTable, GraphEncoder
+from operators.global_view import GlobalView
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
 
@@ -85,10 +86,12 @@ class Checkpoint:
         seed: int = 0,
         vocab: list[str] | None = None,
         features: ItemFeatures | None = None,
+        global_view: GlobalView | None = None,
     ) -> Checkpoint:
         """A deterministic untrained model: same seed, same weights, same version.
 
-        With ``features`` the config is completed with their label and token count.
+        With ``features`` the config is completed with their label and token count; a config
+        with ``global_k`` needs its ``global_view``.
         """
         config = config or EncoderConfig()
         if features is not None:
@@ -97,7 +100,7 @@ class Checkpoint:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            encoder = build_encoder(config, index, features)
+            encoder = build_encoder(config, index, features, global_view)
         finally:
             torch.random.set_rng_state(gen_state)
         encoder.eval()
@@ -152,7 +155,10 @@ class Checkpoint:
             index = ItemIndex(payload["vocab"], config.hash_buckets)
             state = payload["state_dict"]
             table = FeatureTable(state["feat_offsets"], state["feat_tokens"]) if config.feature_tokens else None
-            encoder = GraphEncoder(config, index.n_rows, table)
+            view = None
+            if config.global_k:
+                view = GlobalView(state["global_offsets"], state["global_neighbours"], state["global_weights"])
+            encoder = GraphEncoder(config, index.n_rows, table, view)
             encoder.load_state_dict(state)
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise ValueError(E_UNREADABLE.format(path=path, cause=exc)) from exc
@@ -175,11 +181,17 @@ def with_features(config: EncoderConfig, features: ItemFeatures) -> EncoderConfi
     return dataclasses.replace(config, item_features=features.label, feature_tokens=len(features.tokens))
 
 
-def build_encoder(config: EncoderConfig, index: ItemIndex, features: ItemFeatures | None = None) -> GraphEncoder:
-    """A freshly initialised encoder for ``index``, with the feature table of ``features`` when the config has one."""
+def build_encoder(
+    config: EncoderConfig,
+    index: ItemIndex,
+    features: ItemFeatures | None = None,
+    global_view: GlobalView | None = None,
+) -> GraphEncoder:
+    """A freshly initialised encoder for ``index``, with the feature table of ``features`` when the config has one
+    and ``global_view`` (:func:`operators.global_view.build_global_view`) when it has a global view."""
     table = None
     if config.feature_tokens:
         if features is None:
             raise ValueError(f"the encoder config names item features {config.item_features!r}; pass them.")
         table = FeatureTable.from_numpy(*features.table(index.vocab, index.n_rows))
-    return GraphEncoder(config, index.n_rows, table)
+    return GraphEncoder(config, index.n_rows, table, global_view)

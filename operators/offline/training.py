@@ -32,11 +32,20 @@ from tqdm import tqdm
 from graph_state import GraphConfig
 from operators.checkpoint import Checkpoint, build_encoder, with_features
 from operators.encoder import EncoderConfig
+from operators.global_view import build_global_view
 from operators.graph_settings import graph_config_dict
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
 from operators.offline.datasets import Split, pack_case_graphs, pack_prefix_graphs
 from operators.offline.evaluation import rank_metrics, rank_of_targets
+from operators.offline.global_view_folds import (
+    OutOfFoldGraphs,
+    OutOfFoldModel,
+    first_block,
+    fold_of_histories,
+    pack_by_fold,
+    stacked_views,
+)
 
 E_NO_EXAMPLES = "the training data has no next-item examples; every history needs at least two events."
 STOP_METRIC = "mrr@20"
@@ -70,6 +79,9 @@ class TrainConfig:
     """torch threads while training (1 = reproducible; 0 = leave torch's setting)."""
     max_valid: int = 20_000
     """Validation cases scored after each epoch (a fixed subset when there are more)."""
+    global_folds: int = 5
+    """Models with a global item view: training prefixes of each of this many folds of the histories
+    read the view built from the other folds (<= 1: every prefix reads the served view)."""
     progress: bool = True
 
 
@@ -234,14 +246,23 @@ def train_encoder(
     """Pack the split's prefix graphs, train a :class:`GraphEncoder`, return (and save) its checkpoint.
 
     With ``features`` the encoder fuses each item's side-feature tokens into its item
-    vector and the checkpoint carries the feature table.
+    vector and the checkpoint carries the feature table. With ``encoder_config.global_k`` the
+    global item view is built from the training histories only and travels in the checkpoint.
     """
     say = log or (lambda _msg: None)
     if features is not None:
         encoder_config = with_features(encoder_config, features)
     index = ItemIndex(split.vocab, encoder_config.hash_buckets)
     t0 = time.perf_counter()
-    train_data = pack_prefix_graphs(split.train, graph_config, index)
+    out_of_fold = encoder_config.global_k > 0 and train_config.global_folds > 1
+    folds = fold_of_histories(len(split.train), train_config.global_folds, train_config.seed)
+    graph_folds = None
+    if out_of_fold:
+        train_data, graph_folds = pack_by_fold(
+            split.train, folds, train_config.global_folds, lambda part: pack_prefix_graphs(part, graph_config, index)
+        )
+    else:
+        train_data = pack_prefix_graphs(split.train, graph_config, index)
     valid_data = pack_case_graphs(split.valid, graph_config, index)
     pack_seconds = time.perf_counter() - t0
     say(
@@ -253,9 +274,30 @@ def train_encoder(
             f"item features {features.label}: {len(features.tokens):,} tokens, "
             f"{100 * features.coverage(split.vocab):.1f}% of the {len(split.vocab):,} items have some"
         )
+    view = None
+    k, window = encoder_config.global_k, encoder_config.global_window
+    if k > 0:
+        t1 = time.perf_counter()
+        rows = [index.rows([ev.item_id for ev in history]) for history in split.train]
+        if out_of_fold:
+            view = stacked_views(rows, index.n_rows, k, window, folds, train_config.global_folds)
+        else:
+            view = build_global_view(rows, index.n_rows, k, window)
+        served = first_block(view, index.n_rows)
+        say(
+            f"global view: {len(served.neighbours):,} neighbour links (k={k}, window {window})"
+            + (f", and one without each of {train_config.global_folds} folds" if out_of_fold else "")
+            + f" in {time.perf_counter() - t1:.1f}s"
+        )
     torch.manual_seed(train_config.seed)
-    encoder = build_encoder(encoder_config, index, features)
-    result = Trainer(encoder, train_data, valid_data, len(split.vocab), train_config).fit(say)
+    encoder = build_encoder(encoder_config, index, features, view)
+    model: nn.Module = encoder
+    train_set: Packed = train_data
+    if graph_folds is not None:
+        model, train_set = OutOfFoldModel(encoder), OutOfFoldGraphs(train_data, graph_folds, index.n_rows)
+    result = Trainer(model, train_set, valid_data, len(split.vocab), train_config).fit(say)
+    if view is not None:
+        encoder.set_global_view(first_block(view, index.n_rows))  # what serving reads
     checkpoint = Checkpoint(
         encoder,
         index,

@@ -95,6 +95,19 @@ def train(
     similarity_k: Annotated[
         int, typer.Option(min=0, max=64, help="Similarity edges: k most similar items per node (0 = off).")
     ] = 0,
+    global_k: Annotated[
+        int,
+        typer.Option(min=0, max=256, help="Global item view: k strongest transition neighbours per item (0 = off)."),
+    ] = 0,
+    global_window: Annotated[
+        int, typer.Option(min=1, max=16, help="Global view: steps apart two items may be to be neighbours.")
+    ] = 1,
+    global_folds: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Global view: each fold of the training histories trains on the view of the others (<=1: off)."
+        ),
+    ] = 5,
 ) -> None:
     """Train the graph encoder on next-item prediction; write a checkpoint and its training curves."""
     import torch
@@ -123,6 +136,8 @@ def train(
             dropout=dropout,
             norm_scale=norm_scale,
             similarity_k=similarity_k,
+            global_k=global_k,
+            global_window=global_window,
         )
         features = None
         if item_features is not None:
@@ -140,6 +155,7 @@ def train(
             seed=seed,
             max_minutes=max_minutes,
             progress=progress,
+            global_folds=global_folds,
         )
         ckpt, result = train_encoder(
             split, settings.graph_config(), enc, cfg, str(out), log=console.print, features=features
@@ -317,6 +333,8 @@ def model_label(config) -> str:
         label += f"+sim{config.similarity_k}"
     if config.feature_tokens:
         label += "+feat"
+    if getattr(config, "global_k", 0):
+        label += f"+global{config.global_k}"
     return label
 
 

@@ -1,4 +1,4 @@
-"""``ripple train --item-features/--similarity-k``: the checkpoint records them and every runner serves it as is."""
+"""``ripple train --item-features/--similarity-k/--global-k``: the checkpoint records them; every runner serves it."""
 
 from __future__ import annotations
 
@@ -58,3 +58,37 @@ def test_train_with_side_features_and_similarity_edges_then_evaluate_and_replay(
     evaluated = GraphScorer(ckpt).user_vectors(cases)
     streamed = np.asarray([published[u].embedding for u in users], dtype=np.float32)
     np.testing.assert_allclose(streamed, evaluated, atol=1e-5)
+
+
+def test_train_with_a_global_view_then_evaluate_and_replay(tmp_path):
+    events = write_jsonl(tmp_path / "events.jsonl", list(generate_events(SPEC)))
+    histories, _ = read_histories(events, "jsonl", Settings.from_env({}))
+    model = tmp_path / "g.ckpt"
+    common = ["--data", events, "--format", "jsonl"]
+    options = ["--epochs", "1", "--dim", "16", "--no-progress", "--global-k", "4", "--global-window", "2"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", *common, "--out", str(model), *options])
+    assert res.exit_code == 0, res.output
+    assert "global view:" in res.output
+    ckpt = Checkpoint.load(model)
+    view = ckpt.encoder.global_view()
+    assert (ckpt.config.global_k, ckpt.config.global_window) == (4, 2) and view is not None
+    assert 0 < len(view.neighbours) <= 4 * len(ckpt.index.vocab)
+
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", "--model", str(model), *common, "--baselines", "", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["results"][0]["name"] == "GCN+global4 (g.ckpt)"
+
+    settings = Settings.from_env({}, state_dir=str(tmp_path / "state"), model_path=str(model), batch_size=50)
+    replay(events, "jsonl", str(tmp_path / "emb.jsonl"), settings, progress=False)
+    published: dict[str, UserEmbedding] = {}
+    with open(tmp_path / "emb.jsonl", "rb") as f:
+        for line in f:
+            emb = msgspec.json.decode(line, type=UserEmbedding)
+            published[emb.user_id] = emb
+    users = sorted(histories)
+    cases = [Case(u, histories[u], histories[u][-1].item_id) for u in users]
+    streamed = np.asarray([published[u].embedding for u in users], dtype=np.float32)
+    np.testing.assert_allclose(streamed, GraphScorer(ckpt).user_vectors(cases), atol=1e-5)
+    assert {published[u].model_version for u in users} == {ckpt.model_version}
