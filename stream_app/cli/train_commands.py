@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,33 +21,11 @@ from rich.table import Table
 
 from stream_app.cli.typer_app import app, console, fail
 from stream_app.core.settings import Settings
-from stream_app.files.histories import read_histories
+from stream_app.files.histories import DataFormat, load_split
 
-E_FORMAT_SESSIONS = "--format sessions reads the SR-GNN split; {path} is neither its directory nor train_sessions.txt."
 E_NO_TEST = "{path} gives no test cases (test_prefixes.tsv next to the train file, or users with 3+ events)."
 E_NOTHING = "nothing to evaluate: pass --model checkpoint(s), --baselines, or both."
 BASELINES = ("pop", "cooc", "sknn", "vsknn", "stan", "gru")
-
-
-class DataFormat(StrEnum):
-    sessions = "sessions"
-    recbole = "recbole"
-    jsonl = "jsonl"
-    csv = "csv"
-    diginetica = "diginetica"
-
-
-def load_split(data: Path, fmt: DataFormat, settings: Settings, val_share: float, seed: int):
-    from operators.offline.datasets import fingerprint_files, leave_one_out, sessions_split
-
-    if fmt is DataFormat.sessions:
-        if not (data.is_dir() or data.name.endswith(".txt")):
-            raise ValueError(E_FORMAT_SESSIONS.format(path=data))
-        return sessions_split(str(data), val_share=val_share, seed=seed)
-    histories, rejected = read_histories(str(data), fmt.value, settings)
-    split = leave_one_out(histories, fingerprint_files([str(data)], f"{fmt.value}:loo"))
-    split.info["rejected"] = sum(rejected.values())
-    return split
 
 
 def _settings(max_nodes: Optional[int]) -> Settings:

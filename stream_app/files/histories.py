@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from enum import StrEnum
+from pathlib import Path
 
 from stream_app.core.events import BehaviorEvent, Rejection, decode_event
 from stream_app.core.settings import Settings
 from stream_app.files.readers import read_events
+
+E_FORMAT_SESSIONS = "--format sessions reads the SR-GNN split; {path} is neither its directory nor train_sessions.txt."
 
 
 def read_histories(path: str, fmt: str, settings: Settings) -> tuple[dict[str, list[BehaviorEvent]], Counter[str]]:
@@ -27,3 +31,25 @@ def read_histories(path: str, fmt: str, settings: Settings) -> tuple[dict[str, l
         seen.add(key)
         histories.setdefault(event.user_id, []).append(event)
     return histories, rejected
+
+
+class DataFormat(StrEnum):
+    sessions = "sessions"
+    recbole = "recbole"
+    jsonl = "jsonl"
+    csv = "csv"
+    diginetica = "diginetica"
+
+
+def load_split(data: Path, fmt: DataFormat, settings: Settings, val_share: float, seed: int):
+    """The training/validation/test split of a data file (what ``ripple train`` and ``ripple evaluate`` read)."""
+    from operators.offline.datasets import fingerprint_files, leave_one_out, sessions_split
+
+    if fmt is DataFormat.sessions:
+        if not (data.is_dir() or data.name.endswith(".txt")):
+            raise ValueError(E_FORMAT_SESSIONS.format(path=data))
+        return sessions_split(str(data), val_share=val_share, seed=seed)
+    histories, rejected = read_histories(str(data), fmt.value, settings)
+    split = leave_one_out(histories, fingerprint_files([str(data)], f"{fmt.value}:loo"))
+    split.info["rejected"] = sum(rejected.values())
+    return split
