@@ -368,6 +368,9 @@ class GraphEncoder(nn.Module):
         without neighbours gets the projection of zero.
         """
         assert self.global_lin is not None
+        # A training batch repeats items across prefixes (long histories: ~40 nodes per graph, a few
+        # thousand items): each distinct row once.
+        rows, inverse = torch.unique(rows, return_inverse=True)
         starts = self.global_offsets[rows]
         lengths = self.global_offsets[rows + 1] - starts
         total = int(lengths.sum())
@@ -379,7 +382,7 @@ class GraphEncoder(nn.Module):
             vectors = F.normalize(vectors, dim=-1)
         weighted = vectors * self.global_weights[flat].unsqueeze(-1)
         mixed = torch.zeros((rows.numel(), vectors.shape[1]), dtype=vectors.dtype).index_add_(0, owner, weighted)
-        return self.global_lin(mixed)
+        return self.global_lin(mixed)[inverse]
 
     def global_terms(self, rows: torch.Tensor) -> torch.Tensor:
         """:meth:`global_context` of some rows; when serving, read from a table of every row computed
