@@ -25,8 +25,8 @@ from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig
 from operators.global_view import build_global_view
 from operators.item_index import ItemIndex
-from stream_app.settings import Settings
-from stream_app.train_cli import DataFormat, load_split
+from stream_app.core.settings import Settings
+from stream_app.files.histories import DataFormat, load_split
 
 
 def main() -> None:
