@@ -296,7 +296,11 @@ class IncrementalEncoder:
         in_deg: np.ndarray,
         out_deg: np.ndarray,
     ) -> torch.Tensor:
-        """GCN layer outputs of the target nodes (a mask over all nodes), given ``h_src`` of ``s_idx``.
+        """GCN layer outputs of the target nodes, given ``h_src`` of ``s_idx``.
+
+        ``targets`` is a mask and ``s_idx``, ``src``, ``dst`` index the same node set (the part of
+        the batch the recompute reaches); ``in_deg``/``out_deg`` are those nodes' degrees in their
+        full graphs.
 
         The messages into the targets as a :class:`GcnPlan` over ``h_src``'s rows (both
         directions and the self loops, normalised by the full graphs' degrees), so the layer
