@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import sys
@@ -28,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import msgspec
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from kafka import KafkaProducer
 
 from bench.report import markdown, median, record, show
 from bench.worker_process import WorkerProcess, worker_env
@@ -47,30 +49,58 @@ _decode_stamp = msgspec.json.Decoder(_Stamp)
 
 
 class Collector(threading.Thread):
-    """Consumes the embeddings topic, remembering (receive time, embedding event_ts)."""
+    """Consumes the embeddings topic, remembering (receive time, embedding event_ts).
+
+    An aiokafka consumer (C record parsing) on an event loop of its own: kafka-python's
+    pure-Python fetch path cost 14 to 25 % of a core at 1,800 records/s, CPU the worker
+    under test then lacked.
+    """
 
     def __init__(self, broker: str, topic: str) -> None:
         super().__init__(daemon=True)
-        self.consumer = KafkaConsumer(
-            topic,
-            bootstrap_servers=broker,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=10,
-            request_timeout_ms=30_000,
-        )
+        self.broker, self.topic = broker, topic
         self.seen: list[tuple[float, float]] = []
         self.stop = threading.Event()
+        self.ready = threading.Event()
         self.cpu = 0.0
         """CPU seconds this thread has used so far (updated after every poll)."""
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            for records in self.consumer.poll(timeout_ms=50).values():
+        asyncio.run(self._consume())
+
+    async def _consume(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=self.broker, auto_offset_reset="earliest", fetch_max_wait_ms=10
+        )
+        await consumer.start()
+        self.ready.set()
+        try:
+            while not self.stop.is_set():
+                batches = await consumer.getmany(timeout_ms=50)
                 now = time.time()
-                for rec in records:
-                    self.seen.append((now, _decode_stamp.decode(rec.value).event_ts))
-            self.cpu = time.thread_time()
-        self.consumer.close()
+                for records in batches.values():
+                    self.seen.extend((now, _decode_stamp.decode(rec.value).event_ts) for rec in records)
+                self.cpu = time.thread_time()
+        finally:
+            await consumer.stop()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``), NaN when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid() -> int | None:
+    """The pid of the broker ``deploy/kafka/kafka.sh`` started, or None (a broker started otherwise)."""
+    data = Path(os.environ.get("RIPPLE_KAFKA_DATA", Path(__file__).resolve().parent.parent / ".kafka-data"))
+    try:
+        return int((data / "kafka.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def events(n: int, seed: int, stamp: bool) -> list[tuple[bytes, dict]]:
@@ -98,22 +128,36 @@ def produce_paced(broker: str, topic: str, items: list[tuple[bytes, dict]], rate
 
 
 def _paced_producer(broker: str, topic: str, items: list[tuple[bytes, dict]], rate: float, result) -> None:
-    producer = KafkaProducer(bootstrap_servers=broker, linger_ms=5, acks=1)
+    result.put(asyncio.run(_produce_paced(broker, topic, items, rate)))
+
+
+async def _produce_paced(broker: str, topic: str, items: list[tuple[bytes, dict]], rate: float) -> float:
+    """Every 5 ms tick, hand what is due to aiokafka's producer (C record builder, ~12 µs per message).
+
+    The messages of a tick join the open batch of their partition, so when the broker is slow
+    for a moment the batches grow and the backlog goes out in the next requests. (Sending a new
+    record batch of its own per tick did not: a request carries one batch per partition, so a
+    generator that fell behind once stayed behind by the same amount for good.) kafka-python's
+    ``send`` cost the generator 27 to 40 % of a core at 900 to 2,900 events/s.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5, acks=1)
+    await producer.start()
     encode = msgspec.json.encode
     cpu0, started = time.process_time(), time.perf_counter()
-    sent = 0
+    sent, pending = 0, []
     while sent < len(items):
         due = min(len(items), int((time.perf_counter() - started) * rate) + 1)
         while sent < due:
             key, obj = items[sent]
             obj["ts"] = time.time()
-            producer.send(topic, key=key, value=encode(obj))
+            pending.append(await producer.send(topic, key=key, value=encode(obj)))
             sent += 1
-        time.sleep(0.005)
-    producer.flush()
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*pending)
     wall = time.perf_counter() - started
-    result.put((time.process_time() - cpu0) / max(wall, 1e-9))
-    producer.close()
+    cpu = (time.process_time() - cpu0) / max(wall, 1e-9)
+    await producer.stop()
+    return cpu
 
 
 def one_run(broker: str, backlog: int, seconds: float, levels: list[float], seed: int, batch_size: int) -> dict:
@@ -127,7 +171,9 @@ def one_run(broker: str, backlog: int, seconds: float, levels: list[float], seed
     producer.flush()
     collector = Collector(broker, env["RIPPLE_OUTPUT_TOPIC"])
     collector.start()
+    collector.ready.wait(60)
     worker = WorkerProcess(env, tmp / "worker.log").start()
+    assert worker.proc is not None
     result: dict = {}
     try:
         worker.wait_healthy(120)
@@ -145,14 +191,19 @@ def one_run(broker: str, backlog: int, seconds: float, levels: list[float], seed
         times = [t for t, _ in collector.seen]
         rate = backlog / (max(times) - min(times))
         result["rate"] = rate
+        kafka_pid = broker_pid()
         result["topics"] = [env["RIPPLE_OUTPUT_TOPIC"], f"{env['RIPPLE_APP_ID']}-user-graphs-changelog"]
         for level in levels:
             start_mark = time.time()
             batch = events(int(rate * level * seconds), seed + int(level * 100), stamp=True)
             consumer_cpu, started = collector.cpu, time.time()
+            worker_cpu, kafka_cpu = cpu_seconds(worker.proc.pid), cpu_seconds(kafka_pid)
             result[f"cpu{level}"] = produce_paced(broker, env["RIPPLE_INPUT_TOPIC"], batch, rate * level)
             time.sleep(2.0)
-            result[f"consumer{level}"] = (collector.cpu - consumer_cpu) / (time.time() - started)
+            wall = time.time() - started
+            result[f"consumer{level}"] = (collector.cpu - consumer_cpu) / wall
+            result[f"worker{level}"] = (cpu_seconds(worker.proc.pid) - worker_cpu) / wall
+            result[f"broker{level}"] = (cpu_seconds(kafka_pid) - kafka_cpu) / wall
             lat = [t - ts for t, ts in collector.seen if ts >= start_mark]
             result[level] = np.percentile(np.asarray(lat) * 1e3, [50, 95, 99]).tolist() if lat else [float("nan")] * 3
     finally:
@@ -175,15 +226,15 @@ def main() -> None:
     levels = [0.25, 0.5, 0.8]
     runs = [one_run(args.broker, args.backlog, args.seconds, levels, r, args.batch_size) for r in range(args.repeats)]
     rate = median([r["rate"] for r in runs])
-    header = ["load", "events/s offered", "p50 ms", "p95 ms", "p99 ms", "load generator CPU", "consumer CPU"]
-    rows = [["sustained (backlog)", f"{rate:,.0f}", "", "", "", "", ""]]
+    header = ["load", "events/s offered", "p50 ms", "p95 ms", "p99 ms", "worker CPU", "broker CPU",
+              "load generator CPU", "consumer CPU"]  # fmt: skip
+    rows = [["sustained (backlog)", f"{rate:,.0f}", "", "", "", "", "", "", ""]]
     for level in levels:
         p = [median([r[level][i] for r in runs]) for i in range(3)]
-        cpu = median([r[f"cpu{level}"] for r in runs])
-        consumer = median([r[f"consumer{level}"] for r in runs])
+        cpu = [median([r[f"{part}{level}"] for r in runs]) for part in ("worker", "broker", "cpu", "consumer")]
         rows.append(
             [f"{level:.0%} of sustained", f"{rate * level:,.0f}", f"{p[0]:.0f}", f"{p[1]:.0f}", f"{p[2]:.0f}",
-             f"{cpu:.0%} of a core", f"{consumer:.0%} of a core"]
+             *(f"{c:.0%}" for c in cpu)]
         )  # fmt: skip
     title = f"Kafka end to end: one worker, 4 partitions, batch {args.batch_size}"
     show(title, header, rows)
@@ -192,9 +243,10 @@ def main() -> None:
             f"Medians of {args.repeats} runs (each with a fresh topic, group and state); sustained = {args.backlog:,} "
             f"pre-produced events over first-to-last embedding; latency levels ran {args.seconds:.0f} s each, "
             "measured by a consumer of the embeddings topic as receive time minus the newest event's send time. "
-            "The load generator is a process of its own pacing in 5 ms ticks; its CPU use is in the next-to-last "
-            "column, the measuring consumer's (a thread reading only each record's event_ts) in the last. "
-            "Producer, broker, worker and consumer share the 2 cores."
+            "CPU columns are shares of one core during each level: the worker process, the broker's JVM, "
+            "the load generator (a process of its own handing each 5 ms tick's events to an aiokafka producer) and "
+            "the measuring consumer (an aiokafka thread reading only each record's event_ts). "
+            "All four share the 2 cores."
         )
         record("kafka-e2e", title, markdown(header, rows) + "\n\n" + note)
 

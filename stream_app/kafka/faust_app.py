@@ -55,6 +55,7 @@ from stream_app.core.settings import Settings
 from stream_app.kafka import undecodable
 from stream_app.kafka.batch_send import send_batched
 from stream_app.kafka.compression import compression_type, consumer_codec_warning
+from stream_app.kafka.fetch_flow import RippleTransport
 from stream_app.kafka.kafka_connection import faust_credentials
 from stream_app.kafka.model_swap import SWAPPED, ModelWatcher, ReloadResult
 from stream_app.kafka.offset_guard import OffsetGuard, fetch_range, in_partition_order
@@ -399,7 +400,7 @@ def advertised_host(web_host: str) -> str:
 def build_app(settings: Settings) -> faust.App:
     os.makedirs(settings.state_dir, exist_ok=True)
     host = advertised_host(settings.web_host)
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker,
         broker_credentials=faust_credentials(settings),
@@ -430,6 +431,9 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         canonical_url=f"http://{host}:{settings.web_port}",
     )
+    # Fetches are not held 1.5 s for an idle topic, nor paused a blind second (stream_app/kafka/fetch_flow.py).
+    app.transport = RippleTransport(app.conf.broker_consumer, app, fetch_max_wait_s=settings.consumer_fetch_max_wait_s)
+    return app
 
 
 def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.App | None = None) -> StreamWorker:

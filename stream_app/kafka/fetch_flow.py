@@ -1,0 +1,84 @@
+"""The worker's Kafka transport: Faust's aiokafka transport with two fetch stalls removed.
+
+Both were found pacing a worker at 3,000 events/s (72 % of its backlog rate) on one broker: its
+input lag stepped up by ~1.5 s every few seconds and never came down, while its event loop was
+35 % idle (docs/benchmarks.md, "Kafka end to end").
+
+1. **A fetch held for an idle topic.** aiokafka sends one fetch request per broker at a time, and
+   leaves out the partitions whose last records the application has not consumed yet. The worker
+   also consumes the deletions topic, which is idle nearly always: while the input partitions
+   still had records buffered, the next request asked for the deletions partitions alone, and
+   the broker held it for ``fetch_max_wait_ms`` — which Faust fixes at 1,500 ms — waiting for
+   data that never came. For those 1.5 s no fetch for the input topic could go out.
+   :class:`FetchWaitConsumerThread` sets the wait from ``RIPPLE_CONSUMER_FETCH_MAX_WAIT_S``
+   (default 50 ms; Kafka's Java consumer uses 500 ms). An idle worker then sends ~20 empty
+   fetches a second, which costs the broker and the worker next to nothing.
+2. **A second of sleep when the stream's buffer is full.** Faust stops fetching a partition while
+   the stream's buffer is under pressure (at 1/1.25 of ``stream_buffer_maxsize``) and fetches it
+   again when the buffer has drained to 40 %; when every partition is stopped that way its
+   fetcher sleeps a whole second before it looks again. :class:`BufferAwareConsumer` waits for
+   the drain instead (Faust calls ``on_buffer_drop``), with that second as the upper bound.
+
+Everything else (flow control in rebalances, paused partitions, the consumer thread) is Faust's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiokafka
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, AppT
+
+BUFFERED_WAIT_S = 1.0
+"""Longest wait for a drained buffer when every partition is stopped (Faust's own sleep)."""
+
+
+class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread whose aiokafka consumer uses the transport's fetch wait."""
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by the consumer's Fetcher, which start() creates: the consumer is not started yet.
+        consumer._fetch_max_wait_ms = int(getattr(transport, "fetch_max_wait_s", 1.5) * 1000)
+        return consumer
+
+
+class BufferAwareConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer: the fetch wait of :class:`FetchWaitConsumerThread`, no blind sleep."""
+
+    _buffer_dropped: asyncio.Event | None = None
+
+    def _new_consumer_thread(self) -> FetchWaitConsumerThread:
+        return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _dropped(self) -> asyncio.Event:
+        if self._buffer_dropped is None:
+            self._buffer_dropped = asyncio.Event()
+        return self._buffer_dropped
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        super().on_buffer_drop(tp)
+        self._dropped().set()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        if self.flow_active and not self.app.client_only and not self._get_active_partitions():
+            # Faust would sleep a second here; wake as soon as a buffer drains instead.
+            dropped = self._dropped()
+            dropped.clear()
+            self.not_waiting_next_records.set()
+            await self.wait_for_stopped(dropped, timeout=BUFFERED_WAIT_S)
+            if not self._get_active_partitions():  # still stopped (paused, or the buffer still full)
+                return {}, set()
+        return await super()._wait_next_records(timeout)
+
+
+class RippleTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`BufferAwareConsumer` (installed by ``build_app``)."""
+
+    Consumer = BufferAwareConsumer
+
+    def __init__(self, url: Any, app: AppT, *, fetch_max_wait_s: float) -> None:
+        super().__init__(url, app)
+        self.fetch_max_wait_s = fetch_max_wait_s

@@ -1,0 +1,93 @@
+"""The worker's fetch path (stream_app/kafka/fetch_flow.py): the broker's fetch wait comes from the
+settings instead of Faust's fixed 1.5 s, and a fetcher whose partitions are all stopped for a full
+stream buffer wakes when the buffer drains instead of sleeping a second."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from stream_app.core.settings import Settings
+from stream_app.kafka.faust_app import build_app
+from stream_app.kafka.fetch_flow import BufferAwareConsumer, FetchWaitConsumerThread
+
+
+def _aiokafka_consumer(settings: Settings, thread_class: type) -> int:
+    """``fetch_max_wait_ms`` of the aiokafka consumer that ``thread_class`` builds for this app."""
+
+    async def build() -> int:
+        app = build_app(settings)
+        consumer = thread_class._create_worker_consumer(app.consumer._thread, app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(build())
+
+
+def test_worker_fetch_wait_comes_from_the_settings_not_fausts_fixed_one_and_a_half_seconds(tmp_path):
+    default = Settings.from_env({}, state_dir=str(tmp_path))
+    assert _aiokafka_consumer(default, faust_aiokafka.AIOKafkaConsumerThread) == 1500  # what Faust alone does
+    assert _aiokafka_consumer(default, FetchWaitConsumerThread) == 50
+    tuned = Settings.from_env({"RIPPLE_CONSUMER_FETCH_MAX_WAIT_S": "0.2"}, state_dir=str(tmp_path))
+    assert _aiokafka_consumer(tuned, FetchWaitConsumerThread) == 200
+
+
+def test_the_worker_app_uses_the_fetch_flow_consumer(tmp_path):
+    app = build_app(Settings.from_env({}, state_dir=str(tmp_path)))
+    assert isinstance(app.consumer, BufferAwareConsumer)
+    assert isinstance(app.consumer._thread, FetchWaitConsumerThread)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "31"])
+def test_a_fetch_wait_out_of_range_is_refused_with_its_name(tmp_path, value):
+    with pytest.raises(ValueError, match="consumer_fetch_max_wait_s"):
+        Settings.from_env({"RIPPLE_CONSUMER_FETCH_MAX_WAIT_S": value}, state_dir=str(tmp_path))
+
+
+def test_a_fetcher_stopped_by_a_full_buffer_wakes_when_the_buffer_drains(tmp_path, monkeypatch):
+    tp = TP("events", 0)
+
+    async def scenario() -> tuple[float, set, list]:
+        app = build_app(Settings.from_env({}, state_dir=str(tmp_path)))
+        consumer = app.consumer
+        monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+        fetched_for: list = []
+
+        async def getmany(active_partitions, timeout):
+            fetched_for.append(set(active_partitions))
+            return {}
+
+        monkeypatch.setattr(consumer, "_getmany", getmany)
+        consumer.on_buffer_full(tp)  # the stream's buffer is under pressure: tp is not fetched
+        assert not consumer._get_active_partitions()
+        started = time.perf_counter()
+        waiting = asyncio.ensure_future(consumer._wait_next_records(1.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and not fetched_for  # nothing to fetch yet
+        consumer.on_buffer_drop(tp)
+        _, active = await waiting
+        return time.perf_counter() - started, active, fetched_for
+
+    took, active, fetched_for = asyncio.run(scenario())
+    assert active == {tp} and fetched_for == [{tp}]  # it fetched tp again, right after the drain
+    assert took < 0.5, f"the fetcher slept {took:.2f} s after the buffer drained (Faust sleeps 1 s)"
+
+
+def test_a_fetcher_with_nothing_to_fetch_returns_empty_after_the_bound(tmp_path, monkeypatch):
+    tp = TP("events", 0)
+    monkeypatch.setattr("stream_app.kafka.fetch_flow.BUFFERED_WAIT_S", 0.05)
+
+    async def scenario():
+        app = build_app(Settings.from_env({}, state_dir=str(tmp_path)))
+        consumer = app.consumer
+        monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+        consumer.on_buffer_full(tp)
+        return await consumer._wait_next_records(1.0)
+
+    assert asyncio.run(scenario()) == ({}, set())
