@@ -16,7 +16,7 @@ from stream_app.kafka.faust_app import build_app
 from stream_app.kafka.fetch_flow import BufferAwareConsumer, FetchWaitConsumerThread
 
 
-def _aiokafka_consumer(settings: Settings, thread_class: type) -> int:
+def _fetch_wait_ms(settings: Settings, thread_class: type) -> int:
     """``fetch_max_wait_ms`` of the aiokafka consumer that ``thread_class`` builds for this app."""
 
     async def build() -> int:
@@ -32,10 +32,10 @@ def _aiokafka_consumer(settings: Settings, thread_class: type) -> int:
 
 def test_worker_fetch_wait_comes_from_the_settings_not_fausts_fixed_one_and_a_half_seconds(tmp_path):
     default = Settings.from_env({}, state_dir=str(tmp_path))
-    assert _aiokafka_consumer(default, faust_aiokafka.AIOKafkaConsumerThread) == 1500  # what Faust alone does
-    assert _aiokafka_consumer(default, FetchWaitConsumerThread) == 50
+    assert _fetch_wait_ms(default, faust_aiokafka.AIOKafkaConsumerThread) == 1500  # what Faust alone does
+    assert _fetch_wait_ms(default, FetchWaitConsumerThread) == 50
     tuned = Settings.from_env({"RIPPLE_CONSUMER_FETCH_MAX_WAIT_S": "0.2"}, state_dir=str(tmp_path))
-    assert _aiokafka_consumer(tuned, FetchWaitConsumerThread) == 200
+    assert _fetch_wait_ms(tuned, FetchWaitConsumerThread) == 200
 
 
 def test_the_worker_app_uses_the_fetch_flow_consumer(tmp_path):
