@@ -54,7 +54,7 @@ from stream_app.core.serving import build_pipeline
 from stream_app.core.settings import Settings
 from stream_app.kafka import undecodable
 from stream_app.kafka.batch_send import send_batched
-from stream_app.kafka.compression import compression_type, consumer_codec_warning
+from stream_app.kafka.compression import compression_type, consumer_codec_warning, install_compression_level
 from stream_app.kafka.fetch_flow import RippleTransport
 from stream_app.kafka.kafka_connection import faust_credentials
 from stream_app.kafka.model_swap import SWAPPED, ModelWatcher, ReloadResult
@@ -431,6 +431,7 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         canonical_url=f"http://{host}:{settings.web_port}",
     )
+    install_compression_level(settings.producer_compression_level)
     # Fetches are not held 1.5 s for an idle topic, nor paused a blind second (stream_app/kafka/fetch_flow.py).
     app.transport = RippleTransport(app.conf.broker_consumer, app, fetch_max_wait_s=settings.consumer_fetch_max_wait_s)
     return app

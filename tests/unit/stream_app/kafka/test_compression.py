@@ -10,11 +10,13 @@ from typer.testing import CliRunner
 from stream_app.cli import app
 from stream_app.core.settings import Settings
 from stream_app.kafka.compression import (
+    AIOKAFKA_ENCODERS,
     aiokafka_missing,
     check_producer_codec,
     codec_name,
     compression_type,
     consumer_codec_warning,
+    install_compression_level,
     kafka_python_missing,
 )
 
@@ -61,3 +63,75 @@ def test_without_lz4_ripple_produce_refuses_before_connecting(monkeypatch, tmp_p
     assert result.exit_code != 0
     text = " ".join(result.output.split())
     assert "RIPPLE_PRODUCER_COMPRESSION=lz4" in text and "kafka-python" in text and "pip install" in text, text
+
+
+# ---- compression level of the worker's aiokafka batches ------------------------------------------
+
+ENCODER_MODULES = ("aiokafka.record.default_records", "aiokafka.record._crecords.default_records")
+CODEC_IDS = {"gzip": 1, "lz4": 3, "zstd": 4}
+
+
+@pytest.fixture
+def restore_encoders(monkeypatch):
+    """Undo install_compression_level after the test (it sets module globals for the whole process)."""
+    import importlib
+
+    for module_name in ENCODER_MODULES:
+        module = importlib.import_module(module_name)
+        for name in AIOKAFKA_ENCODERS:
+            monkeypatch.setattr(module, name, getattr(module, name))
+
+
+def build_batch(builder_module: str, codec: str, values: list[bytes]) -> bytes:
+    import importlib
+
+    module = importlib.import_module(builder_module)
+    builder = module.DefaultRecordBatchBuilder(
+        magic=2, compression_type=CODEC_IDS[codec], is_transactional=0, producer_id=-1, producer_epoch=-1,
+        base_sequence=-1, batch_size=1 << 22,
+    )  # fmt: skip
+    for offset, value in enumerate(values):
+        stamp = 1_767_225_600_000 + offset  # fixed: a batch's bytes depend on its timestamps
+        assert builder.append(offset, timestamp=stamp, key=b"u%d" % offset, value=value, headers=[]) is not None
+    return bytes(builder.build())
+
+
+def read_batch(data: bytes) -> list[bytes]:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    return [record.value for record in DefaultRecordBatch(data)]
+
+
+@pytest.mark.parametrize("builder_module", ENCODER_MODULES)
+@pytest.mark.parametrize("codec", ["gzip", "lz4", "zstd"])
+def test_the_level_reaches_both_batch_builders_and_batches_still_read_back(restore_encoders, builder_module, codec):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    values = [b'{"user_id":"u%d","vector":%s}' % (i, str(rng.standard_normal(64).round(5).tolist()).encode())
+              for i in range(200)]  # fmt: skip
+    own_level = {"gzip": 9, "lz4": 9, "zstd": 3}[codec]  # aiokafka's fixed levels
+    assert install_compression_level(1)[-1] == "aiokafka.record._crecords.default_records"
+    fast = build_batch(builder_module, codec, values)
+    install_compression_level(own_level)
+    own = build_batch(builder_module, codec, values)
+    install_compression_level(0)
+    default = build_batch(builder_module, codec, values)
+    assert read_batch(fast) == read_batch(own) == read_batch(default) == values
+    assert len(default) == len(own)  # 0 is aiokafka's own level (gzip's header carries a time: sizes, not bytes)
+    assert len(fast) != len(own)  # the level reached the builder
+
+
+def test_the_worker_installs_its_compression_level(restore_encoders, tmp_path):
+    from aiokafka.record._crecords import default_records as c_records
+
+    from stream_app.kafka.faust_app import build_app
+
+    build_app(Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION_LEVEL": "5"}, state_dir=str(tmp_path)))
+    assert c_records.zstd_encode.keywords == {"level": 5} and c_records.lz4_encode.keywords == {"level": 5}
+
+
+@pytest.mark.parametrize("value", ["-1", "10"])
+def test_a_compression_level_out_of_range_is_refused_with_its_name(value):
+    with pytest.raises(ValueError, match="producer_compression_level"):
+        Settings.from_env({"RIPPLE_PRODUCER_COMPRESSION_LEVEL": value})
