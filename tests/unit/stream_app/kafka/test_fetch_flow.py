@@ -50,13 +50,19 @@ def test_a_fetch_wait_out_of_range_is_refused_with_its_name(tmp_path, value):
         Settings.from_env({"RIPPLE_CONSUMER_FETCH_MAX_WAIT_S": value}, state_dir=str(tmp_path))
 
 
+def _consumer_with_a_full_buffer(tmp_path, monkeypatch, tp: TP) -> BufferAwareConsumer:
+    """The worker app's consumer, assigned ``tp`` only, whose stream buffer is under pressure (tp not fetched)."""
+    consumer = build_app(Settings.from_env({}, state_dir=str(tmp_path))).consumer
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    consumer.on_buffer_full(tp)
+    return consumer
+
+
 def test_a_fetcher_stopped_by_a_full_buffer_wakes_when_the_buffer_drains(tmp_path, monkeypatch):
     tp = TP("events", 0)
 
     async def scenario() -> tuple[float, set, list]:
-        app = build_app(Settings.from_env({}, state_dir=str(tmp_path)))
-        consumer = app.consumer
-        monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+        consumer = _consumer_with_a_full_buffer(tmp_path, monkeypatch, tp)
         fetched_for: list = []
 
         async def getmany(active_partitions, timeout):
@@ -64,7 +70,6 @@ def test_a_fetcher_stopped_by_a_full_buffer_wakes_when_the_buffer_drains(tmp_pat
             return {}
 
         monkeypatch.setattr(consumer, "_getmany", getmany)
-        consumer.on_buffer_full(tp)  # the stream's buffer is under pressure: tp is not fetched
         assert not consumer._get_active_partitions()
         started = time.perf_counter()
         waiting = asyncio.ensure_future(consumer._wait_next_records(1.0))
@@ -84,10 +89,6 @@ def test_a_fetcher_with_nothing_to_fetch_returns_empty_after_the_bound(tmp_path,
     monkeypatch.setattr("stream_app.kafka.fetch_flow.BUFFERED_WAIT_S", 0.05)
 
     async def scenario():
-        app = build_app(Settings.from_env({}, state_dir=str(tmp_path)))
-        consumer = app.consumer
-        monkeypatch.setattr(consumer, "assignment", lambda: {tp})
-        consumer.on_buffer_full(tp)
-        return await consumer._wait_next_records(1.0)
+        return await _consumer_with_a_full_buffer(tmp_path, monkeypatch, tp)._wait_next_records(1.0)
 
     assert asyncio.run(scenario()) == ({}, set())
