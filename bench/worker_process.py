@@ -150,7 +150,9 @@ class TopicReader:
         deadline = time.monotonic() + timeout
         while not done(self):
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what or self.topic}")
+                explain = getattr(done, "explain", None)
+                detail = f": {explain(self)}" if explain is not None else ""
+                raise AssertionError(f"timed out after {timeout}s waiting for {what or self.topic}{detail}")
             self.poll()
 
     def close(self) -> None:
@@ -175,10 +177,26 @@ def latest_by_user(embeddings: list[UserEmbedding]) -> dict[str, UserEmbedding]:
 def reached(expected: dict[str, UserEmbedding]) -> Callable[[TopicReader], bool]:
     """True once every expected user has been published at (at least) its expected state_version."""
 
-    def check(reader: TopicReader) -> bool:
+    def behind(reader: TopicReader) -> dict[str, tuple[int | None, int]]:
         latest = latest_by_user(reader.embeddings())
-        return all(uid in latest and latest[uid].state_version >= e.state_version for uid, e in expected.items())
+        return {
+            uid: (latest[uid].state_version if uid in latest else None, e.state_version)
+            for uid, e in expected.items()
+            if uid not in latest or latest[uid].state_version < e.state_version
+        }
 
+    def check(reader: TopicReader) -> bool:
+        return not behind(reader)
+
+    def explain(reader: TopicReader) -> str:
+        """Which users are behind: ``user (published state_version / expected, partition of its key)``."""
+        keys = {m.key.decode(): m.partition for m in reader.messages if m.key is not None}
+        late = behind(reader)
+        return f"{len(late)} user(s) behind: " + ", ".join(
+            f"{uid} ({got}/{want}, partition {keys.get(uid)})" for uid, (got, want) in sorted(late.items())
+        )
+
+    check.explain = explain  # type: ignore[attr-defined]
     return check
 
 

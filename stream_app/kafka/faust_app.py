@@ -59,6 +59,7 @@ from stream_app.kafka.fetch_flow import RippleTransport
 from stream_app.kafka.kafka_connection import faust_credentials
 from stream_app.kafka.model_swap import SWAPPED, ModelWatcher, ReloadResult
 from stream_app.kafka.offset_guard import OffsetGuard, fetch_range, in_partition_order
+from stream_app.kafka.stale_acks import HeldStaleAcks
 from stream_app.kafka.table_store import TableStore
 
 TABLE_NAME = "user-graphs"
@@ -115,7 +116,9 @@ class StreamWorker:
         async with self.lock:
             self.sync_assignment()
             self.check_changelog_sent()
-            refetched = await self.refetch_holes(records)
+            self.anchor_guard()
+            holes = self.guard.holes(records)
+            refetched = await self.refetch_holes(holes)
             records = in_partition_order(records, refetched)
             try:
                 with self.store.routing(events, also=refetched):
@@ -127,6 +130,7 @@ class StreamWorker:
                 self.store.discard_pending()
                 raise
             self.guard.advance(records)
+            self.release_holes(holes)
         return result
 
     def check_changelog_sent(self) -> None:
@@ -139,10 +143,10 @@ class StreamWorker:
                     f"{fut.exception()!r}; the worker stops so that the batch is redelivered"
                 )
 
-    async def refetch_holes(self, records: Sequence[RawRecord]) -> list[RawRecord]:
+    async def refetch_holes(self, holes: Sequence[tuple[int, int, int]]) -> list[RawRecord]:
         """Input offsets the consumer skipped before this batch (see ``stream_app/kafka/offset_guard.py``)."""
         refetched: list[RawRecord] = []
-        for partition, start, end in self.guard.holes(records):
+        for partition, start, end in holes:
             got = await fetch_range(self.settings, self.settings.input_topic, partition, start, end)
             log.warning(
                 "input partition %d: offsets %d..%d were skipped by the consumer after a rebalance; "
@@ -152,6 +156,24 @@ class StreamWorker:
             self.metrics.refetched.inc(len(got))
             refetched.extend(got)
         return refetched
+
+    def held_stale_acks(self) -> HeldStaleAcks | None:
+        consumer = getattr(self.app, "_consumer", None)
+        return consumer if isinstance(consumer, HeldStaleAcks) else None
+
+    def anchor_guard(self) -> None:
+        """Newly assigned partitions expect the offset of this generation's seek (``offset_guard.py``)."""
+        consumer = self.held_stale_acks()
+        if consumer is None or not consumer.seek_offsets or consumer.seek_generation != self.generation:
+            return
+        topic = self.settings.input_topic
+        self.guard.anchor({tp.partition: o for tp, o in consumer.seek_offsets.items() if tp.topic == topic})
+
+    def release_holes(self, holes: Sequence[tuple[int, int, int]]) -> None:
+        """Refetched offsets are processed: committable for Faust, no longer held (``stale_acks.py``)."""
+        if (consumer := self.held_stale_acks()) is not None:
+            for partition, start, end in holes:
+                consumer.release(TP(self.settings.input_topic, partition), start, end)
 
     def on_partitions_assigned(self, partitions: set[int], generation: int) -> None:
         self.guard.on_assigned(partitions, generation)

@@ -21,7 +21,9 @@ input lag stepped up by ~1.5 s every few seconds and never came down, while its 
    fetcher sleeps a whole second before it looks again. :class:`BufferAwareConsumer` waits for
    the drain instead (Faust calls ``on_buffer_drop``), with that second as the upper bound.
 
-Everything else (flow control in rebalances, paused partitions, the consumer thread) is Faust's.
+The consumer also holds back acks of messages fetched before a rebalance from the commit
+(``stream_app/kafka/stale_acks.py``). Everything else (flow control in rebalances, paused
+partitions, the consumer thread) is Faust's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import Any
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT
+
+from stream_app.kafka.stale_acks import HeldStaleAcks
 
 BUFFERED_WAIT_S = 1.0
 """Longest wait for a drained buffer when every partition is stopped (Faust's own sleep)."""
@@ -47,8 +51,8 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class BufferAwareConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer: the fetch wait of :class:`FetchWaitConsumerThread`, no blind sleep."""
+class BufferAwareConsumer(HeldStaleAcks):
+    """Faust's aiokafka consumer with the fetch wait of :class:`FetchWaitConsumerThread`, no blind sleep."""
 
     _buffer_dropped: asyncio.Event | None = None
 

@@ -1,15 +1,12 @@
 """Input offsets Faust skipped: noticed per partition, fetched again, processed in order.
 
-Why this exists: right after a rebalance, faust-streaming (0.15.3) can hand the
-agent a partition's messages with a hole in them. Messages fetched before the
-rebalance are skipped by the stream *and acknowledged* (their generation is
-stale), while the fetcher's read offset has already moved past them, so the
-copies fetched again after the seek to the committed offset are dropped as
-already read; the commit then passes the hole (see faust-streaming issues #216,
-#221 and #312 for the family of races). The lost event was never applied,
-never dead-lettered, and the consumer lag says 0. The crash and failover tests
-(``tests/integration/test_worker_crash.py``, ``test_worker_failover.py``) lost
-one event per affected user in most runs with several rebalances.
+Why this exists: right after a rebalance, faust-streaming (0.15.3) can hand the agent a
+partition's messages with a hole in them — stale-generation messages skipped *and
+acknowledged*, copies fetched again after the seek dropped as already read (see
+``stream_app/kafka/stale_acks.py``, which fixes both in the worker's consumer, and
+faust-streaming issues #216, #221 and #312 for the family of races). The lost event was never
+applied, never dead-lettered, and the consumer lag says 0. This guard is the check behind that
+fix: it sees any hole a later record of the partition reveals, whatever caused it.
 
 The guard keeps the next expected offset of each input partition this worker
 processes. A micro-batch whose offsets for a partition jump past it has a hole;
@@ -20,8 +17,11 @@ order within a partition is each user's order).
 
 Expected offsets survive a rebalance only for partitions this worker kept
 through it: generation ``g + 1`` directly after ``g``, the partition assigned in
-both, so nobody else consumed it in between. Otherwise the first batch of the
-partition starts a new expectation. A hole that was legitimately empty (offsets
+both, so nobody else consumed it in between. Otherwise the partition expects the
+offset the consumer's seek put it at in this generation (the group's committed
+offset, :meth:`OffsetGuard.anchor`), so a hole right at the start of a newly
+assigned partition is seen too; where that is unknown, its first batch starts
+the expectation. A hole that was legitimately empty (offsets
 of transaction markers, compacted records) costs one fetch that returns nothing.
 Offsets the consumer skipped on purpose (a record batch it cannot decode,
 ``stream_app/kafka/undecodable.py``) are registered with :meth:`OffsetGuard.skip` and are
@@ -59,6 +59,17 @@ class OffsetGuard:
         held = set(partitions)
         self.expected = {p: o for p, o in self.expected.items() if kept and p in held}
         self.generation = generation
+
+    def anchor(self, offsets: dict[int, int]) -> None:
+        """Partitions without an expectation expect these offsets (where the consumer's seek put them).
+
+        >>> guard = OffsetGuard({0: 10})
+        >>> guard.anchor({0: 3, 1: 40})
+        >>> guard.holes([RawRecord(b"", partition=1, offset=42)])
+        [(1, 40, 42)]
+        """
+        for partition, offset in offsets.items():
+            self.expected.setdefault(partition, offset)
 
     def skip(self, partition: int, start: int, end: int) -> None:
         """Offsets ``start <= offset < end`` of ``partition`` were skipped on purpose: no hole, no refetch.
