@@ -341,16 +341,44 @@ class StreamWorker:
         """Set ``ripple_consumer_lag`` (highwater - position) for each assigned input partition."""
         consumer = self.app.consumer
         lags: dict[int, int] = {}
+        positions: dict[int, int] = {}
         for tp in consumer.assignment():
             if tp.topic != self.settings.input_topic:
                 continue
             highwater = consumer.highwater(tp)
             position = await consumer.position(tp)
+            if position is not None:
+                positions[tp.partition] = position
             if highwater is not None and position is not None:
                 lags[tp.partition] = max(0, highwater - position)
         self.metrics.consumer_lag.clear()  # partitions revoked since the last report disappear
         for partition, lag in lags.items():
             self.metrics.consumer_lag.labels(partition=str(partition)).set(lag)
+        await self.reread_unprocessed(positions)
+
+    async def reread_unprocessed(self, positions: dict[int, int]) -> None:
+        """Seek back to input offsets fetched but never processed (a hole at a partition's end, ``offset_guard.py``)."""
+        consumer = self.held_stale_acks()
+        if consumer is None:
+            return
+        topic = self.settings.input_topic
+        busy = {m.partition for m in list(consumer._unacked_messages) if m.topic == topic}
+        async with self.lock:
+            if self.app.consumer_generation_id != self.generation:
+                return  # a rebalance since the last batch: the next batch brings the guard up to date
+            stalled = self.guard.unprocessed(positions, busy, time.monotonic())
+            for partition, start, end in stalled:
+                records = await fetch_range(self.settings, topic, partition, start, end)
+                if not records:
+                    self.guard.settle(partition, end)  # transaction markers, compacted records: nothing to process
+                    continue
+                log.warning(
+                    "input partition %d: offsets %d..%d were fetched but never processed (skipped by the consumer "
+                    "after a rebalance, no later record showed it); reading %d message(s) again",
+                    partition, start, end - 1, len(records),
+                )  # fmt: skip
+                self.metrics.refetched.inc(len(records))
+                await consumer.seek(TP(topic, partition), records[0].offset)
 
     def recount_users(self) -> None:
         """Set the users gauge from the local table (after start and rebalances)."""

@@ -23,6 +23,11 @@ offset, :meth:`OffsetGuard.anchor`), so a hole right at the start of a newly
 assigned partition is seen too; where that is unknown, its first batch starts
 the expectation. A hole that was legitimately empty (offsets
 of transaction markers, compacted records) costs one fetch that returns nothing.
+A hole at a partition's end has no later record to reveal it: :meth:`OffsetGuard.unprocessed`
+finds offsets the consumer fetched (its position is past them) that nobody processed for
+``STALLED_S`` while no stream held any message of the partition; the worker reads the range
+(:func:`fetch_range`) and, if it holds records, seeks the partition back so they come through
+the stream again (a range of transaction markers only holds none: the expectation moves on).
 Offsets the consumer skipped on purpose (a record batch it cannot decode,
 ``stream_app/kafka/undecodable.py``) are registered with :meth:`OffsetGuard.skip` and are
 never a hole.
@@ -42,6 +47,8 @@ from stream_app.kafka.kafka_connection import client_config
 log = logging.getLogger("ripple.worker")
 
 FETCH_TIMEOUT_S = 30.0
+STALLED_S = 10.0
+"""How long fetched offsets may stay unprocessed, with no stream holding any, before they are read again."""
 
 
 @dataclass
@@ -52,6 +59,8 @@ class OffsetGuard:
     generation: int | None = None
     skipped: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     """Per partition, offset ranges ``[start, end)`` skipped on purpose (undecodable batches): never holes."""
+    stalls: dict[int, tuple[int, int, float]] = field(default_factory=dict)
+    """Per partition: expectation and position that stand still, and since when (:meth:`unprocessed`)."""
 
     def on_assigned(self, partitions: Iterable[int], generation: int) -> None:
         """Keep expectations only for partitions held without interruption (generation g -> g + 1)."""
@@ -99,6 +108,46 @@ class OffsetGuard:
                 )
             expected[rec.partition] = rec.offset + 1 if nxt is None else max(nxt, rec.offset + 1)
         return found
+
+    def unprocessed(self, positions: dict[int, int], busy: set[int], now: float) -> list[tuple[int, int, int]]:
+        """``(partition, first, end)`` ranges the consumer fetched but nobody processed for ``STALLED_S``.
+
+        ``positions``: the consumer's position per partition (what it has handed to Faust);
+        ``busy``: partitions with messages a stream holds unprocessed. A partition whose expectation
+        and position both stood still that long with nothing in a stream, position past the
+        expectation, may have had its last messages skipped: no later record will reveal them.
+
+        >>> guard = OffsetGuard({0: 10, 1: 5})
+        >>> guard.unprocessed({0: 12, 1: 5}, busy=set(), now=0.0)
+        []
+        >>> guard.unprocessed({0: 12, 1: 5}, busy=set(), now=STALLED_S)
+        [(0, 10, 12)]
+        >>> guard.unprocessed({0: 12, 1: 5}, busy=set(), now=STALLED_S + 1)  # the clock starts again
+        []
+        """
+        found = []
+        stalls: dict[int, tuple[int, int, float]] = {}
+        for partition, position in positions.items():
+            nxt = self.expected.get(partition)
+            if nxt is None or position <= nxt or partition in busy:
+                continue
+            missing = _minus(nxt, position, self.skipped.get(partition, ()))
+            if not missing:
+                continue
+            first, end, since = self.stalls.get(partition, (nxt, position, now))
+            if (first, end) != (nxt, position):
+                since = now
+            if now - since >= STALLED_S:
+                found.append((partition, missing[0][0], position))
+                since = now
+            stalls[partition] = (nxt, position, since)
+        self.stalls = stalls
+        return found
+
+    def settle(self, partition: int, end: int) -> None:
+        """Offsets of ``partition`` below ``end`` hold no records (read again, nothing came): expect ``end``."""
+        if self.expected.get(partition, end) < end:
+            self.expected[partition] = end
 
     def advance(self, records: Iterable[RawRecord]) -> None:
         """After a batch is processed: expect the offset after the highest one seen per partition."""
