@@ -11,10 +11,9 @@ input lag stepped up by ~1.5 s every few seconds and never came down, while its 
    the broker held it for ``fetch_max_wait_ms`` — which Faust fixes at 1,500 ms — waiting for
    data that never came. For those 1.5 s no fetch for the input topic could go out.
    :class:`FetchWaitConsumerThread` sets the wait from ``RIPPLE_CONSUMER_FETCH_MAX_WAIT_S``
-   (0.05 met the latency bound; Kafka's Java consumer uses 500 ms). An idle worker then sends
-   ~20 empty fetches a second, which costs the broker and the worker next to nothing. The
-   default stays Faust's 1.5 s for now: with more fetch boundaries a known bug of the
-   undecodable-batch guard (a dead letter lost, docs/worker.md) shows more often.
+   (default 0.05, which met the latency bound; Kafka's Java consumer uses 500 ms). An idle
+   worker then sends ~20 empty fetches a second, which costs the broker and the worker next to
+   nothing.
 2. **A second of sleep when the stream's buffer is full.** Faust stops fetching a partition while
    the stream's buffer is under pressure (at 1/1.25 of ``stream_buffer_maxsize``) and fetches it
    again when the buffer has drained to 40 %; when every partition is stopped that way its
@@ -47,7 +46,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by the consumer's Fetcher, which start() creates: the consumer is not started yet.
-        consumer._fetch_max_wait_ms = int(getattr(transport, "fetch_max_wait_s", 1.5) * 1000)
+        consumer._fetch_max_wait_ms = int(getattr(transport, "fetch_max_wait_s", 0.05) * 1000)
         return consumer
 
 

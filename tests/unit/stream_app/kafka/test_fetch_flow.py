@@ -33,9 +33,9 @@ def _fetch_wait_ms(settings: Settings, thread_class: type) -> int:
 def test_worker_fetch_wait_comes_from_the_settings_not_fausts_fixed_value(tmp_path):
     default = Settings.from_env({}, state_dir=str(tmp_path))
     assert _fetch_wait_ms(default, faust_aiokafka.AIOKafkaConsumerThread) == 1500  # what Faust alone does
-    assert _fetch_wait_ms(default, FetchWaitConsumerThread) == 1500  # the default keeps Faust's (docs/worker.md)
-    tuned = Settings.from_env({"RIPPLE_CONSUMER_FETCH_MAX_WAIT_S": "0.05"}, state_dir=str(tmp_path))
-    assert _fetch_wait_ms(tuned, FetchWaitConsumerThread) == 50
+    assert _fetch_wait_ms(default, FetchWaitConsumerThread) == 50
+    tuned = Settings.from_env({"RIPPLE_CONSUMER_FETCH_MAX_WAIT_S": "0.5"}, state_dir=str(tmp_path))
+    assert _fetch_wait_ms(tuned, FetchWaitConsumerThread) == 500
 
 
 def test_the_worker_app_uses_the_fetch_flow_consumer(tmp_path):
