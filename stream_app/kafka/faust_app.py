@@ -117,7 +117,11 @@ class StreamWorker:
             self.sync_assignment()
             self.check_changelog_sent()
             self.anchor_guard()
-            holes = self.guard.holes(records)
+            # Events taken before the latest rebalance (a micro-batch in the making) say nothing about
+            # holes in this generation: the seek to the committed offset delivers their copies again.
+            fresh = (None, self.generation)
+            current = [r for r, e in zip(records, events, strict=True) if e.message.generation_id in fresh]
+            holes = self.guard.holes(current)
             refetched = await self.refetch_holes(holes)
             records = in_partition_order(records, refetched)
             try:
@@ -129,7 +133,7 @@ class StreamWorker:
                 self.forget_cached()
                 self.store.discard_pending()
                 raise
-            self.guard.advance(records)
+            self.guard.advance([*current, *refetched])
             self.release_holes(holes)
         return result
 
