@@ -151,15 +151,19 @@ class StreamWorker:
         """Input offsets the consumer skipped before this batch (see ``stream_app/kafka/offset_guard.py``)."""
         refetched: list[RawRecord] = []
         for partition, start, end in holes:
-            got = await fetch_range(self.settings, self.settings.input_topic, partition, start, end)
+            refetched += await self.read_again(partition, start, end, "were skipped by the consumer after a rebalance")
+        return refetched
+
+    async def read_again(self, partition: int, start: int, end: int, what: str) -> list[RawRecord]:
+        """Offsets ``start <= o < end`` of an input partition, read from the broker; logged and counted."""
+        got = await fetch_range(self.settings, self.settings.input_topic, partition, start, end)
+        if got:  # none: the offsets hold no records (transaction markers, compaction)
             log.warning(
-                "input partition %d: offsets %d..%d were skipped by the consumer after a rebalance; "
-                "read %d message(s) again and processing them first",
-                partition, start, end - 1, len(got),
+                "input partition %d: offsets %d..%d %s; read %d message(s) again",
+                partition, start, end - 1, what, len(got),
             )  # fmt: skip
             self.metrics.refetched.inc(len(got))
-            refetched.extend(got)
-        return refetched
+        return got
 
     def held_stale_acks(self) -> HeldStaleAcks | None:
         consumer = getattr(self.app, "_consumer", None)
@@ -372,17 +376,11 @@ class StreamWorker:
                 return  # a rebalance since the last batch: the next batch brings the guard up to date
             stalled = self.guard.unprocessed(positions, busy, time.monotonic())
             for partition, start, end in stalled:
-                records = await fetch_range(self.settings, topic, partition, start, end)
-                if not records:
-                    self.guard.settle(partition, end)  # transaction markers, compacted records: nothing to process
-                    continue
-                log.warning(
-                    "input partition %d: offsets %d..%d were fetched but never processed (skipped by the consumer "
-                    "after a rebalance, no later record showed it); reading %d message(s) again",
-                    partition, start, end - 1, len(records),
-                )  # fmt: skip
-                self.metrics.refetched.inc(len(records))
-                await consumer.seek(TP(topic, partition), records[0].offset)
+                why = "were fetched but never processed (no later record showed the hole)"
+                if records := await self.read_again(partition, start, end, why):
+                    await consumer.seek(TP(topic, partition), records[0].offset)  # through the stream again
+                else:
+                    self.guard.settle(partition, end)
 
     def recount_users(self) -> None:
         """Set the users gauge from the local table (after start and rebalances)."""
