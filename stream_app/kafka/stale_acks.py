@@ -1,16 +1,18 @@
 """Offsets around a rebalance that Faust skips: acks held back from the commit, copies delivered again.
 
-faust-streaming (0.15.3) loses input events around a rebalance in two ways, both seen in the
-failover test (``tests/integration/test_worker_failover.py``) with a log line per message:
+faust-streaming (0.15.3) loses input events around a rebalance in two ways. CI lost one user's
+event in the failover test (``tests/integration/test_worker_failover.py``: a worker that had
+just joined; its partition's first batch started after the lost offset, so the offset guard had
+no earlier batch to compare with). The second way was then seen in a traced failover run (a log
+line per seek, read-offset write and dropped message); the first follows from Faust's code and is
+what the unit tests reproduce with Faust's own bookkeeping:
 
 1. **Stale acks.** A message fetched before the latest rebalance (its ``generation_id`` is stale)
    is skipped by the stream — and *acked* all the same (``faust/streams.py``, "Skipping message
    ... with generation_id"). An acked offset is committable, and Faust's commit timer also fires
    between the new assignment and the recovery's seek to the committed offsets. When that commit
    comes first, the group's offset moves past events no agent processed and the seek starts
-   after them: lost, never dead-lettered, consumer lag 0. CI lost one user's event this way (a
-   worker that had just joined; its partition's first batch started after the lost offset, so
-   the offset guard had no earlier batch to compare with).
+   after them: lost, never dead-lettered, consumer lag 0.
 2. **Dropped copies.** Faust's fetch loop drops every message below the partition's *read offset*
    (the offset after the last message it handed to a stream) as already read. Messages of the
    new generation that aiokafka fetched before the recovery's seek still move that read offset
