@@ -67,3 +67,39 @@ def test_kafka_commands_fail_fast_and_clearly_without_a_broker(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert "cannot reach the Kafka broker" in result.output
         assert time.monotonic() - started < 15, args  # not kafka-python's 30 s default
+
+
+def test_a_partitions_unprocessed_end_is_read_again_through_the_stream(tmp_path, monkeypatch):
+    """The worker's side of the offset guard's end check: the range is read from the broker (stubbed
+    here; the failover test runs it against a real one) and the partition seeks back to it, or, when
+    the range holds no records, the expectation moves past it."""
+    import asyncio
+
+    from faust.types import TP
+
+    from stream_app.core.records import RawRecord
+    from stream_app.kafka import faust_app, offset_guard
+
+    settings = Settings.from_env({"RIPPLE_STATE_DIR": str(tmp_path), "RIPPLE_INPUT_TOPIC": "in-x"})
+    worker = build_worker(settings)
+    assert worker.app.consumer is worker.held_stale_acks()  # the consumer exists once the app runs
+    worker.generation = worker.app.consumer_generation_id
+    worker.guard.expected = {0: 10, 1: 5}
+    broker = {0: [RawRecord(b"{}", key=b"u", source="in-x", partition=0, offset=11)], 1: []}
+    read: list[tuple[int, int, int]] = []
+    sought: list[tuple[TP, int]] = []
+
+    async def fetch_range(settings, topic, partition, start, end):
+        read.append((partition, start, end))
+        return [r for r in broker[partition] if start <= r.offset < end]
+
+    async def seek(tp, offset):
+        sought.append((tp, offset))
+
+    monkeypatch.setattr(faust_app, "fetch_range", fetch_range)
+    monkeypatch.setattr(worker.app.consumer, "seek", seek)
+    monkeypatch.setattr(offset_guard, "STALLED_S", 0.0)  # stalled at the first look (10 s in the worker)
+    asyncio.run(worker.reread_unprocessed({0: 12, 1: 7}))
+    assert read == [(0, 10, 12), (1, 5, 7)]
+    assert sought == [(TP("in-x", 0), 11)]  # offset 10 holds no record (a marker): the stream re-reads from 11
+    assert worker.guard.expected[1] == 7  # nothing there at all: settled
