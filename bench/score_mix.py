@@ -1,15 +1,19 @@
-"""Experiment for issue 17: the GCN's score plus a weighted item-transition score, weight chosen on validation.
+"""Experiment for issue 17: the GCN's score plus a weighted second score, the weight chosen on validation.
 
-score(c) = user · item_c + w · P(c follows the case's last item in training)
+score(c) = user · item_c + w · other(c)
 
-P is the item-transition baseline's count normalised per last item (``ItemTransitions``). The
-weight is chosen on validation cases only (the best Recall@20 + MRR@20 over ``--weights``);
-the test cases are scored once, with that weight. This measures whether a learned mix of the
-GCN score with a co-occurrence score (one of the two designs the issue names) reaches the
-targets before any serving code is written for it; nothing here changes the worker.
+``other`` (``--with``) is either ``transitions``: P(c follows the case's last item in training),
+the item-transition baseline's counts normalised per last item; or ``stan``: the STAN
+session-kNN score (hyper-parameters tuned on the checkpoint's validation split, as
+``ripple evaluate --baselines stan`` does), divided by each case's best score. The weight is
+chosen on validation cases only (the best Recall@20 + MRR@20 over ``--weights``); the test
+cases are scored once, and each chunk of cases is scored once for every weight. This measures
+whether a learned mix of the GCN score with a co-occurrence score (one of the two designs the
+issue names) reaches the targets before any serving code is written for it; nothing here
+changes the worker.
 
-    python bench/score_mix.py --data ../shared/data/diginetica --model runs/digi-global/seed0.ckpt \\
-        --split-seed 0 --model runs/digi-global/seed1.ckpt --split-seed 1 --val-share 0.05
+    python bench/score_mix.py --data ../shared/data/diginetica --with stan \\
+        --model runs/digi-global/seed0.ckpt --split-seed 0 --model runs/digi-global/seed1.ckpt --split-seed 1
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import os
 import random
 import sys
+import time
 from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,31 +33,55 @@ from bench.report import markdown, record, show
 from operators import set_threads
 from operators.checkpoint import Checkpoint
 from operators.offline.baselines import ItemTransitions
-from operators.offline.datasets import Case, sessions_split
-from operators.offline.evaluation import GraphScorer, Scorer, evaluate
+from operators.offline.datasets import Case, Split, sessions_split, target_row
+from operators.offline.evaluation import GraphScorer, Scorer, rank_metrics, rank_of_targets
+from operators.offline.knn import tune
 
 KS = (10, 20)
+BATCH = 512
 
 
-class MixedScorer(Scorer):
-    """The GCN's scores plus ``weight`` times the transition probability from the case's last item."""
+class Transitions(Scorer):
+    """P(item | the case's last item) from the training sessions (rows sum to 1; 0 for unseen last items)."""
 
-    def __init__(self, graph: GraphScorer, transitions: ItemTransitions, weight: float, vectors: dict) -> None:
-        self.graph, self.transitions, self.weight = graph, transitions, weight
-        self.vectors = vectors  # user vectors per chunk of cases, shared between weights (the GCN runs once)
-        self.index = graph.index
-        self.name = f"GCN + {weight:g} x transitions"
+    def __init__(self, split: Split) -> None:
+        self.inner = ItemTransitions(split)
+        self.index = self.inner.index
+        self.name = "transitions"
 
     def scores(self, cases: Sequence[Case]) -> torch.Tensor:
-        key = (cases[0].user_id, cases[0].target, cases[-1].user_id, len(cases))
-        if key not in self.vectors:
-            self.vectors[key] = self.graph.user_vectors(cases)
-        gcn = self.graph.ranker.scores(self.vectors[key])
-        if not self.weight:
-            return gcn
-        counts = self.transitions.scores(cases) - self.transitions.prior  # the counts alone
-        probability = counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0)
-        return gcn + self.weight * probability
+        counts = self.inner.scores(cases) - self.inner.prior  # the counts alone
+        return counts / counts.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+class BestScaled(Scorer):
+    """Another scorer's scores divided by each case's best score (so every case's top item scores 1)."""
+
+    def __init__(self, inner: Scorer, name: str) -> None:
+        self.inner, self.index, self.name = inner, inner.index, name
+
+    def scores(self, cases: Sequence[Case]) -> torch.Tensor:
+        s = self.inner.scores(cases).to(torch.float32)
+        return s / s.max(dim=1, keepdim=True).values.clamp(min=1e-12)
+
+
+def metrics_per_weight(
+    graph: GraphScorer, other: Scorer, cases: Sequence[Case], weights: Sequence[float]
+) -> dict[float, dict[str, float]]:
+    """Full-ranking metrics of ``graph + w * other`` for every ``w``, each case scored once by each model."""
+    positions = [graph.index.row(item) for item in other.index.vocab]
+    if positions != list(range(len(positions))) or len(positions) != len(graph.index.vocab):
+        raise SystemExit("the checkpoint's vocabulary is not this split's (other data, val share or seed)")
+    ranks: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
+    for start in range(0, len(cases), BATCH):
+        chunk = cases[start : start + BATCH]
+        with torch.inference_mode():
+            gcn = graph.scores(chunk).to(torch.float32)
+            extra = other.scores(chunk).to(torch.float32)
+            targets = torch.tensor([target_row(graph.index, c.target) for c in chunk], dtype=torch.long)
+            for w in weights:
+                ranks[w].append(rank_of_targets(gcn + w * extra if w else gcn, targets))
+    return {w: rank_metrics(torch.cat(r), KS) for w, r in ranks.items()}
 
 
 def main() -> None:
@@ -60,9 +89,10 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", action="append", required=True)
     parser.add_argument("--split-seed", type=int, action="append", help="per --model: its training --seed")
+    parser.add_argument("--with", dest="other", choices=["transitions", "stan"], default="transitions")
     parser.add_argument("--val-share", type=float, default=0.05)
     parser.add_argument("--weights", type=float, nargs="+", default=[0, 0.5, 1, 2, 4, 8, 16])
-    parser.add_argument("--tune-cases", type=int, default=20000, help="validation cases scored per weight")
+    parser.add_argument("--tune-cases", type=int, default=20000, help="validation cases that choose the weight")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -71,37 +101,46 @@ def main() -> None:
     if len(seeds) != len(args.model):
         raise SystemExit("--split-seed: one per --model (the --seed each checkpoint was trained with)")
     rows = []
+    started = time.perf_counter()
     for path, seed in zip(args.model, seeds, strict=True):
         # The checkpoint's own split: its validation sessions were never trained on.
         split = sessions_split(args.data, args.val_share, seed=seed)
-        tune = random.Random(0).sample(split.valid, min(args.tune_cases, len(split.valid)))
-        transitions = ItemTransitions(split)
+        tune_cases = random.Random(0).sample(split.valid, min(args.tune_cases, len(split.valid)))
+        if args.other == "stan":
+            knn, tuned = tune("stan", split, seed=seed)  # its own hyper-parameters, on validation only
+            other: Scorer = BestScaled(knn, f"STAN ({tuned.config.label(split.time_unit or 's')})")
+        else:
+            other = Transitions(split)
         graph = GraphScorer(Checkpoint.load(path))
-        if list(graph.index.vocab) != list(transitions.index.vocab):
-            raise SystemExit(f"{path}: the checkpoint's vocabulary is not this split's (other data, val share or seed)")
-        chosen, best, vectors = 0.0, -1.0, {}
-        for weight in args.weights:
-            report = evaluate(MixedScorer(graph, transitions, weight, vectors), tune, KS)
-            total = report.metrics["recall@20"] + report.metrics["mrr@20"]
-            print(f"{os.path.basename(path)} weight {weight:g}: validation {report.metrics}", flush=True)
-            if total > best:
-                chosen, best = weight, total
-        for weight in dict.fromkeys([0.0, chosen]):
-            report = evaluate(MixedScorer(graph, transitions, weight, vectors), split.test, KS)
-            m = report.metrics
+        valid = metrics_per_weight(graph, other, tune_cases, args.weights)
+        for w, m in valid.items():
+            print(
+                f"{os.path.basename(path)} weight {w:g}: validation R@20 {m['recall@20']:.4f} MRR@20 {m['mrr@20']:.4f}"
+            )
+        chosen = max(args.weights, key=lambda w: (valid[w]["recall@20"] + valid[w]["mrr@20"], -w))
+        test = metrics_per_weight(graph, other, split.test, list(dict.fromkeys([0.0, chosen])))
+        for w, m in test.items():
             rows.append(
-                [os.path.basename(path), f"{weight:g}", *(f"{100 * m[k]:.2f}" for k in ("recall@20", "mrr@20"))]
+                [
+                    os.path.basename(path),
+                    other.name,
+                    f"{w:g}",
+                    f"{100 * m['recall@20']:.2f}",
+                    f"{100 * m['mrr@20']:.2f}",
+                ]
             )
             print(rows[-1], flush=True)
-    header = ["checkpoint", "transition weight", "Recall@20", "MRR@20"]
-    title = f"GCN score + transition score ({os.path.basename(args.data.rstrip('/'))}, weight chosen on validation)"
+    header = ["checkpoint", "mixed with", "weight", "Recall@20", "MRR@20"]
+    name = os.path.basename(args.data.rstrip("/"))
+    title = f"GCN score + {args.other} score ({name}, weight chosen on validation)"
     show(title, header, rows)
     if not args.no_record:
         note = (
-            f"Weights tried: {', '.join(f'{w:g}' for w in args.weights)}; chosen on {len(tune):,} validation cases by "
-            "Recall@20 + MRR@20; weight 0 is the GCN alone. Test cases scored once per checkpoint and weight."
+            f"Weights tried: {', '.join(f'{w:g}' for w in args.weights)}; chosen on {args.tune_cases:,} validation "
+            "cases of each checkpoint's own split by Recall@20 + MRR@20; weight 0 is the GCN alone. Test cases "
+            f"scored once per checkpoint and weight. {(time.perf_counter() - started) / 60:.1f} min."
         )
-        record("score-mix", title, markdown(header, rows) + "\n\n" + note)
+        record(f"score-mix-{args.other}", title, markdown(header, rows) + "\n\n" + note)
 
 
 if __name__ == "__main__":
