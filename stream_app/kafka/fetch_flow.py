@@ -46,7 +46,9 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # Read by the consumer's Fetcher, which start() creates: the consumer is not started yet.
-        consumer._fetch_max_wait_ms = int(getattr(transport, "fetch_max_wait_s", 0.05) * 1000)
+        # The wait is the settings' (RippleTransport); any other transport keeps Faust's own.
+        if (wait := getattr(transport, "fetch_max_wait_s", None)) is not None:
+            consumer._fetch_max_wait_ms = int(wait * 1000)
         return consumer
 
 
