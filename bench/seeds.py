@@ -44,24 +44,36 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(payload: dict, seeds: list[int], label: str) -> dict:
-    """The GCN's per-seed metrics, their mean and sd, and the baselines' metrics, from one evaluate JSON."""
-    ks = payload["ks"]
-    names = [f"{m}@{k}" for k in ks for m in METRICS]
-    models = payload["results"][: len(seeds)]
-    baselines = payload["results"][len(seeds) :]
+def group(results: list[dict], seeds: list[int], label: str, names: list[str]) -> dict:
+    """One model's per-seed metrics and their mean and sd."""
     per_seed = [
         {"seed": s, **r["metrics"], "train_seconds": r.get("train_seconds", 0.0)}
-        for s, r in zip(seeds, models, strict=True)
+        for s, r in zip(seeds, results, strict=True)
     ]
     summary = {n: mean_sd([row[n] for row in per_seed]) for n in [*names, "train_seconds"]}
     return {
         "label": label,
-        "ks": ks,
-        "metrics": names,
         "seeds": per_seed,
         "mean": {n: v[0] for n, v in summary.items()},
         "sd": {n: v[1] for n, v in summary.items()},
+    }
+
+
+def summarise(payload: dict, seeds: list[int], label: str, mixed_label: str = "") -> dict:
+    """The GCN's per-seed metrics, their mean and sd (and those of its kNN mixes when ``mixed_label``), and the
+    baselines' metrics, from one evaluate JSON."""
+    ks = payload["ks"]
+    names = [f"{m}@{k}" for k in ks for m in METRICS]
+    n = len(seeds)
+    groups = [group(payload["results"][:n], seeds, label, names)]
+    if mixed_label:
+        groups.append(group(payload["results"][n : 2 * n], seeds, mixed_label, names))
+    baselines = payload["results"][n * len(groups) :]
+    return {
+        **groups[0],
+        "mixed": groups[1] if mixed_label else None,
+        "ks": ks,
+        "metrics": names,
         "baselines": [{"name": b["name"], **b["metrics"], "params": b.get("params", "")} for b in baselines],
         "data": payload["data"],
         "test_cases": payload["test_cases"],
@@ -73,18 +85,19 @@ def rows(result: dict) -> tuple[list[str], list[list[str]]]:
     names = result["metrics"]
     header = ["model", *[n.replace("recall", "Recall").replace("mrr", "MRR").replace("ndcg", "NDCG") for n in names]]
     header.append("training min")
-    n = len(result["seeds"])
-    mean, sd = result["mean"], result["sd"]
-    out = [
-        [
-            f"{result['label']}, mean ± sd of {n} seeds",
-            *[f"{100 * mean[m]:.2f} ± {100 * sd[m]:.2f}" for m in names],
-            f"{mean['train_seconds'] / 60:.1f} ± {sd['train_seconds'] / 60:.1f}",
-        ]
-    ]
-    for row in result["seeds"]:
-        cells = [f"{100 * row[m]:.2f}" for m in names]
-        out.append([f"{result['label']}, seed {row['seed']}", *cells, f"{row['train_seconds'] / 60:.1f}"])
+    out = []
+    for g in filter(None, [result, result.get("mixed")]):
+        mean, sd = g["mean"], g["sd"]
+        out.append(
+            [
+                f"{g['label']}, mean ± sd of {len(g['seeds'])} seeds",
+                *[f"{100 * mean[m]:.2f} ± {100 * sd[m]:.2f}" for m in names],
+                f"{mean['train_seconds'] / 60:.1f} ± {sd['train_seconds'] / 60:.1f}",
+            ]
+        )
+        for row in g["seeds"]:
+            cells = [f"{100 * row[m]:.2f}" for m in names]
+            out.append([f"{g['label']}, seed {row['seed']}", *cells, f"{row['train_seconds'] / 60:.1f}"])
     for b in result["baselines"]:
         label = f"{b['name']} ({b['params']})" if b["params"] else b["name"]
         out.append([label, *[f"{100 * b[m]:.2f}" for m in names], ""])
@@ -103,6 +116,8 @@ def main() -> None:
     p.add_argument("--label", default="GCN", help="Name of the encoder's rows.")
     p.add_argument("--reuse", action="store_true", help="Keep a seed's checkpoint if it exists instead of retraining.")
     p.add_argument("--json", default="", help="Write the summary here (default: OUT_DIR/seeds.json).")
+    p.add_argument("--mix", default="", help="Also `ripple mix` each seed with this kNN (stan) and evaluate both.")
+    p.add_argument("--mix-args", default="", help="Options for every `ripple mix` (quoted), e.g. --val-share 0.05.")
     p.add_argument("--record", default="", help="Also write the table to docs/benchmarks.md under this section name.")
     args = p.parse_args()
     if len(args.seeds) < 2:
@@ -118,14 +133,23 @@ def main() -> None:
             train = ["train", "--data", data, "--format", args.format, "--out", ckpt, "--seed", str(seed)]
             ripple([*train, "--no-progress", *shlex.split(args.train_args)])
         checkpoints.append(ckpt)
+    for seed, ckpt in list(zip(args.seeds, checkpoints, strict=True)) if args.mix else []:
+        mixed = os.path.join(out_dir, f"seed{seed}-{args.mix}.ckpt")
+        if not (args.reuse and os.path.exists(mixed)):
+            mix = ["mix", "--model", ckpt, "--data", data, "--format", args.format, "--out", mixed, "--seed", str(seed)]
+            ripple([*mix, "--kind", args.mix, *shlex.split(args.mix_args)])
+        # no file: the model alone won on validation (weight 0), and it is its own "mix"
+        checkpoints.append(mixed if os.path.exists(mixed) else ckpt)
     eval_json = os.path.join(out_dir, "evaluate.json")
     evaluate = ["evaluate", *[a for c in checkpoints for a in ("--model", c)], "--data", data, "--format", args.format]
     ripple([*evaluate, "--baselines", args.baselines, "--json", eval_json, *shlex.split(args.eval_args)])
     with open(eval_json) as f:
-        result = summarise(json.load(f), args.seeds, args.label)
+        mixed_label = f"{args.label}+{args.mix.upper()}" if args.mix else ""
+        result = summarise(json.load(f), args.seeds, args.label, mixed_label)
     result["minutes"] = round((time.time() - started) / 60, 1)
     result["train_args"] = args.train_args
     result["eval_args"] = args.eval_args
+    result["mix_args"] = args.mix_args
     header, body = rows(result)
     title = f"{os.path.basename(args.data.rstrip('/'))}: {len(args.seeds)} seeds, {result['test_cases']:,} test cases"
     show(title, header, body)

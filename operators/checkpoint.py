@@ -16,6 +16,7 @@ from operators.encoder import EncoderConfig, FeatureTable, GraphEncoder
 from operators.global_view import GlobalView
 from operators.item_features import ItemFeatures
 from operators.item_index import ItemIndex
+from operators.session_knn import KNNMix
 
 CHECKPOINT_FORMAT = 1
 E_MISSING = (
@@ -74,6 +75,9 @@ class Checkpoint:
     feature_tokens: list[str] = field(default_factory=list)
     """Names of the item feature tokens (row ``i`` of ``encoder.token_emb`` is token ``i``); the
     per-item token ids live in the encoder's state, so serving needs nothing but this file."""
+    knn_mix: KNNMix | None = None
+    """A session-kNN index and weight mixed into the item ranking (``ripple mix``); ``None``: user · item alone.
+    It changes recommendations, not embeddings, and is part of the model version."""
 
     @property
     def config(self) -> EncoderConfig:
@@ -127,6 +131,9 @@ class Checkpoint:
         for name, tensor in sorted(self.encoder.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self.knn_mix is not None:
+            h.update(b"knn_mix")
+            h.update(self.knn_mix.digest())
         return h.hexdigest()[:16]
 
     def save(self, path: str | os.PathLike[str]) -> str:
@@ -143,6 +150,8 @@ class Checkpoint:
         }
         if self.feature_tokens:
             payload["feature_tokens"] = self.feature_tokens
+        if self.knn_mix is not None:
+            payload["knn_mix"] = self.knn_mix.state()
         save_atomically(payload, path)
         return self.model_version
 
@@ -160,6 +169,7 @@ class Checkpoint:
                 view = GlobalView(state["global_offsets"], state["global_neighbours"], state["global_weights"])
             encoder = GraphEncoder(config, index.n_rows, table, view)
             encoder.load_state_dict(state)
+            mix = KNNMix.from_state(payload["knn_mix"], index) if "knn_mix" in payload else None
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise ValueError(E_UNREADABLE.format(path=path, cause=exc)) from exc
         encoder.eval()
@@ -170,6 +180,7 @@ class Checkpoint:
             payload["metrics"],
             payload["training"],
             list(payload.get("feature_tokens", [])),
+            mix,
         )
         if payload.get("model_version") not in (None, ckpt.model_version):
             raise ValueError(E_UNREADABLE.format(path=path, cause="its content does not match its model_version"))

@@ -8,6 +8,10 @@ view, ``RIPPLE_RECOMMEND_TOP``) both call them. A brute-force matrix product: 43
 items x 100 dimensions take about a millisecond per user (docs/benchmarks.md), so no
 approximate index is needed at this size.
 
+A checkpoint with a kNN mix (``ripple mix``) adds ``w · knn(item) / max knn`` to every score,
+the session-kNN query built from the user's graph (:class:`operators.session_knn.KNNMix`); such
+a ranker needs the users' graphs beside their vectors.
+
 >>> ranker = ItemRanker.from_vectors(["a", "b", "c"], torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
 >>> ranker.top(np.array([[0.2, 1.0]], dtype=np.float32), k=2)
 [[('b', 1.0), ('c', 0.6000000238418579)]]
@@ -23,13 +27,18 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from graph_state import UserGraph
 from operators.checkpoint import Checkpoint
 from operators.item_index import ItemIndex
+from operators.session_knn import KNNMix
 
 USERS_PER_PRODUCT = 32
 E_NO_ITEMS = (
     "model {version} has no item vocabulary (the seeded default model is untrained and knows no items), so it "
     "cannot rank items; train one with `ripple train` and serve it with --model / RIPPLE_MODEL_PATH."
+)
+E_NEEDS_GRAPHS = (
+    "model {version} mixes {mix} into its ranking, which needs each user's graph beside the vector; pass graphs=."
 )
 
 
@@ -61,6 +70,7 @@ class ItemRanker:
         with torch.inference_mode():
             vectors = checkpoint.encoder.item_vectors()[: len(self.index.vocab)]
         self.item_vectors = vectors.detach().to(torch.float32).contiguous().clone()
+        self.mix: KNNMix | None = checkpoint.knn_mix
 
     @classmethod
     def from_vectors(cls, vocab: Sequence[str], vectors: torch.Tensor, model_version: str = "") -> ItemRanker:
@@ -69,17 +79,25 @@ class ItemRanker:
         ranker.index = ItemIndex(vocab, 1)
         ranker.model_version = model_version
         ranker.item_vectors = vectors.detach().to(torch.float32).contiguous().clone()
+        ranker.mix = None
         return ranker
 
     @property
     def n_items(self) -> int:
         return len(self.index.vocab)
 
-    def scores(self, user_vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``[B, n_items]`` float32: each user vector times every item vector."""
+    def scores(
+        self, user_vectors: np.ndarray | torch.Tensor, graphs: Sequence[UserGraph] | None = None
+    ) -> torch.Tensor:
+        """``[B, n_items]`` float32: each user vector times every item vector, plus the kNN mix of ``graphs[i]``."""
         users = torch.as_tensor(user_vectors, dtype=torch.float32)
         with torch.inference_mode():
-            return users @ self.item_vectors.T
+            scores = users @ self.item_vectors.T
+            if self.mix is None:
+                return scores
+            if graphs is None or len(graphs) != scores.shape[0]:
+                raise ValueError(E_NEEDS_GRAPHS.format(version=self.model_version, mix=self.mix.label))
+            return scores + self.mix.extra(graphs)
 
     def top_rows(self, scores: torch.Tensor, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per row of ``scores``: the ``k`` best (item rows, scores), best first, ties by row, no ``-inf``."""
@@ -109,9 +127,15 @@ class ItemRanker:
         return out
 
     def top(
-        self, user_vectors: np.ndarray | torch.Tensor, k: int, seen: Sequence[Iterable[str]] | None = None
+        self,
+        user_vectors: np.ndarray | torch.Tensor,
+        k: int,
+        seen: Sequence[Iterable[str]] | None = None,
+        graphs: Sequence[UserGraph] | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Per user vector: the ``k`` best ``(item_id, score)``, leaving out the items in ``seen[i]`` when given."""
+        """Per user vector: the ``k`` best ``(item_id, score)``, leaving out the items in ``seen[i]`` when given.
+
+        ``graphs[i]`` is user ``i``'s graph, which a ranker with a kNN mix needs."""
         if self.n_items == 0:
             raise ValueError(E_NO_ITEMS.format(version=self.model_version))
         users = torch.as_tensor(user_vectors, dtype=torch.float32)
@@ -119,7 +143,8 @@ class ItemRanker:
         out = []
         # A few users at a time: their score rows stay in cache for topk (measured: ~20 % faster than all at once).
         for start in range(0, users.shape[0], USERS_PER_PRODUCT):
-            scores = self.scores(users[start : start + USERS_PER_PRODUCT])
+            chunk = None if graphs is None else graphs[start : start + USERS_PER_PRODUCT]
+            scores = self.scores(users[start : start + USERS_PER_PRODUCT], chunk)
             if seen is not None:
                 scores = exclude_items(scores, self.index, seen[start : start + USERS_PER_PRODUCT])
             out += [

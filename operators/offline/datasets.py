@@ -27,6 +27,7 @@ import torch
 
 from graph_state import Behavior, GraphConfig, UserGraph
 from operators.item_index import ItemIndex
+from operators.session_knn import segment_ranges
 from operators.tensors import GraphBatch, recency_buckets
 
 SESSIONS_TRAIN = "train_sessions.txt"
@@ -255,16 +256,6 @@ class PackedSequences:
         rows_of = np.repeat(np.arange(len(sel)), lengths)
         padded[rows_of, cols] = self.rows[segment_ranges(self.ptr[sel], lengths)]
         return torch.from_numpy(padded), torch.from_numpy(lengths)
-
-
-def segment_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + n)`` for every pair, without a Python loop."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    base = np.repeat(starts - (ends - lengths), lengths)
-    return base + np.arange(total, dtype=np.int64)
 
 
 class _GraphPacker:

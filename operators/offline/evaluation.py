@@ -118,7 +118,7 @@ class GraphScorer(Scorer):
     """The serving path: history → ``UserGraph.apply`` → ``Embedder.embed_many`` → user · item vectors.
 
     The scores are :meth:`operators.recommend.ItemRanker.scores`, the ones ``ripple recommend``
-    and the worker's recommendations rank by.
+    and the worker's recommendations rank by (with a checkpoint's kNN mix of the same graphs).
     """
 
     def __init__(self, checkpoint: Checkpoint, graph_config: GraphConfig | None = None, name: str = "") -> None:
@@ -134,4 +134,5 @@ class GraphScorer(Scorer):
         return self.embedder.embed_many([case_graph(c, self.graph_config) for c in cases])
 
     def scores(self, cases: Sequence[Case]) -> torch.Tensor:
-        return self.ranker.scores(self.user_vectors(cases))
+        graphs = [case_graph(c, self.graph_config) for c in cases]
+        return self.ranker.scores(self.embedder.embed_many(graphs), graphs)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from operators.global_view import GlobalView, build_global_view
-from operators.offline.datasets import PackedGraphs, segment_ranges
+from operators.offline.datasets import PackedGraphs
+from operators.session_knn import segment_ranges
 from operators.tensors import GraphBatch
 
 if TYPE_CHECKING:

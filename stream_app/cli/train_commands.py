@@ -233,7 +233,7 @@ def evaluate(
             graph = graph_config_of(ckpt)
             if max_nodes is not None:
                 graph = dataclasses.replace(graph, max_nodes=max_nodes)
-            name = f"{model_label(ckpt.config)} ({path.name})"
+            name = f"{checkpoint_label(ckpt)} ({path.name})"
             report = run_evaluate(GraphScorer(ckpt, graph, name), split.test, ks, batch_size, exclude_seen)
             report.info.update(
                 model_version=ckpt.model_version,
@@ -313,6 +313,12 @@ def model_label(config) -> str:
     if getattr(config, "global_k", 0):
         label += f"+global{config.global_k}"
     return label
+
+
+def checkpoint_label(checkpoint) -> str:
+    """:func:`model_label`, plus the kNN mix a checkpoint ranks with (``GCN+STAN w=2``)."""
+    mix = checkpoint.knn_mix
+    return model_label(checkpoint.config) + (f"+{mix.label}" if mix is not None else "")
 
 
 def _brief(metrics: dict[str, float]) -> str:

@@ -4,7 +4,8 @@ One :class:`Recommender` per process keeps the :class:`operators.recommend.ItemR
 the serving checkpoint (its item vectors, normalised once) and builds a new one the first
 time it is asked after a live model swap. The ranking is ``ripple evaluate``'s: user ·
 item over the whole vocabulary, ties by vocabulary row; "seen" items are the items of the
-user's graph (the last ``RIPPLE_MAX_NODES`` distinct items).
+user's graph (the last ``RIPPLE_MAX_NODES`` distinct items). A model made by ``ripple mix`` adds
+its session-kNN score of the user's graph to every item's score.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Recommender:
             return [None] * len(graphs)
         exclude = self.exclude_seen if exclude_seen is None else exclude_seen
         seen = [g.items() for g in graphs] if exclude else None
-        ranked = self.ranker(checkpoint).top(vectors, k, seen)
+        ranked = self.ranker(checkpoint).top(vectors, k, seen, graphs)
         return [[Recommended(item, score) for item, score in items] for items in ranked]
 
 

@@ -322,7 +322,7 @@ def test_sessions_split_puts_training_lines_validation_and_test_on_one_clock(tmp
 
 
 def test_batches_with_many_postings_are_halved_without_changing_a_score(monkeypatch):
-    import operators.offline.knn as knn
+    import operators.session_knn as knn
 
     rng = random.Random(11)
     train = [[f"i{rng.randrange(12)}" for _ in range(rng.randint(2, 8))] for _ in range(80)]
@@ -332,8 +332,8 @@ def test_batches_with_many_postings_are_halved_without_changing_a_score(monkeypa
     whole, whole_nb = scorer.scores(cases), scorer.neighbours(cases)
     monkeypatch.setattr(knn, "MAX_POSTINGS", 15)  # every pass of more than 15 postings splits
     calls = []
-    original = KNNScorer.neighbours
-    monkeypatch.setattr(KNNScorer, "neighbours", lambda self, cs: calls.append(len(cs)) or original(self, cs))
+    original = knn.SessionKNN.neighbours
+    monkeypatch.setattr(knn.SessionKNN, "neighbours", lambda self, q: calls.append(q.n) or original(self, q))
     halved = scorer.scores(cases)
     assert len(calls) > 9 and 1 in calls
     assert torch.equal(whole, halved)
