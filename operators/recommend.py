@@ -87,9 +87,13 @@ class ItemRanker:
         return len(self.index.vocab)
 
     def scores(
-        self, user_vectors: np.ndarray | torch.Tensor, graphs: Sequence[UserGraph] | None = None
+        self,
+        user_vectors: np.ndarray | torch.Tensor,
+        graphs: Sequence[UserGraph] | None = None,
+        when: Sequence[float] | None = None,
     ) -> torch.Tensor:
-        """``[B, n_items]`` float32: each user vector times every item vector, plus the kNN mix of ``graphs[i]``."""
+        """``[B, n_items]`` float32: each user vector times every item vector, plus the kNN mix of ``graphs[i]``
+        (queried at ``when[i]`` on the training clock; default: after all of training)."""
         users = torch.as_tensor(user_vectors, dtype=torch.float32)
         with torch.inference_mode():
             scores = users @ self.item_vectors.T
@@ -97,7 +101,7 @@ class ItemRanker:
                 return scores
             if graphs is None or len(graphs) != scores.shape[0]:
                 raise ValueError(E_NEEDS_GRAPHS.format(version=self.model_version, mix=self.mix.label))
-            return scores + self.mix.extra(graphs)
+            return scores + self.mix.extra(graphs, when)
 
     def top_rows(self, scores: torch.Tensor, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per row of ``scores``: the ``k`` best (item rows, scores), best first, ties by row, no ``-inf``."""

@@ -325,6 +325,11 @@ def pack_prefix_graphs(
     return packer.done()
 
 
+def case_times(cases: Sequence[Case]) -> list[float]:
+    """When each case happens: :attr:`Case.time`, or its last event's ts."""
+    return [c.time if c.time is not None else (float(c.history[-1].ts) if c.history else 0.0) for c in cases]
+
+
 def case_graph(case: Case, config: GraphConfig) -> UserGraph:
     """The user graph a case's history builds: the stream's own ``apply``, event by event."""
     g = UserGraph(config)

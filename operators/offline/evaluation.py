@@ -29,7 +29,7 @@ from operators.checkpoint import Checkpoint
 from operators.graph_settings import graph_config_of
 from operators.inference import Embedder
 from operators.item_index import ItemIndex
-from operators.offline.datasets import Case, case_graph, target_row
+from operators.offline.datasets import Case, case_graph, case_times, target_row
 from operators.recommend import ItemRanker, exclude_items
 
 DEFAULT_KS: tuple[int, ...] = (10, 20)
@@ -118,7 +118,8 @@ class GraphScorer(Scorer):
     """The serving path: history → ``UserGraph.apply`` → ``Embedder.embed_many`` → user · item vectors.
 
     The scores are :meth:`operators.recommend.ItemRanker.scores`, the ones ``ripple recommend``
-    and the worker's recommendations rank by (with a checkpoint's kNN mix of the same graphs).
+    and the worker's recommendations rank by; a checkpoint's kNN mix queries the same graphs, each
+    at its case's time (as the kNN baselines do) where a served user is after all of training.
     """
 
     def __init__(self, checkpoint: Checkpoint, graph_config: GraphConfig | None = None, name: str = "") -> None:
@@ -135,4 +136,4 @@ class GraphScorer(Scorer):
 
     def scores(self, cases: Sequence[Case]) -> torch.Tensor:
         graphs = [case_graph(c, self.graph_config) for c in cases]
-        return self.ranker.scores(self.embedder.embed_many(graphs), graphs)
+        return self.ranker.scores(self.embedder.embed_many(graphs), graphs, case_times(cases))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from operators.offline.datasets import Case, Split
+from operators.offline.datasets import Case, Split, case_times
 from operators.offline.evaluation import Scorer, evaluate
 from operators.session_knn import (
     E_KIND,
@@ -43,11 +43,6 @@ VALID_KS = (10, 20)
 E_NO_VALID = (
     "no validation cases to tune {kind} on; use data with a validation split (--val-share > 0, users with 3+ events)."
 )
-
-
-def case_times(cases: Sequence[Case]) -> list[float]:
-    """When each case happens: :attr:`Case.time`, or its last event's ts."""
-    return [c.time if c.time is not None else (float(c.history[-1].ts) if c.history else 0.0) for c in cases]
 
 
 def queries(cases: Sequence[Case], sessions: SessionIndex) -> Queries:

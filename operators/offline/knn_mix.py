@@ -7,8 +7,8 @@ Served score of an item (:class:`operators.session_knn.KNNMix`)::
 1. The kNN method's hyper-parameters: :func:`operators.offline.knn.tune` on the validation
    cases by MRR@20, exactly as ``ripple evaluate --baselines stan`` chooses them.
 2. The weight: each candidate ``w`` on (at most ``weight_cases``) validation cases through the
-   serving path (the case's graph, its embedding, the kNN query of that same graph at the
-   case's time), by Recall@20 + MRR@20, ties to the smaller ``w``. ``w = 0``, the GCN alone, is
+   serving path as ``ripple evaluate`` runs it (the case's graph, its embedding, the kNN query of
+   that same graph at the case's time), by Recall@20 + MRR@20, ties to the smaller ``w``. ``w = 0``, the GCN alone, is
    a candidate: when it wins, no mix is made.
 
 The index holds the split's training histories only, so the validation cases stay unseen;
@@ -27,9 +27,9 @@ import torch
 
 from graph_state import GraphConfig
 from operators.checkpoint import Checkpoint
-from operators.offline.datasets import Split, case_graph, target_row
+from operators.offline.datasets import Split, case_graph, case_times, target_row
 from operators.offline.evaluation import GraphScorer, rank_metrics, rank_of_targets
-from operators.offline.knn import E_NO_VALID, Tuned, case_times, tune
+from operators.offline.knn import E_NO_VALID, Tuned, tune
 from operators.recommend import exclude_items
 from operators.session_knn import KNNMix, SessionIndex
 

@@ -91,7 +91,7 @@ def recommend(
     exclude_seen: Annotated[bool, typer.Option(help="Leave out the items of the user's window.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (as the worker's view answers).")] = False,
 ) -> None:
-    """Top-K items for a user's current vector, ranked as `ripple evaluate` ranks them (user · item)."""
+    """Top-K items for a user's current vector, ranked as `ripple evaluate` ranks them (user · item, plus a kNN mix)."""
     from operators import Embedder
     from stream_app.core.recommend import Recommender, recommendations_of
 

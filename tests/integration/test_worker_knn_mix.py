@@ -1,0 +1,90 @@
+"""A model with a session-kNN mix on the real broker: the worker publishes the file runner's vectors and
+recommendations, and its recommendations view ranks with the mix.
+
+The mix (:class:`operators.session_knn.KNNMix`) travels in the checkpoint; its kNN query is the
+user's graph, which both runners keep the same way, so equal recommendations mean both serve it as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import msgspec
+import numpy as np
+
+from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
+from operators.checkpoint import Checkpoint
+from operators.encoder import EncoderConfig
+from operators.offline.datasets import Case, case_graph
+from operators.recommend import ItemRanker
+from operators.session_knn import KNNConfig, KNNMix, SessionIndex, SessionKNN
+from stream_app.core.records import UserEmbedding
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import replay
+from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.files.histories import read_histories
+from stream_app.kafka.produce import produce_events
+from tests.conftest import write_jsonl
+
+TOP = 5
+
+
+def test_a_checkpoint_with_a_knn_mix_serves_the_same_recommendations_through_the_worker_and_the_file_runner(
+    broker, unique, tmp_path
+):
+    lines = list(generate_events(GeneratorSpec(users=30, items=60, events=900, seed=9, successors=2, follow=0.8)))
+    events_path = write_jsonl(tmp_path / "events.jsonl", lines)
+    histories, _ = read_histories(events_path, "jsonl", Settings.from_env({}))
+    vocab = sorted({ev.item_id for events in histories.values() for ev in events})
+    plain = Checkpoint.seeded(EncoderConfig(dim=16, norm_scale=10.0, hash_buckets=64), seed=4, vocab=vocab)
+    halves = [[ev.item_id for ev in events[: len(events) // 2]] for events in histories.values()]
+    sessions = SessionIndex(halves, [float(t) for t in range(len(halves))], plain.index)
+    stan = KNNConfig("stan", k=10, sample_size=20, lambda_spw=2.0, lambda_inh=4.0)
+    mixed = dataclasses.replace(plain, knn_mix=KNNMix(SessionKNN(sessions, stan), 8.0))
+    model = tmp_path / "model.ckpt"
+    version = mixed.save(model)
+
+    file_settings = Settings.from_env(
+        {}, state_dir=str(tmp_path / "file-state"), model_path=str(model), recommend_top=TOP
+    )
+    replay(events_path, "jsonl", str(tmp_path / "file.out"), file_settings, progress=False)
+    with open(tmp_path / "file.out", "rb") as f:
+        expected = latest_by_user([msgspec.json.decode(line, type=UserEmbedding) for line in f])
+
+    env = worker_env(broker, unique, tmp_path / "state", model_path=model, recommend_top=TOP)
+    settings = Settings.from_env(env)
+    produce_events(events_path, "jsonl", settings, progress=False)
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    out = TopicReader(broker, settings.output_topic)
+    view_user = sorted(histories)[0]
+    try:
+        worker.wait_healthy()
+        out.until(reached(expected), timeout=90, what="every user's final embedding")
+        status, body = worker.get(f"/users/{view_user}/recommendations?k={TOP}")
+    finally:
+        out.close()
+        code = worker.stop()
+    assert code == 0, worker.log()
+    latest = latest_by_user(out.embeddings())
+    assert sorted(latest) == sorted(expected)
+    for uid, want in expected.items():
+        got = latest[uid]
+        assert (got.state_version, got.model_version) == (want.state_version, version)
+        np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5)
+        assert got.recommendations is not None and want.recommendations is not None
+        assert [r.item_id for r in got.recommendations] == [r.item_id for r in want.recommendations], uid
+        np.testing.assert_allclose(
+            [r.score for r in got.recommendations], [r.score for r in want.recommendations], rtol=1e-4
+        )
+    # the ranking is the mix's, not user · item alone
+    users = sorted(expected)
+    vectors = np.asarray([expected[u].embedding for u in users], dtype=np.float32)
+    graphs = [case_graph(Case(u, histories[u], ""), file_settings.graph_config()) for u in users]
+    ranked = ItemRanker(mixed).top(vectors, TOP, graphs=graphs)
+    assert [[r.item_id for r in expected[u].recommendations or []] for u in users] == [
+        [item for item, _ in items] for items in ranked
+    ]
+    assert ranked != ItemRanker(plain).top(vectors, TOP)
+    assert status == 200, body
+    assert [x["item_id"] for x in json.loads(body)["items"]] == [item for item, _ in ranked[0]]
