@@ -12,7 +12,10 @@ count and the dimension, not on what the weights learned.
 2. throughput of the pipeline (``ripple replay``, the code the worker runs per micro-batch) on
    Diginetica test sessions replayed as users, with ``RIPPLE_RECOMMEND_TOP`` 0 (off) and K.
 
-    python bench/recommend.py --data ../shared/data/diginetica
+With ``--mixed`` (a checkpoint of ``ripple mix`` on Diginetica, same vocabulary) both also run
+with its session-kNN mix: the kNN query of the user's graph and ``w · knn`` added to the scores.
+
+    python bench/recommend.py --data ../shared/data/diginetica [--mixed runs/digi-global/seed0-stan.ckpt]
 """
 
 from __future__ import annotations
@@ -67,11 +70,15 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(p50), float(p99)
 
 
-def latency_run(checkpoint: Checkpoint, graphs: list, k: int) -> dict[str, tuple[float, float]]:
+def latency_run(
+    checkpoint: Checkpoint, graphs: list, k: int, mixed: Checkpoint | None = None
+) -> dict[str, tuple[float, float]]:
     """p50/p99 in ms of each step, one user per request, over ``graphs``."""
     embedder, ranker = Embedder(checkpoint), ItemRanker(checkpoint)
+    mixed_ranker = ItemRanker(mixed) if mixed is not None else None
     items_np = ranker.item_vectors.numpy()
-    out: dict[str, list[float]] = {name: [] for name in ("embed", "torch", "torch_seen", "numpy", "sort", "total")}
+    steps = ("embed", "torch", "torch_seen", "numpy", "sort", "total", "mixed")
+    out: dict[str, list[float]] = {name: [] for name in steps}
     for g in graphs:
         t0 = time.perf_counter()
         vec = embedder.embed_many([g])
@@ -88,6 +95,9 @@ def latency_run(checkpoint: Checkpoint, graphs: list, k: int) -> dict[str, tuple
             s = ranker.scores(vec)
             torch.sort(exclude_items(s, ranker.index, [[]]), dim=1, descending=True, stable=True)
         t5 = time.perf_counter()
+        if mixed_ranker is not None:
+            mixed_ranker.top(vec, k, graphs=[g])
+        t6 = time.perf_counter()
         for name, dt in (
             ("embed", t1 - t0),
             ("torch", t2 - t1),
@@ -95,6 +105,7 @@ def latency_run(checkpoint: Checkpoint, graphs: list, k: int) -> dict[str, tuple
             ("numpy", t4 - t3),
             ("sort", t5 - t4),
             ("total", (t1 - t0) + (t2 - t1)),
+            ("mixed", t6 - t5),
         ):
             out[name].append(dt * 1e3)
     return {name: percentiles(values) for name, values in out.items()}
@@ -121,6 +132,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mixed", default="", help="A `ripple mix` checkpoint of the same vocabulary to time too.")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     set_threads(1)  # as the worker (RIPPLE_TORCH_THREADS=1)
@@ -129,7 +141,10 @@ def main() -> None:
     n_items = len(checkpoint.index.vocab)
     config = graph_config_of(checkpoint)
     graphs = [case_graph(c, config) for c in cases[: args.requests]]
-    latency_runs = [latency_run(checkpoint, graphs, args.k) for _ in range(args.repeats)]
+    mixed = Checkpoint.load(args.mixed) if args.mixed else None
+    if mixed is not None and (mixed.knn_mix is None or mixed.index.vocab != checkpoint.index.vocab):
+        raise SystemExit(f"{args.mixed}: not a `ripple mix` checkpoint of this split's {n_items:,} items")
+    latency_runs = [latency_run(checkpoint, graphs, args.k, mixed) for _ in range(args.repeats)]
 
     def lat(name: str) -> tuple[str, str]:
         return tuple(f"{median([r[name][i] for r in latency_runs]):.2f}" for i in (0, 1))  # type: ignore[return-value]
@@ -143,6 +158,8 @@ def main() -> None:
         ["rank: torch matrix product + full stable sort", *lat("sort")],
         ["forward + rank (the view and `ripple recommend`)", *lat("total")],
     ]
+    if mixed is not None and mixed.knn_mix is not None:
+        rows.append([f"rank with the kNN mix ({mixed.knn_mix.label}): the above + the kNN query", *lat("mixed")])
     title = f"Recommendations: {n_items:,} Diginetica items, dim {args.dim}, top {args.k}, 1 torch thread"
     show(title, header, rows)
 
@@ -152,17 +169,20 @@ def main() -> None:
         checkpoint.save(model)
         events = os.path.join(tmp, "events.jsonl")
         users = diginetica_events(cases, args.events, events)
-        rates: dict[int, list[float]] = {0: [], args.k: []}
+        runs = {"0 (off)": (model, 0), str(args.k): (model, args.k)}
+        if mixed is not None:
+            runs[f"{args.k}, kNN mix"] = (args.mixed, args.k)
+        rates: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
-            for top in rates:  # alternating, so that machine noise hits both alike
-                rates[top].append(throughput_run(events, model, top, args.batch_size))
+            for name, (path, top) in runs.items():  # alternating, so that machine noise hits all alike
+                rates[name].append(throughput_run(events, path, top, args.batch_size))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base, with_top = median(rates[0]), median(rates[args.k])
+    base = median(rates["0 (off)"])
     header2 = ["RIPPLE_RECOMMEND_TOP", "events/s (median)", "runs", "vs off"]
     rows2 = [
-        ["0 (off)", f"{base:,.0f}", spread(rates[0]), "-"],
-        [str(args.k), f"{with_top:,.0f}", spread(rates[args.k]), f"{(with_top / base - 1) * 100:+.0f} %"],
+        [name, f"{median(r):,.0f}", spread(r), f"{(median(r) / base - 1) * 100:+.0f} %" if top else "-"]
+        for (name, r), (_, top) in zip(rates.items(), runs.values(), strict=True)
     ]
     title2 = f"Pipeline throughput with and without RIPPLE_RECOMMEND_TOP ({n_items:,} items, batch {args.batch_size})"
     show(title2, header2, rows2)

@@ -7,7 +7,6 @@ training histories it was built from, so equal vectors mean both serve the store
 from __future__ import annotations
 
 import msgspec
-import numpy as np
 
 from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
 from operators.checkpoint import Checkpoint
@@ -21,6 +20,7 @@ from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.files.histories import read_histories
 from stream_app.kafka.produce import produce_events
 from tests.conftest import write_jsonl
+from tests.integration.expectations import assert_final_embeddings
 
 
 def test_a_checkpoint_with_a_global_view_serves_the_same_vectors_through_the_worker_and_the_file_runner(
@@ -55,9 +55,5 @@ def test_a_checkpoint_with_a_global_view_serves_the_same_vectors_through_the_wor
         out.close()
         code = worker.stop()
     assert code == 0, worker.log()
-    latest = latest_by_user(out.embeddings())
-    assert sorted(latest) == sorted(expected)
-    for uid, want in expected.items():
-        got = latest[uid]
-        assert (got.state_version, got.model_version) == (want.state_version, version)
-        np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5)
+    assert_final_embeddings(out.embeddings(), expected)
+    assert {emb.model_version for emb in out.embeddings()} == {version}
