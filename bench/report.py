@@ -37,10 +37,18 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def record(section: str, title: str, body: str) -> None:
-    """Replace (or append) the section between its markers in docs/benchmarks.md."""
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+def this_command() -> str:
+    """The command line that runs this script, as a user would type it."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+
+
+def record(section: str, title: str, body: str, command: str = "", stamp: str = "") -> None:
+    """Replace (or append) the section between its markers in docs/benchmarks.md.
+
+    ``command`` and ``stamp`` default to this run's; a table re-rendered from an earlier run's
+    results passes that run's."""
+    command = command or this_command()
+    stamp = stamp or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     block = (
         f"<!-- bench:{section}:start -->\n### {title}\n\n"
         f"Command: `{command}`  \nRun: {stamp} on {platform.machine()}, {os.cpu_count()} CPUs, "

@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.report import markdown, record, show  # noqa: E402
+from bench.report import markdown, record, show, this_command  # noqa: E402
 
 METRICS = ("recall", "mrr", "ndcg")
 
@@ -119,7 +119,12 @@ def main() -> None:
     p.add_argument("--mix", default="", help="Also `ripple mix` each seed with this kNN (stan) and evaluate both.")
     p.add_argument("--mix-args", default="", help="Options for every `ripple mix` (quoted), e.g. --val-share 0.05.")
     p.add_argument("--record", default="", help="Also write the table to docs/benchmarks.md under this section name.")
+    p.add_argument("--show", default="", help="Only print (and --record) the table of an earlier run's summary JSON.")
     args = p.parse_args()
+    if args.show:
+        with open(args.show) as f:
+            report(json.load(f), args)
+        return
     if len(args.seeds) < 2:
         p.error("--seeds needs at least two seeds for a standard deviation, e.g. --seeds 0 1 2")
     os.makedirs(args.out_dir, exist_ok=True)
@@ -147,22 +152,29 @@ def main() -> None:
         mixed_label = f"{args.label}+{args.mix.upper()}" if args.mix else ""
         result = summarise(json.load(f), args.seeds, args.label, mixed_label)
     result["minutes"] = round((time.time() - started) / 60, 1)
+    result["command"] = this_command()
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["train_args"] = args.train_args
     result["eval_args"] = args.eval_args
     result["mix_args"] = args.mix_args
-    header, body = rows(result)
-    title = f"{os.path.basename(args.data.rstrip('/'))}: {len(args.seeds)} seeds, {result['test_cases']:,} test cases"
-    show(title, header, body)
     summary_path = args.json or os.path.join(out_dir, "seeds.json")
     with open(summary_path, "w") as f:
         json.dump(result, f, indent=2)
+    report(result, args)
     print(f"summary: {summary_path} ({result['minutes']} min)")
+
+
+def report(result: dict, args: argparse.Namespace) -> None:
+    """Print the table of a run's summary, and record it when asked."""
+    header, body = rows(result)
+    title = f"{os.path.basename(args.data.rstrip('/'))}: {len(args.seeds)} seeds, {result['test_cases']:,} test cases"
+    show(title, header, body)
     if args.record:
         note = (
             f"\n\nAll numbers in %; ± is the sample standard deviation over seeds {', '.join(map(str, args.seeds))} "
             f"(`ripple train --seed`); baselines were evaluated once. Whole run {result['minutes']} min."
         )
-        record(args.record, title, markdown(header, body) + note)
+        record(args.record, title, markdown(header, body) + note, result.get("command", ""), result.get("finished", ""))
 
 
 if __name__ == "__main__":
