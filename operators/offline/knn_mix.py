@@ -105,12 +105,13 @@ def fit_mix(
     if log is not None:
         for w, m in valid.items():
             log(f"  weight {w:g}: valid Recall@20 {m['recall@20']:.4f} MRR@20 {m['mrr@20']:.4f}")
-    mixed = checkpoint if chosen == 0 else _with_mix(plain, KNNMix(knn.knn, chosen), tuned, valid, len(cases))
-    return MixFit(mixed, tuned, chosen, valid, len(cases), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    mixed = checkpoint if chosen == 0 else _with_mix(plain, KNNMix(knn.knn, chosen), tuned, valid, len(cases), seconds)
+    return MixFit(mixed, tuned, chosen, valid, len(cases), seconds)
 
 
 def _with_mix(
-    plain: Checkpoint, mix: KNNMix, tuned: Tuned, valid: dict[float, dict[str, float]], cases: int
+    plain: Checkpoint, mix: KNNMix, tuned: Tuned, valid: dict[float, dict[str, float]], cases: int, seconds: float
 ) -> Checkpoint:
     record = {
         "kind": mix.knn.config.kind,
@@ -121,5 +122,6 @@ def _with_mix(
         "valid_per_weight": {f"{w:g}": {n: round(v, 6) for n, v in m.items()} for w, m in valid.items()},
         "valid_cases": cases,
         "sessions": mix.knn.sessions.n_sessions,
+        "seconds": round(seconds, 1),
     }
     return dataclasses.replace(plain, knn_mix=mix, training={**plain.training, "knn_mix": record})
