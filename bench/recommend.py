@@ -196,6 +196,11 @@ def main() -> None:
             f"runs per micro-batch) on the first {args.events:,} events of Diginetica test sessions replayed as "
             f"{users:,} users, fresh state per run, runs alternating."
         )
+        if mixed is not None:
+            note += (
+                f" The kNN mix rows use `{args.mixed}` (`ripple mix`: {mixed.knn_mix.label if mixed.knn_mix else ''} "
+                "over its training sessions), whose trained encoder also embeds its throughput runs."
+            )
         record(
             "recommend",
             "Recommendations (43,083 Diginetica items)",
