@@ -111,27 +111,43 @@ class Checkpoint:
         return cls(encoder, index, fingerprint=f"seeded:{seed}", feature_tokens=features.tokens if features else [])
 
     _version: str | None = field(default=None, init=False, repr=False, compare=False)
+    _encoder_version: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def model_version(self) -> str:
+        """The content hash of everything served: the encoder, its vocabulary and, when present, the kNN mix."""
         cached = self._version
         if cached is None:
-            cached = self._content_hash()
+            cached = self._content_hash(with_mix=True)
             self._version = cached
+        return cached
+
+    @property
+    def encoder_version(self) -> str:
+        """The content hash of what makes the embeddings: :attr:`model_version` without the kNN mix.
+
+        Equal to :attr:`model_version` for a checkpoint without a mix; a model and its ``ripple
+        mix`` publish the same vectors under different model versions, and share this one (a
+        label head reads vectors, so it binds to it).
+        """
+        cached = self._encoder_version
+        if cached is None:
+            cached = self._content_hash(with_mix=False)
+            self._encoder_version = cached
         return cached
 
     def invalidate_version(self) -> None:
         """Call after changing weights in place (training does)."""
-        self._version = None
+        self._version = self._encoder_version = None
 
-    def _content_hash(self) -> str:
+    def _content_hash(self, with_mix: bool) -> str:
         h = hashlib.sha256()
         h.update(msgspec.json.encode(self.config.to_dict(), order="sorted"))
         h.update(msgspec.json.encode(self.index.vocab))
         for name, tensor in sorted(self.encoder.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        if self.knn_mix is not None:
+        if with_mix and self.knn_mix is not None:
             h.update(b"knn_mix")
             h.update(self.knn_mix.digest())
         return h.hexdigest()[:16]

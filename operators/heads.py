@@ -134,7 +134,7 @@ class LabelHead:
     >>> with torch.no_grad():
     ...     _ = classifier.net.weight.fill_(1.0)
     ...     _ = classifier.net.bias.fill_(0.0)
-    >>> head = LabelHead(classifier, checkpoint.model_version, TaskSpec("purchase"), HeadConfig(hidden=0))
+    >>> head = LabelHead(classifier, checkpoint.encoder_version, TaskSpec("purchase"), HeadConfig(hidden=0))
     >>> head.check_encoder(checkpoint)  # the encoder it was trained on: accepted
     >>> head.score_many(np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])).round(3).tolist()
     [0.5, 0.982]
@@ -167,13 +167,14 @@ class LabelHead:
         return h.hexdigest()[:16]
 
     def check_encoder(self, checkpoint: Checkpoint, model: str = "", path: str = "") -> None:
-        """Refuse embeddings of any encoder but the one the head was trained on."""
-        if checkpoint.model_version != self.encoder_version:
+        """Refuse embeddings of any encoder but the one the head was trained on (a ``ripple mix`` of it
+        publishes the same vectors and is accepted)."""
+        if checkpoint.encoder_version != self.encoder_version:
             raise ValueError(
                 E_ENCODER_MISMATCH.format(
                     path=path or "the head",
                     expected=self.encoder_version,
-                    found=checkpoint.model_version,
+                    found=checkpoint.encoder_version,
                     model=model or self.encoder_path or "model.ckpt",
                 )
             )

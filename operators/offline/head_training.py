@@ -359,7 +359,7 @@ def train_label_head(
     test = binary_metrics(data.labels(data.test), classifier.predict_proba(x_test), float(classifier.threshold))
     return LabelHead(
         classifier,
-        checkpoint.model_version,
+        checkpoint.encoder_version,
         spec,
         config,
         encoder_path,

@@ -165,8 +165,8 @@ class Pipeline:
         self.check_actions(embedder.checkpoint, self.store.config.actions)
         old = self.embedder.model_version
         self.embedder = embedder
-        if self.head is not None and self.head.encoder_version != embedder.model_version:
-            log.warning(W_HEAD_STALE, self.head_version, self.head.encoder_version, embedder.model_version)
+        if self.head is not None and self.head.encoder_version != embedder.checkpoint.encoder_version:
+            log.warning(W_HEAD_STALE, self.head_version, self.head.encoder_version, embedder.checkpoint.encoder_version)
         if self.metrics is not None:
             self.metrics.set_model(embedder.model_version)
         return old
@@ -245,8 +245,9 @@ class Pipeline:
         vectors = self.embedder.embed_changed(list(graphs.values()), [deltas.get(uid) for uid in graphs])
         now = time.time()
         version = self.embedder.model_version
-        # A head scores only the vectors of the encoder it was trained on (after a live swap: none).
-        head = self.head if self.head is not None and self.head.encoder_version == version else None
+        # A head scores only the vectors of the encoder it was trained on (after a live swap to another: none).
+        encoder = self.embedder.checkpoint.encoder_version
+        head = self.head if self.head is not None and self.head.encoder_version == encoder else None
         scores: list[float | None] = head.score_many(vectors).tolist() if head is not None else [None] * len(graphs)
         head_version = self.head_version if head is not None else None
         explanations: list[list[Explained] | None] = [None] * len(graphs)

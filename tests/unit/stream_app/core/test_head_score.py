@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import msgspec
@@ -12,6 +13,7 @@ from graph_state import MemoryStore
 from operators import Checkpoint, Embedder, EncoderConfig
 from operators.heads import HeadConfig, TaskSpec
 from operators.offline.head_training import LabelledData, train_label_head
+from operators.session_knn import KNNConfig, KNNMix, SessionIndex, SessionKNN
 from stream_app.core.pipeline import Pipeline
 from stream_app.core.records import RawRecord, UserEmbedding
 from stream_app.core.settings import Settings
@@ -86,3 +88,25 @@ def test_after_a_live_swap_to_another_encoder_the_score_is_left_out(setup, caplo
     assert "no head_score" in caplog.text and head.encoder_version in caplog.text
     published = pipeline.process([RawRecord(to_json(second), b"u0")]).embeddings[0]
     assert published.head_score is None and published.head_version is None
+
+
+def test_a_knn_mix_of_the_encoder_keeps_its_head(setup, caplog):
+    # `ripple mix` publishes the same vectors under a new model version: the head still scores them
+    root, events, model, head = setup
+    plain = Checkpoint.load(model)
+    sessions = SessionIndex([["i1", "i2"]], [0.0], plain.index)
+    mixed = dataclasses.replace(plain, knn_mix=KNNMix(SessionKNN(sessions, KNNConfig("stan", k=5)), 2.0))
+    assert mixed.model_version != plain.model_version and mixed.encoder_version == plain.encoder_version
+    head.check_encoder(mixed)
+    mixed.save(root / "mixed.ckpt")
+    lines = _replay(root, events, str(root / "mixed.ckpt"), "mixed", RIPPLE_HEAD_PATH=str(root / "head.pt"))
+    records = [msgspec.json.decode(line, type=UserEmbedding) for line in lines]
+    assert {r.model_version for r in records} == {mixed.model_version}
+    vectors = np.asarray([r.embedding for r in records], dtype=np.float32)
+    np.testing.assert_allclose([r.head_score for r in records], head.score_many(vectors), atol=1e-6)
+    pipeline = Pipeline(MemoryStore(Settings.from_env({}).graph_config()), Embedder(plain), head=head)
+    with caplog.at_level(logging.WARNING, logger="ripple.pipeline"):
+        pipeline.swap_model(Embedder(mixed))
+    assert "no head_score" not in caplog.text
+    (event,) = random_stream(3, 1, n_users=1)
+    assert pipeline.process([RawRecord(to_json(event), b"u0")]).embeddings[0].head_score is not None
