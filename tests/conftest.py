@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
+from stream_app.core.records import UserEmbedding
+
 BASE_TS = 1_767_225_600.0
 
 
@@ -55,6 +57,16 @@ def write_jsonl(path, lines: list[bytes]) -> str:
         for line in lines:
             f.write(line + b"\n")
     return str(path)
+
+
+def read_latest(path) -> dict[str, UserEmbedding]:
+    """The last embedding of every user in a JSON-lines file of embeddings (what ``ripple replay`` writes)."""
+    latest: dict[str, UserEmbedding] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            emb = msgspec.json.decode(line, type=UserEmbedding)
+            latest[emb.user_id] = emb
+    return latest
 
 
 @pytest.fixture

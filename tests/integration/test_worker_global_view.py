@@ -6,20 +6,17 @@ training histories it was built from, so equal vectors mean both serve the store
 
 from __future__ import annotations
 
-import msgspec
-
-from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
+from bench.worker_process import TopicReader, WorkerProcess, reached, worker_env
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig
 from operators.global_view import build_global_view
 from operators.item_index import ItemIndex
-from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.files.histories import read_histories
 from stream_app.kafka.produce import produce_events
-from tests.conftest import write_jsonl
+from tests.conftest import read_latest, write_jsonl
 from tests.integration.expectations import assert_final_embeddings
 
 
@@ -40,8 +37,7 @@ def test_a_checkpoint_with_a_global_view_serves_the_same_vectors_through_the_wor
 
     file_settings = Settings.from_env({}, state_dir=str(tmp_path / "file-state"), model_path=str(model))
     replay(events_path, "jsonl", str(tmp_path / "file.out"), file_settings, progress=False)
-    with open(tmp_path / "file.out", "rb") as f:
-        expected = latest_by_user([msgspec.json.decode(line, type=UserEmbedding) for line in f])
+    expected = read_latest(tmp_path / "file.out")
 
     env = worker_env(broker, unique, tmp_path / "state", model_path=model)
     settings = Settings.from_env(env)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import msgspec
 import numpy as np
 
 from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
@@ -19,13 +18,12 @@ from operators.encoder import EncoderConfig
 from operators.offline.datasets import Case, case_graph
 from operators.recommend import ItemRanker
 from operators.session_knn import KNNConfig, KNNMix, SessionIndex, SessionKNN
-from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.files.histories import read_histories
 from stream_app.kafka.produce import produce_events
-from tests.conftest import write_jsonl
+from tests.conftest import read_latest, write_jsonl
 from tests.integration.expectations import assert_final_embeddings
 
 TOP = 5
@@ -50,8 +48,7 @@ def test_a_checkpoint_with_a_knn_mix_serves_the_same_recommendations_through_the
         {}, state_dir=str(tmp_path / "file-state"), model_path=str(model), recommend_top=TOP
     )
     replay(events_path, "jsonl", str(tmp_path / "file.out"), file_settings, progress=False)
-    with open(tmp_path / "file.out", "rb") as f:
-        expected = latest_by_user([msgspec.json.decode(line, type=UserEmbedding) for line in f])
+    expected = read_latest(tmp_path / "file.out")
 
     env = worker_env(broker, unique, tmp_path / "state", model_path=model, recommend_top=TOP)
     settings = Settings.from_env(env)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import msgspec
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -16,12 +15,11 @@ from operators.offline.datasets import Case, leave_one_out
 from operators.offline.evaluation import GraphScorer, evaluate
 from operators.offline.training import TrainConfig, curves_path, train_encoder
 from stream_app.cli import app
-from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.files.histories import read_histories
-from tests.conftest import write_jsonl
+from tests.conftest import read_latest, write_jsonl
 
 SPEC = GeneratorSpec(users=100, items=80, events=4000, seed=7, successors=2, follow=0.85)
 SMALL = EncoderConfig(dim=32, layers=1, hash_buckets=16, norm_scale=8.0, dropout=0.0)
@@ -75,11 +73,7 @@ def test_file_runner_publishes_exactly_the_evaluated_vectors(events_file, split,
     path, _, _ = trained
     settings = Settings.from_env({}, state_dir=str(tmp_path / "state"), model_path=str(path), batch_size=97)
     replay(events_file, "jsonl", str(tmp_path / "emb.jsonl"), settings, progress=False)
-    published: dict[str, UserEmbedding] = {}
-    with open(tmp_path / "emb.jsonl", "rb") as f:
-        for line in f:
-            emb = msgspec.json.decode(line, type=UserEmbedding)
-            published[emb.user_id] = emb
+    published = read_latest(tmp_path / "emb.jsonl")
     histories, _ = read_histories(events_file, "jsonl", Settings.from_env({}))
     users = sorted(histories)
     cases = [Case(u, histories[u], histories[u][-1].item_id) for u in users]

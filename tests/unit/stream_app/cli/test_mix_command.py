@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import msgspec
 import numpy as np
 from typer.testing import CliRunner
 
@@ -13,12 +12,11 @@ from operators.offline.datasets import Case, case_graph
 from operators.offline.evaluation import GraphScorer
 from operators.recommend import ItemRanker
 from stream_app.cli import app
-from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.files.histories import read_histories
-from tests.conftest import write_jsonl
+from tests.conftest import read_latest, write_jsonl
 
 SPEC = GeneratorSpec(users=60, items=40, events=1500, seed=5, successors=2, follow=0.8)
 TOP = 5
@@ -46,11 +44,7 @@ def test_mix_then_evaluate_and_serve_from_the_file_runner(tmp_path):
 
     settings = Settings.from_env({}, state_dir=str(tmp_path / "state"), model_path=str(mixed), recommend_top=TOP)
     replay(events, "jsonl", str(tmp_path / "emb.jsonl"), settings, progress=False)
-    latest: dict[str, UserEmbedding] = {}
-    with open(tmp_path / "emb.jsonl", "rb") as f:
-        for line in f:
-            emb = msgspec.json.decode(line, type=UserEmbedding)
-            latest[emb.user_id] = emb
+    latest = read_latest(tmp_path / "emb.jsonl")
     histories, _ = read_histories(events, "jsonl", Settings.from_env({}))
     users = sorted(histories)
     graphs = [case_graph(Case(u, histories[u], ""), settings.graph_config()) for u in users]

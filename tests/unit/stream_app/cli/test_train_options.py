@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import msgspec
 import numpy as np
 from typer.testing import CliRunner
 
@@ -12,12 +11,11 @@ from operators.checkpoint import Checkpoint
 from operators.offline.datasets import Case
 from operators.offline.evaluation import GraphScorer
 from stream_app.cli import app
-from stream_app.core.records import UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from stream_app.files.histories import read_histories
-from tests.conftest import write_jsonl
+from tests.conftest import read_latest, write_jsonl
 
 SPEC = GeneratorSpec(users=40, items=30, events=800, seed=3, successors=2, follow=0.8)
 
@@ -48,11 +46,7 @@ def test_train_with_side_features_and_similarity_edges_then_evaluate_and_replay(
     features.unlink()  # serving needs the checkpoint only
     settings = Settings.from_env({}, state_dir=str(tmp_path / "state"), model_path=str(model), batch_size=50)
     replay(events, "jsonl", str(tmp_path / "emb.jsonl"), settings, progress=False)
-    published: dict[str, UserEmbedding] = {}
-    with open(tmp_path / "emb.jsonl", "rb") as f:
-        for line in f:
-            emb = msgspec.json.decode(line, type=UserEmbedding)
-            published[emb.user_id] = emb
+    published = read_latest(tmp_path / "emb.jsonl")
     users = sorted(histories)
     cases = [Case(u, histories[u], histories[u][-1].item_id) for u in users]
     evaluated = GraphScorer(ckpt).user_vectors(cases)
@@ -82,11 +76,7 @@ def test_train_with_a_global_view_then_evaluate_and_replay(tmp_path):
 
     settings = Settings.from_env({}, state_dir=str(tmp_path / "state"), model_path=str(model), batch_size=50)
     replay(events, "jsonl", str(tmp_path / "emb.jsonl"), settings, progress=False)
-    published: dict[str, UserEmbedding] = {}
-    with open(tmp_path / "emb.jsonl", "rb") as f:
-        for line in f:
-            emb = msgspec.json.decode(line, type=UserEmbedding)
-            published[emb.user_id] = emb
+    published = read_latest(tmp_path / "emb.jsonl")
     users = sorted(histories)
     cases = [Case(u, histories[u], histories[u][-1].item_id) for u in users]
     streamed = np.asarray([published[u].embedding for u in users], dtype=np.float32)
