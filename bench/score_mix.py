@@ -33,11 +33,11 @@ from bench.report import markdown, record, show
 from operators import set_threads
 from operators.checkpoint import Checkpoint
 from operators.offline.baselines import ItemTransitions
-from operators.offline.datasets import Case, Split, sessions_split, target_row
-from operators.offline.evaluation import GraphScorer, Scorer, rank_metrics, rank_of_targets
+from operators.offline.datasets import Case, Split, sessions_split
+from operators.offline.evaluation import GraphScorer, Scorer
 from operators.offline.knn import tune
+from operators.offline.knn_mix import metrics_per_weight
 
-KS = (10, 20)
 BATCH = 512
 
 
@@ -65,23 +65,18 @@ class BestScaled(Scorer):
         return s / s.max(dim=1, keepdim=True).values.clamp(min=1e-12)
 
 
-def metrics_per_weight(
+def mix_metrics(
     graph: GraphScorer, other: Scorer, cases: Sequence[Case], weights: Sequence[float]
 ) -> dict[float, dict[str, float]]:
     """Full-ranking metrics of ``graph + w * other`` for every ``w``, each case scored once by each model."""
     positions = [graph.index.row(item) for item in other.index.vocab]
     if positions != list(range(len(positions))) or len(positions) != len(graph.index.vocab):
         raise SystemExit("the checkpoint's vocabulary is not this split's (other data, val share or seed)")
-    ranks: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
-    for start in range(0, len(cases), BATCH):
-        chunk = cases[start : start + BATCH]
-        with torch.inference_mode():
-            gcn = graph.scores(chunk).to(torch.float32)
-            extra = other.scores(chunk).to(torch.float32)
-            targets = torch.tensor([target_row(graph.index, c.target) for c in chunk], dtype=torch.long)
-            for w in weights:
-                ranks[w].append(rank_of_targets(gcn + w * extra if w else gcn, targets))
-    return {w: rank_metrics(torch.cat(r), KS) for w, r in ranks.items()}
+
+    def both(chunk: Sequence[Case]) -> tuple[torch.Tensor, torch.Tensor]:
+        return graph.scores(chunk).to(torch.float32), other.scores(chunk).to(torch.float32)
+
+    return metrics_per_weight(both, graph.index, cases, weights, BATCH)
 
 
 def main() -> None:
@@ -112,13 +107,13 @@ def main() -> None:
         else:
             other = Transitions(split)
         graph = GraphScorer(Checkpoint.load(path))
-        valid = metrics_per_weight(graph, other, tune_cases, args.weights)
+        valid = mix_metrics(graph, other, tune_cases, args.weights)
         for w, m in valid.items():
             print(
                 f"{os.path.basename(path)} weight {w:g}: validation R@20 {m['recall@20']:.4f} MRR@20 {m['mrr@20']:.4f}"
             )
         chosen = max(args.weights, key=lambda w: (valid[w]["recall@20"] + valid[w]["mrr@20"], -w))
-        test = metrics_per_weight(graph, other, split.test, list(dict.fromkeys([0.0, chosen])))
+        test = mix_metrics(graph, other, split.test, list(dict.fromkeys([0.0, chosen])))
         for w, m in test.items():
             rows.append(
                 [

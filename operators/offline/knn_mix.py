@@ -27,7 +27,8 @@ import torch
 
 from graph_state import GraphConfig
 from operators.checkpoint import Checkpoint
-from operators.offline.datasets import Split, case_graph, case_times, target_row
+from operators.item_index import ItemIndex
+from operators.offline.datasets import Case, Split, case_graph, case_times, target_row
 from operators.offline.evaluation import GraphScorer, rank_metrics, rank_of_targets
 from operators.offline.knn import E_NO_VALID, Tuned, tune
 from operators.recommend import exclude_items
@@ -55,6 +56,26 @@ class MixFit:
     """Validation metrics per candidate weight."""
     cases: int
     seconds: float
+
+
+def metrics_per_weight(
+    both: Callable[[Sequence[Case]], tuple[torch.Tensor, torch.Tensor]],
+    index: ItemIndex,
+    cases: Sequence[Case],
+    weights: Sequence[float],
+    batch_size: int = 512,
+) -> dict[float, dict[str, float]]:
+    """Full-ranking metrics (K = 10, 20) of ``base + w · extra`` for every ``w``; ``both(chunk)`` gives the
+    ``[B, n_items]`` base and extra scores of a chunk of cases, so each chunk is scored once for all weights."""
+    ranks: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start : start + batch_size]
+        with torch.inference_mode():
+            base, extra = both(chunk)
+            targets = torch.tensor([target_row(index, c.target) for c in chunk], dtype=torch.long)
+            for w in weights:
+                ranks[w].append(rank_of_targets(base + w * extra if w else base, targets))
+    return {w: rank_metrics(torch.cat(r), (10, 20)) for w, r in ranks.items()}
 
 
 def fit_mix(
@@ -88,19 +109,15 @@ def fit_mix(
         pick = np.sort(np.random.default_rng(seed).choice(len(cases), weight_cases, replace=False))
         cases = [split.valid[i] for i in pick]
     scorer = GraphScorer(plain, graph_config)
-    ranks: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
-    for start in range(0, len(cases), batch_size):
-        chunk = cases[start : start + batch_size]
+
+    def both(chunk: Sequence[Case]) -> tuple[torch.Tensor, torch.Tensor]:
         graphs = [case_graph(c, scorer.graph_config) for c in chunk]
-        with torch.inference_mode():
-            gcn = scorer.ranker.scores(scorer.embedder.embed_many(graphs))
-            if exclude_seen:
-                gcn = exclude_items(gcn, plain.index, [[ev.item_id for ev in c.history] for c in chunk])
-            extra = probe.extra(graphs, case_times(chunk))
-            targets = torch.tensor([target_row(plain.index, c.target) for c in chunk], dtype=torch.long)
-            for w in weights:
-                ranks[w].append(rank_of_targets(gcn + w * extra if w else gcn, targets))
-    valid = {w: rank_metrics(torch.cat(r), (10, 20)) for w, r in ranks.items()}
+        gcn = scorer.ranker.scores(scorer.embedder.embed_many(graphs))
+        if exclude_seen:
+            gcn = exclude_items(gcn, plain.index, [[ev.item_id for ev in c.history] for c in chunk])
+        return gcn, probe.extra(graphs, case_times(chunk))
+
+    valid = metrics_per_weight(both, plain.index, cases, weights, batch_size)
     chosen = max(weights, key=lambda w: (sum(valid[w][m] for m in CHOICE), -w))
     if log is not None:
         for w, m in valid.items():
