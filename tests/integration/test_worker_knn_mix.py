@@ -12,19 +12,14 @@ import json
 
 import numpy as np
 
-from bench.worker_process import TopicReader, WorkerProcess, latest_by_user, reached, worker_env
+from bench.worker_process import latest_by_user
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig
 from operators.offline.datasets import Case, case_graph
 from operators.recommend import ItemRanker
 from operators.session_knn import KNNConfig, KNNMix, SessionIndex, SessionKNN
-from stream_app.core.settings import Settings
-from stream_app.files.file_runner import replay
-from stream_app.files.generate import GeneratorSpec, generate_events
-from stream_app.files.histories import read_histories
-from stream_app.kafka.produce import produce_events
-from tests.conftest import read_latest, write_jsonl
 from tests.integration.expectations import assert_final_embeddings
+from tests.integration.runs import generated, run_both
 
 TOP = 5
 
@@ -32,10 +27,7 @@ TOP = 5
 def test_a_checkpoint_with_a_knn_mix_serves_the_same_recommendations_through_the_worker_and_the_file_runner(
     broker, unique, tmp_path
 ):
-    lines = list(generate_events(GeneratorSpec(users=30, items=60, events=900, seed=9, successors=2, follow=0.8)))
-    events_path = write_jsonl(tmp_path / "events.jsonl", lines)
-    histories, _ = read_histories(events_path, "jsonl", Settings.from_env({}))
-    vocab = sorted({ev.item_id for events in histories.values() for ev in events})
+    events_path, histories, vocab = generated(tmp_path)
     plain = Checkpoint.seeded(EncoderConfig(dim=16, norm_scale=10.0, hash_buckets=64), seed=4, vocab=vocab)
     halves = [[ev.item_id for ev in events[: len(events) // 2]] for events in histories.values()]
     sessions = SessionIndex(halves, [float(t) for t in range(len(halves))], plain.index)
@@ -44,28 +36,11 @@ def test_a_checkpoint_with_a_knn_mix_serves_the_same_recommendations_through_the
     model = tmp_path / "model.ckpt"
     version = mixed.save(model)
 
-    file_settings = Settings.from_env(
-        {}, state_dir=str(tmp_path / "file-state"), model_path=str(model), recommend_top=TOP
-    )
-    replay(events_path, "jsonl", str(tmp_path / "file.out"), file_settings, progress=False)
-    expected = read_latest(tmp_path / "file.out")
-
-    env = worker_env(broker, unique, tmp_path / "state", model_path=model, recommend_top=TOP)
-    settings = Settings.from_env(env)
-    produce_events(events_path, "jsonl", settings, progress=False)
-    worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    out = TopicReader(broker, settings.output_topic)
-    view_user = sorted(histories)[0]
-    try:
-        worker.wait_healthy()
-        out.until(reached(expected), timeout=90, what="every user's final embedding")
-        status, body = worker.get(f"/users/{view_user}/recommendations?k={TOP}")
-    finally:
-        out.close()
-        code = worker.stop()
-    assert code == 0, worker.log()
-    assert_final_embeddings(out.embeddings(), expected)
-    latest = latest_by_user(out.embeddings())
+    view_path = f"/users/{sorted(histories)[0]}/recommendations?k={TOP}"
+    run = run_both(broker, unique, tmp_path, events_path, model, get=(view_path,), recommend_top=TOP)
+    expected, (status, body) = run.expected, run.views[view_path]
+    assert_final_embeddings(run.published, expected)
+    latest = latest_by_user(run.published)
     for uid, want in expected.items():
         got = latest[uid]
         assert got.model_version == version
@@ -77,7 +52,7 @@ def test_a_checkpoint_with_a_knn_mix_serves_the_same_recommendations_through_the
     # the ranking is the mix's, not user · item alone
     users = sorted(expected)
     vectors = np.asarray([expected[u].embedding for u in users], dtype=np.float32)
-    graphs = [case_graph(Case(u, histories[u], ""), file_settings.graph_config()) for u in users]
+    graphs = [case_graph(Case(u, histories[u], ""), run.file_settings.graph_config()) for u in users]
     ranked = ItemRanker(mixed).top(vectors, TOP, graphs=graphs)
     assert [[r.item_id for r in expected[u].recommendations or []] for u in users] == [
         [item for item, _ in items] for items in ranked
