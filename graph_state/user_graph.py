@@ -145,7 +145,7 @@ class UserGraph:
         self._edge_at: dict[int, int] | None = {} if fresh else None
         self._slot_of = {item: slot for slot, item in enumerate(self.item_ids)}
         self._rows_owner: object | None = None
-        self._rows: list[int] = []
+        self._rows: array[int] = array("q")
         self._stale_rows: list[int] = []
         self.ring = array("q", ring if ring is not None else ())
         """Digests of the newest event ids (a ring buffer of signed 64-bit ints; ``tobytes`` is the codec's)."""
@@ -268,14 +268,15 @@ class UserGraph:
     def edge_weight(self) -> np.ndarray:
         return self._fedges[2, : self._ne]
 
-    def slot_rows(self, owner: object, lookup: Callable[[str], int]) -> list[int]:
+    def slot_rows(self, owner: object, lookup: Callable[[str], int]) -> array[int]:
         """``lookup(item_id)`` of every slot, memoised for ``owner`` and refreshed only for changed slots.
 
         ``operators`` keeps the item index's embedding rows here, so a batch does not look up
-        every item of every graph again; a graph holds the memo of one owner at a time.
+        every item of every graph again; a graph holds the memo of one owner at a time. A signed
+        64-bit ``array``: ``np.frombuffer`` reads it without a copy.
         """
         if self._rows_owner is not owner:
-            self._rows = [lookup(item) for item in self.item_ids]
+            self._rows = array("q", [lookup(item) for item in self.item_ids])
             self._rows_owner, self._stale_rows = owner, []
         elif self._stale_rows:
             for slot in self._stale_rows:

@@ -141,15 +141,25 @@ class GraphLayer(nn.Module):
             m = m + self.sim(h, sim_index)
         return self.norm(h + torch.relu(m))
 
-    def partial(self, h_src: torch.Tensor, plan: GcnPlan, selfs: torch.Tensor) -> torch.Tensor:
-        """The layer's outputs for some nodes only (the incremental engine's recompute).
+    def sums_transform(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` that :meth:`from_sums` applies: both convolutions' transforms side by side."""
+        fwd: GCNConv = self.fwd  # type: ignore[assignment]
+        bwd: GCNConv = self.bwd  # type: ignore[assignment]
+        with torch.no_grad():
+            return torch.cat([fwd.lin.weight, bwd.lin.weight], dim=1), fwd.bias + bwd.bias
 
-        ``h_src``: the inputs of every node the outputs depend on; ``selfs``: the row of each
-        output node in ``h_src``; ``plan``: like :func:`gcn_plan`'s, with sources indexing rows of
-        ``h_src`` (``2 i`` forward, ``2 i + 1`` backward) and targets indexing the outputs.
+    def from_sums(
+        self, sums: torch.Tensor, h_self: torch.Tensor, transform: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """The layer's outputs for some nodes only (the incremental engine's recompute), from each
+        node's normalised neighbour sums: ``sums`` is ``[n, 2d]``, the forward convolution's
+        ``sum_j norm_ij h_j`` (self loop included) then the backward one's; ``h_self`` the nodes'
+        own inputs; ``transform`` :meth:`sums_transform` (taken once per model).
+
+        ``GCNConv`` transforms each neighbour then sums; summing then transforming is the same linear
+        map, and costs one transform per output node instead of one per neighbour.
         """
-        m = self._both_directions(h_src, plan, len(selfs))
-        return self.norm(h_src[selfs] + torch.relu(m))
+        return self.norm(torch.relu(F.linear(sums, *transform)).add_(h_self))
 
     def _both_directions(self, h: torch.Tensor, plan: GcnPlan, n_out: int | None = None) -> torch.Tensor:
         """``GCNConv`` forward along the edges plus ``GCNConv`` backward along them, in one gather and scatter.
@@ -196,15 +206,15 @@ class GcnPlan:
             order = _stable_order(target)
             crow = np.zeros(n_out + 1, dtype=np.int64)
             np.cumsum(np.bincount(target, minlength=n_out), out=crow[1:])
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                self._matrix = torch.sparse_csr_tensor(
-                    torch.from_numpy(crow),
-                    torch.from_numpy(self.source.numpy()[order]),
-                    torch.from_numpy(self.weight.numpy()[order]),
-                    (n_out, n_rows),
-                )
+            self._matrix = sparse_csr(crow, self.source.numpy()[order], self.weight.numpy()[order], (n_out, n_rows))
         return self._matrix
+
+
+def sparse_csr(crow: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """A torch CSR matrix over numpy arrays (no copy), without torch's "support is in beta" notice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(values), shape)
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
@@ -415,14 +425,22 @@ class GraphEncoder(nn.Module):
 
         ``global_rows``: the view rows the nodes read instead of their item rows (out-of-fold
         training, :class:`operators.global_view.OutOfFoldGraphs`)."""
-        items = self.item_rows_vectors(b.item_rows)
+        return self.inputs_of(b.item_rows, b.actions, b.log_counts, global_rows)
+
+    def inputs_of(
+        self,
+        item_rows: torch.Tensor,
+        actions: torch.Tensor,
+        log_counts: torch.Tensor,
+        global_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`node_inputs` of nodes given by their columns (the incremental engine's few nodes)."""
+        items = self.item_rows_vectors(item_rows)
         if self.config.norm_scale > 0:
             items = F.normalize(items, dim=-1)
         if self.global_lin is not None:
-            items = items + (
-                self.global_terms(b.item_rows) if global_rows is None else self.global_context(global_rows)
-            )
-        return items + self.action_emb(b.actions) + b.log_counts.unsqueeze(-1) * self.count_vec
+            items = items + (self.global_terms(item_rows) if global_rows is None else self.global_context(global_rows))
+        return items + self.action_emb(actions) + log_counts.unsqueeze(-1) * self.count_vec
 
     def similarity_edges(self, b: GraphBatch) -> torch.Tensor | None:
         """Undirected k-nearest-neighbour edges within each user graph (``None`` when switched off).
@@ -484,21 +502,32 @@ class GraphEncoder(nn.Module):
         summary = scatter(alpha.unsqueeze(-1) * h, b.batch, dim=0, dim_size=b.num_graphs, reduce="sum")
         return self._user(h_last, self.dropout(summary)), alpha
 
-    def readout_graphs(
-        self, h_last: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-    ) -> torch.Tensor:
+    def readout_terms(self, h: torch.Tensor, recency: torch.Tensor) -> torch.Tensor:
+        """``(att_node(h) + recency_emb(recency)) / 2`` per node: the part of a node's attention
+        input that its own state and recency bucket decide (halved for :meth:`_attention`).
+
+        The incremental engine keeps it per node beside the layer outputs and refreshes only the
+        rows whose state or bucket changed, so the readout of a large graph per event is one add,
+        one ``tanh`` and two matrix-vector products.
+        """
+        return self.att_node(h).add_(self.recency_emb(recency)).mul_(0.5)
+
+    def readout_cached(self, h_last: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Serving readout of graphs whose node states live in separate arrays (no concatenation).
 
         ``h_last`` is ``[G, d]``, the newest node's state of each graph; ``parts[g]`` is
-        ``(h, projected, recency)`` of graph ``g``: ``[n, d]``, ``[n, d]`` (``att_node(h)``) and
-        ``[n]`` recency buckets. Equals :meth:`readout_projected` (to float rounding); used by the
-        incremental engine, whose large graphs would otherwise be copied into one batch per event.
+        ``(h, terms)`` of graph ``g``: its node states ``[n, d]`` and :meth:`readout_terms` of them.
+        Equals :meth:`readout_projected` (to float rounding); used by the incremental engine, whose
+        large graphs would otherwise be copied into one batch per event.
         """
-        table = self._query_table(h_last)
+        query = self.att_last(h_last).mul_(0.5)
         q = self.att_q.weight[0]
+        q_sum = q.sum()
         summary = torch.empty(len(parts), self.config.dim)
-        for g, (h, projected, recency) in enumerate(parts):
-            summary[g] = torch.mv(h.t(), self._attention(table[g].index_select(0, recency), projected, q))
+        gate = torch.empty(max((len(h) for h, _ in parts), default=0), self.config.dim)  # reused by every graph
+        for g, (h, terms) in enumerate(parts):
+            alpha = torch.mv(torch.add(terms, query[g], out=gate[: len(h)]).tanh_(), q).add_(q_sum).mul_(0.5)
+            torch.mv(h.t(), alpha, out=summary[g])
         return self._user(h_last, summary)
 
     def _query_table(self, h_last: torch.Tensor) -> torch.Tensor:

@@ -36,12 +36,14 @@ import numpy as np
 import torch
 
 from graph_state import UserGraph
+from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
-from operators.encoder import GcnPlan
-from operators.tensors import GraphBatch, graphs_to_batch, recency_buckets
+from operators.encoder import _stable_order, sparse_csr
+from operators.tensors import graphs_to_batch, item_rows, recency_buckets, recency_moved
 
-CACHE_LAYOUT = 2
-"""1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block the readout projection."""
+CACHE_LAYOUT = 3
+"""1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block ``att_node(H^L)``;
+3: the last row block the readout terms (:meth:`GraphEncoder.readout_terms`, recency included)."""
 
 
 class UserDelta(NamedTuple):
@@ -64,8 +66,12 @@ class IncrementalPolicy:
 
 
 def cache_key(checkpoint: Checkpoint, state_version: int) -> str:
+    return f"{_key_prefix(checkpoint)}{state_version}"
+
+
+def _key_prefix(checkpoint: Checkpoint) -> str:
     cfg = checkpoint.config
-    return f"{checkpoint.model_version}:{cfg.layers}x{cfg.dim}:L{CACHE_LAYOUT}@{state_version}"
+    return f"{checkpoint.model_version}:{cfg.layers}x{cfg.dim}:L{CACHE_LAYOUT}@"
 
 
 def _grow(mask: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -93,12 +99,21 @@ def affected_sets(graph: UserGraph, changed: frozenset[int] | set[int], layers: 
     return [set(np.flatnonzero(m).tolist()) for m in affected_masks(graph, sorted(changed), layers)]
 
 
-class _Plan(NamedTuple):
-    graph: UserGraph
-    layers: np.ndarray
-    """``[L + 1, n_nodes, d]`` float32, writable: refreshed in place and kept as the graph's cache."""
+class _Batch(NamedTuple):
+    """The users of one micro-batch that take the incremental path, as one disjoint union: node
+    ``ptr[u] + slot`` is slot ``slot`` of user ``u``, and every array spans all of them."""
+
+    graphs: list[UserGraph]
+    layers: list[np.ndarray]
+    """Per user ``[L + 1, n_nodes, d]`` float32, writable: refreshed in place and kept as its cache."""
+    base: np.ndarray
+    """Per user, the ``state_version`` its cache was computed at."""
+    ptr: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    weight: np.ndarray
     sets: list[np.ndarray]
-    """``A_1..A_L`` as masks over the graph's slots."""
+    """``A_1..A_L`` as masks over the batch's nodes."""
 
 
 class IncrementalEncoder:
@@ -111,6 +126,8 @@ class IncrementalEncoder:
         self.supported = checkpoint.config.similarity_k == 0 and all(
             getattr(layer, "conv", "") == "gcn" for layer in enc.layers
         )
+        self._prefix = _key_prefix(checkpoint)
+        self._transforms = [layer.sums_transform() for layer in enc.layers] if self.supported else []
         self.stats = {"full": 0, "incremental": 0, "recomputed_nodes": 0, "total_nodes": 0}
 
     # ---- entry point -----------------------------------------------------------
@@ -121,29 +138,45 @@ class IncrementalEncoder:
         out = np.zeros((len(graphs), cfg.dim), dtype=np.float32)
         full: list[int] = []
         incr: list[int] = []
-        plans: list[_Plan] = []
+        layers: list[np.ndarray] = []
         for i, (graph, delta) in enumerate(zip(graphs, deltas, strict=True)):
-            plan = self._plan(graph, delta)
-            if plan is None:
+            cached = self._cached(graph, delta)
+            if cached is None:
                 full.append(i)
             else:
                 incr.append(i)
-                plans.append(plan)
+                layers.append(cached)
+        batch = None
+        while incr:
+            # ``deltas[i]`` is set for every candidate (``_cached`` returned its layers).
+            batch, too_large = self._batch(
+                [graphs[i] for i in incr],
+                layers,
+                [deltas[i] for i in incr],  # type: ignore[misc]
+            )
+            if not too_large:
+                break
+            full.extend(incr[j] for j in too_large)
+            keep = sorted(set(range(len(incr))) - set(too_large))
+            incr, layers, batch = [incr[j] for j in keep], [layers[j] for j in keep], None
         with torch.inference_mode():
             if full:
+                full.sort()
                 out[full] = self._full([graphs[i] for i in full])
-            if incr:
-                out[incr] = self._incremental(plans)
+            if batch is not None:
+                out[incr] = self._incremental(batch)
         self.stats["full"] += len(full)
         self.stats["incremental"] += len(incr)
         return out
 
-    def _plan(self, graph: UserGraph, delta: UserDelta | None) -> _Plan | None:
+    def _cached(self, graph: UserGraph, delta: UserDelta | None) -> np.ndarray | None:
+        """The graph's layer cache as a writable ``[L + 1, n_nodes, d]`` array when it can be refreshed
+        incrementally (its rows for new slots zero), else ``None``."""
         p = self.policy
         n = graph.n_nodes
         if not (p.enabled and self.supported and delta is not None and n >= p.min_nodes):
             return None
-        if graph.cache_key != cache_key(self.checkpoint, delta.base_version):
+        if graph.cache_key != f"{self._prefix}{delta.base_version}":
             return None
         cached = graph.cache_array()
         if cached is None:
@@ -155,15 +188,36 @@ class IncrementalEncoder:
             return None
         if rows < n and not set(range(rows, n)) <= delta.slots:
             return None
-        sets = affected_masks(graph, sorted(delta.slots), cfg.layers)
-        if int(sets[-1].sum()) > p.full_share * n:
-            return None
         if rows == n and cached.ndim == 3 and cached.flags.writeable:
-            layers = cached  # the graph's own array from the previous batch: refreshed in place
-        else:
-            layers = np.zeros((depth, n, cfg.dim), dtype=np.float32)
-            layers[:, :rows] = cached.reshape(depth, rows, cfg.dim)
-        return _Plan(graph, layers, sets)
+            return cached  # the graph's own array from the previous batch: refreshed in place
+        layers = np.zeros((depth, n, cfg.dim), dtype=np.float32)
+        layers[:, :rows] = cached.reshape(depth, rows, cfg.dim)
+        return layers
+
+    def _batch(
+        self, graphs: list[UserGraph], layers: list[np.ndarray], deltas: Sequence[UserDelta]
+    ) -> tuple[_Batch, list[int]]:
+        """The users as one :class:`_Batch`, and those whose ``A_L`` exceeds the policy's share."""
+        sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
+        ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=ptr[1:])
+        n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
+        edges = np.concatenate([g.edge_block() for g in graphs], axis=1)
+        offset = np.repeat(ptr[:-1], n_edges)
+        src, dst = edges[0] + offset, edges[1] + offset
+        changed = np.concatenate(
+            [np.fromiter(d.slots, dtype=np.int64, count=len(d.slots)) + ptr[u] for u, d in enumerate(deltas)]
+        )
+        current = np.zeros(int(ptr[-1]), dtype=bool)
+        current[changed] = True
+        sets = []
+        for _ in range(self.checkpoint.config.layers):
+            current = _grow(current, src, dst)
+            sets.append(current)
+        reached = np.add.reduceat(current, ptr[:-1], dtype=np.int64)
+        too_large = np.flatnonzero(reached > self.policy.full_share * sizes).tolist()
+        base = np.fromiter((d.base_version for d in deltas), dtype=np.int64, count=len(deltas))
+        return _Batch(graphs, layers, base, ptr, src, dst, edges[2].view(np.float64), sets), too_large
 
     # ---- full forward ------------------------------------------------------------
 
@@ -185,166 +239,125 @@ class IncrementalEncoder:
         for i, graph in enumerate(graphs):
             if keep_from is not None and graph.n_nodes >= keep_from:
                 if stacked is None:
-                    stacked = torch.stack([*states, projected]).numpy()  # [L + 1, N, d]
+                    terms = projected.add(enc.recency_emb(b.recency)).mul_(0.5)  # readout_terms, projected reused
+                    stacked = torch.stack([*states, terms]).numpy()  # [L + 1, N, d]
                 self._store(graph, stacked[:, ptr[i] : ptr[i + 1]].copy())
             elif graph.has_cache:
                 graph.cache_key, graph.cache = "", b""  # too small to ever be recomputed incrementally
-            self.stats["recomputed_nodes"] += graph.n_nodes
-            self.stats["total_nodes"] += graph.n_nodes
+        n_nodes = int(b.ptr[-1])
+        self.stats["recomputed_nodes"] += n_nodes
+        self.stats["total_nodes"] += n_nodes
         return user.numpy()
 
     def _store(self, graph: UserGraph, layers: np.ndarray) -> None:
         graph.cache = layers
-        graph.cache_key = cache_key(self.checkpoint, graph.state_version)
+        graph.cache_key = f"{self._prefix}{graph.state_version}"
 
     # ---- incremental forward -----------------------------------------------------
 
-    def _incremental(self, plans: Sequence[_Plan]) -> np.ndarray:
-        """All plans' users at once: every array below spans the concatenated graphs."""
+    def _incremental(self, batch: _Batch) -> np.ndarray:
+        """Every user of the batch at once: the arrays below span the concatenated graphs."""
         enc = self.checkpoint.encoder
-        graphs = [p.graph for p in plans]
-        sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
-        ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=ptr[1:])
+        graphs, layers, ptr = batch.graphs, batch.layers, batch.ptr
+        n_total, n_layers = int(ptr[-1]), len(enc.layers)
+        last = batch.sets[-1]
+        # Each node column of the batch: the layer inputs and the recency buckets read them.
+        nodes = np.concatenate([g.node_block() for g in graphs], axis=1)
+        targets = np.flatnonzero(last)
+        if len(targets):
+            self._layers(batch, nodes, targets)
+        # Readout terms of every node whose last layer or recency bucket changed: a bucket is
+        # log2 of "events ago", so from one version to the next only a few nodes cross into the next.
+        sizes = np.diff(ptr)
+        seq = nodes[LAST_SEQ]
+        versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
+        ago = np.repeat(versions, sizes) - seq
+        refresh = np.flatnonzero(last | recency_moved(np.repeat(batch.base, sizes) - seq, ago))
+        h_refresh = _gather(layers, n_layers - 1, refresh, ptr)
+        terms = enc.readout_terms(torch.from_numpy(h_refresh), torch.from_numpy(recency_buckets(ago[refresh])))
+        _scatter_back(layers, n_layers, refresh, ptr, terms.numpy())
+        # The readout reads each graph's cache where it lies: no copy of a large graph per event.
+        h_last = torch.from_numpy(np.stack([c[n_layers - 1, g.last_slot] for g, c in zip(graphs, layers, strict=True)]))
+        user = enc.readout_cached(
+            h_last, [(torch.from_numpy(c[n_layers - 1]), torch.from_numpy(c[n_layers])) for c in layers]
+        )
+        for graph, cache in zip(graphs, layers, strict=True):
+            self._store(graph, cache)
+        self.stats["recomputed_nodes"] += len(targets)
+        self.stats["total_nodes"] += n_total
+        return user.numpy()
+
+    def _layers(self, batch: _Batch, nodes: np.ndarray, targets: np.ndarray) -> None:
+        """Recompute the nodes of ``A_L`` (``targets``) at every layer and write them into the caches.
+
+        Every layer recomputes all of ``A_L``, not only its own ``A_l``: a node of ``A_L`` outside
+        ``A_l`` gets its cached value again (its inputs did not change), and in exchange every layer
+        shares one message matrix and one sorted target list. The matrix has two rows per target,
+        its forward and its backward convolution's normalised sum over ``U`` (``A_L`` and its
+        neighbours; self loop included); a layer multiplies it by the previous layer's states on
+        ``U`` and transforms the sums (:meth:`GraphLayer.from_sums`).
+        """
+        enc = self.checkpoint.encoder
+        layers, ptr, src, dst, weight = batch.layers, batch.ptr, batch.src, batch.dst, batch.weight
         n_total = int(ptr[-1])
-        n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
-        offset = np.repeat(ptr[:-1], n_edges)
-        edges = np.concatenate([g.edge_block() for g in graphs], axis=1)
-        src, dst = edges[0] + offset, edges[1] + offset
-        weight = edges[2].view(np.float64)
         # GCN normalisation from the full graphs (self loops of weight 1 included).
         in_deg = 1.0 + np.bincount(dst, weights=weight, minlength=n_total)
         out_deg = 1.0 + np.bincount(src, weights=weight, minlength=n_total)
-        # The layers run on the part of the batch a recompute can reach: U = A_L and its
-        # neighbours, with the edges that touch A_L (every edge into or out of a target of any
-        # layer, since A_l is inside A_L). At 1,000 nodes that is ~5 % of the nodes and edges.
-        last = np.concatenate([p.sets[-1] for p in plans])
-        touching = last[src] | last[dst]
-        u_src, u_dst, u_weight = src[touching], dst[touching], weight[touching]
-        u_nodes = np.flatnonzero(_grow(last, u_src, u_dst))  # sorted batch-wide node ids
+        last = batch.sets[-1]
+        into, out_of = last[dst], last[src]  # edges whose forward / backward message goes into A_L
+        f_src, f_dst, f_w = src[into], dst[into], weight[into]
+        b_src, b_dst, b_w = dst[out_of], src[out_of], weight[out_of]  # reversed: dst's state into src
+        u_mask = last.copy()
+        u_mask[f_src] = True
+        u_mask[b_src] = True
+        u_nodes = np.flatnonzero(u_mask)  # sorted batch-wide ids; ~5 % of the batch at 1,000 nodes
         local = np.full(n_total, -1, dtype=np.int64)
         local[u_nodes] = np.arange(len(u_nodes))
-        u_src, u_dst = local[u_src], local[u_dst]
-        u_in, u_out = in_deg[u_nodes], out_deg[u_nodes]
-        n_layers = len(enc.layers)
-        for l_idx, layer in enumerate(enc.layers):
-            targets = np.concatenate([p.sets[l_idx] for p in plans])[u_nodes]
-            s_idx = np.flatnonzero(_grow(targets, u_src, u_dst))
-            if l_idx == 0:
-                h_src = self._inputs(plans, u_nodes[s_idx], ptr)
-            else:
-                h_src = torch.from_numpy(_gather(plans, l_idx - 1, u_nodes[s_idx], ptr))
-            h_out = self._layer(layer, h_src, targets, s_idx, u_src, u_dst, u_weight, u_in, u_out)
-            _scatter_back(plans, l_idx, u_nodes[np.flatnonzero(targets)], ptr, h_out.numpy())
-        # The readout projection of every node whose last layer changed.
-        changed_last = np.flatnonzero(last)
-        projected = enc.att_node(torch.from_numpy(_gather(plans, n_layers - 1, changed_last, ptr)))
-        _scatter_back(plans, n_layers, changed_last, ptr, projected.numpy())
-        # The readout reads each graph's cache where it lies: no copy of a large graph per event.
-        h_last = torch.from_numpy(np.stack([p.layers[n_layers - 1][p.graph.last_slot] for p in plans]))
-        parts = [
-            (
-                torch.from_numpy(p.layers[n_layers - 1]),
-                torch.from_numpy(p.layers[n_layers]),
-                torch.from_numpy(recency_buckets(p.graph.state_version - p.graph.last_seq)),
-            )
-            for p in plans
-        ]
-        user = enc.readout_graphs(h_last, parts)
-        for p in plans:
-            self._store(p.graph, p.layers)
-            self.stats["recomputed_nodes"] += int(p.sets[-1].sum())
-            self.stats["total_nodes"] += p.graph.n_nodes
-        return user.numpy()
-
-    def _inputs(self, plans: Sequence[_Plan], nodes: np.ndarray, ptr: np.ndarray) -> torch.Tensor:
-        """Layer inputs of the given (global) nodes, from their graphs' columns."""
-        enc = self.checkpoint.encoder
-        index = self.checkpoint.index
-        bounds = np.searchsorted(nodes, ptr)
-        rows: list[int] = []
-        actions = []
-        counts = []
-        for u, p in enumerate(plans):
-            local = nodes[bounds[u] : bounds[u + 1]] - ptr[u]
-            slot_rows = p.graph.slot_rows(index, index.row)
-            rows.extend([slot_rows[i] for i in local.tolist()])
-            actions.append(p.graph.last_action[local])
-            counts.append(p.graph.counts[local])
-        partial = GraphBatch(
-            item_rows=torch.tensor(rows, dtype=torch.long),
-            actions=torch.from_numpy(np.concatenate(actions).astype(np.int64)),
-            log_counts=torch.from_numpy(np.log1p(np.concatenate(counts).astype(np.float32))),
-            recency=torch.zeros(len(rows), dtype=torch.long),
-            edge_index=torch.zeros((2, 0), dtype=torch.long),
-            edge_weight=torch.zeros(0),
-            batch=torch.zeros(len(rows), dtype=torch.long),
-            last_node=torch.zeros(0, dtype=torch.long),
-            ptr=torch.zeros(1, dtype=torch.long),
-        )
-        return enc.node_inputs(partial)
-
-    @staticmethod
-    def _layer(
-        layer,
-        h_src: torch.Tensor,
-        targets: np.ndarray,
-        s_idx: np.ndarray,
-        src: np.ndarray,
-        dst: np.ndarray,
-        weight: np.ndarray,
-        in_deg: np.ndarray,
-        out_deg: np.ndarray,
-    ) -> torch.Tensor:
-        """GCN layer outputs of the target nodes, given ``h_src`` of ``s_idx``.
-
-        ``targets`` is a mask and ``s_idx``, ``src``, ``dst`` index the same node set (the part of
-        the batch the recompute reaches); ``in_deg``/``out_deg`` are those nodes' degrees in their
-        full graphs.
-
-        The messages into the targets as a :class:`GcnPlan` over ``h_src``'s rows (both
-        directions and the self loops, normalised by the full graphs' degrees), so the layer
-        runs the same fused gather and scatter as the full forward.
-        """
-        n_total = len(targets)
-        pos = np.full(n_total, -1, dtype=np.int64)
-        pos[s_idx] = np.arange(len(s_idx))
-        t_idx = np.flatnonzero(targets)
         tpos = np.full(n_total, -1, dtype=np.int64)
-        tpos[t_idx] = np.arange(len(t_idx))
-        fe = targets[dst]  # forward conv: src → dst for dst in targets
-        be = targets[src]  # backward conv (reversed edges): dst → src for src in targets
-        f_src, f_dst = src[fe], dst[fe]
-        b_src, b_dst = src[be], dst[be]
-        selfs = pos[t_idx]
-        own = np.arange(len(t_idx))
-        plan = GcnPlan(
-            source=torch.from_numpy(np.concatenate([2 * pos[f_src], 2 * pos[b_dst] + 1, 2 * selfs, 2 * selfs + 1])),
-            target=torch.from_numpy(np.concatenate([tpos[f_dst], tpos[b_src], own, own])),
-            weight=torch.from_numpy(
-                np.concatenate(
-                    [
-                        weight[fe] / np.sqrt(in_deg[f_src] * in_deg[f_dst]),
-                        weight[be] / np.sqrt(out_deg[b_dst] * out_deg[b_src]),
-                        1.0 / in_deg[t_idx],
-                        1.0 / out_deg[t_idx],
-                    ]
-                ).astype(np.float32)
-            ),
+        tpos[targets] = np.arange(len(targets))
+        n_t = len(targets)
+        rows = np.concatenate([2 * tpos[f_dst], 2 * tpos[b_dst] + 1, np.arange(0, 2 * n_t, dtype=np.int64)])
+        own = local[targets]
+        cols = np.concatenate([local[f_src], local[b_src], np.repeat(own, 2)])
+        loops = np.empty(2 * n_t)
+        loops[0::2], loops[1::2] = 1.0 / in_deg[targets], 1.0 / out_deg[targets]
+        values = np.concatenate(
+            [f_w / np.sqrt(in_deg[f_src] * in_deg[f_dst]), b_w / np.sqrt(out_deg[b_src] * out_deg[b_dst]), loops]
+        ).astype(np.float32)
+        by_row = _stable_order(rows)
+        crow = np.zeros(2 * n_t + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=2 * n_t), out=crow[1:])
+        matrix = sparse_csr(crow, cols[by_row], values[by_row], (2 * n_t, len(u_nodes)))
+        own_t = torch.from_numpy(own)
+        h = self._inputs(batch.graphs, nodes, u_nodes)
+        for l_idx, (layer, transform) in enumerate(zip(enc.layers, self._transforms, strict=True)):
+            out = layer.from_sums((matrix @ h).view(n_t, -1), h[own_t], transform)
+            _scatter_back(layers, l_idx, targets, ptr, out.numpy())
+            if l_idx + 1 < len(enc.layers):
+                h = torch.from_numpy(_gather(layers, l_idx, u_nodes, ptr))
+
+    def _inputs(self, graphs: Sequence[UserGraph], nodes: np.ndarray, which: np.ndarray) -> torch.Tensor:
+        """Layer inputs of some nodes of the batch (batch-wide ids), from the node columns."""
+        rows = item_rows(graphs, self.checkpoint.index)[which]
+        return self.checkpoint.encoder.inputs_of(
+            torch.from_numpy(rows),
+            torch.from_numpy(nodes[LAST_ACTION, which]),
+            torch.from_numpy(np.log1p(nodes[COUNTS, which].astype(np.float32))),
         )
-        return layer.partial(h_src, plan, torch.from_numpy(selfs))
 
 
-def _gather(plans: Sequence[_Plan], depth: int, nodes: np.ndarray, ptr: np.ndarray) -> np.ndarray:
-    """Rows ``nodes`` (global, sorted) of cache block ``depth`` of each plan's graph, concatenated."""
+def _gather(layers: Sequence[np.ndarray], depth: int, nodes: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """Rows ``nodes`` (batch-wide, sorted) of cache block ``depth`` of each user, concatenated."""
     bounds = np.searchsorted(nodes, ptr)
-    return np.concatenate([p.layers[depth][nodes[bounds[u] : bounds[u + 1]] - ptr[u]] for u, p in enumerate(plans)])
+    return np.concatenate([c[depth][nodes[bounds[u] : bounds[u + 1]] - ptr[u]] for u, c in enumerate(layers)])
 
 
-def _scatter_back(plans: Sequence[_Plan], depth: int, nodes: np.ndarray, ptr: np.ndarray, values: np.ndarray) -> None:
-    """Write ``values`` (rows of ``nodes``, global, sorted) into cache block ``depth`` of each plan."""
+def _scatter_back(
+    layers: Sequence[np.ndarray], depth: int, nodes: np.ndarray, ptr: np.ndarray, values: np.ndarray
+) -> None:
+    """Write ``values`` (rows of ``nodes``, batch-wide, sorted) into cache block ``depth`` of each user."""
     bounds = np.searchsorted(nodes, ptr)
-    for u, p in enumerate(plans):
+    for u, c in enumerate(layers):
         lo, hi = bounds[u], bounds[u + 1]
         if hi > lo:
-            p.layers[depth][nodes[lo:hi] - ptr[u]] = values[lo:hi]
+            c[depth][nodes[lo:hi] - ptr[u]] = values[lo:hi]

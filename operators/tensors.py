@@ -52,6 +52,24 @@ def recency_buckets(events_ago: np.ndarray) -> np.ndarray:
     return np.minimum(exponent, RECENCY_BUCKETS - 1).astype(np.int64)
 
 
+def recency_moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Where :func:`recency_buckets` of ``after`` differs from that of ``before``, for ``0 <= before <= after``
+    (the same nodes some events later): only where ``after`` has a higher top bit, below the last bucket.
+
+    >>> ago = np.arange(0, 70000)
+    >>> bool((recency_moved(ago, ago + 3) == (recency_buckets(ago) != recency_buckets(ago + 3))).all())
+    True
+    """
+    return ((before ^ after) > before) & (before < 1 << (RECENCY_BUCKETS - 2))
+
+
+def item_rows(graphs: Sequence[UserGraph], index: ItemIndex) -> np.ndarray:
+    """The embedding row of every node of the graphs, concatenated (``int64``; memoised per graph)."""
+    row = index.row
+    blocks = [np.frombuffer(g.slot_rows(index, row), dtype=np.int64) for g in graphs]
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
+
+
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
     """Concatenate graphs' node and edge blocks, offsetting node ids: one numpy call per block."""
     views = [g.batch_view() for g in graphs]
@@ -68,12 +86,8 @@ def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch
     np.cumsum(sizes, out=ptr[1:])
     edge_index = edges[:2] + np.repeat(ptr[:-1], n_edges)
     versions = np.fromiter(version_list, dtype=np.int64, count=len(graphs))
-    rows: list[int] = []
-    row = index.row
-    for g in graphs:
-        rows.extend(g.slot_rows(index, row))
     return GraphBatch(
-        item_rows=torch.tensor(rows, dtype=torch.long),
+        item_rows=torch.from_numpy(item_rows(graphs, index)),
         actions=torch.from_numpy(nodes[LAST_ACTION]),
         log_counts=torch.from_numpy(np.log1p(nodes[COUNTS].astype(np.float32))),
         recency=torch.from_numpy(recency_buckets(np.repeat(versions, sizes) - nodes[LAST_SEQ])),
