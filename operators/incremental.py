@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ import torch
 from graph_state import UserGraph
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
-from operators.encoder import _stable_order, sparse_csr
+from operators.encoder import GraphLayer, _stable_order, sparse_csr
 from operators.tensors import graphs_to_batch, item_rows, recency_buckets, recency_moved
 
 CACHE_LAYOUT = 3
@@ -127,7 +127,8 @@ class IncrementalEncoder:
             getattr(layer, "conv", "") == "gcn" for layer in enc.layers
         )
         self._prefix = _key_prefix(checkpoint)
-        self._transforms = [layer.sums_transform() for layer in enc.layers] if self.supported else []
+        graph_layers = [cast(GraphLayer, layer) for layer in enc.layers]
+        self._layer_transforms = [(layer, layer.sums_transform()) for layer in graph_layers] if self.supported else []
         self.stats = {"full": 0, "incremental": 0, "recomputed_nodes": 0, "total_nodes": 0}
 
     # ---- entry point -----------------------------------------------------------
@@ -330,7 +331,7 @@ class IncrementalEncoder:
         matrix = sparse_csr(crow, cols[by_row], values[by_row], (2 * n_t, len(u_nodes)))
         own_t = torch.from_numpy(own)
         h = self._inputs(batch.graphs, nodes, u_nodes)
-        for l_idx, (layer, transform) in enumerate(zip(enc.layers, self._transforms, strict=True)):
+        for l_idx, (layer, transform) in enumerate(self._layer_transforms):
             out = layer.from_sums((matrix @ h).view(n_t, -1), h[own_t], transform)
             _scatter_back(layers, l_idx, targets, ptr, out.numpy())
             if l_idx + 1 < len(enc.layers):
