@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from graph_state import UserGraph
-from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
+from graph_state.user_graph import COUNTS, LAST_ACTION
 from operators.checkpoint import Checkpoint
 from operators.encoder import GraphLayer, _stable_order, sparse_csr
-from operators.tensors import graphs_to_batch, item_rows, recency_buckets, recency_moved
+from operators.tensors import graphs_to_batch, recency_buckets, recency_moved
 
 CACHE_LAYOUT = 3
 """1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block ``att_node(H^L)``;
@@ -257,66 +257,96 @@ class IncrementalEncoder:
     # ---- incremental forward -----------------------------------------------------
 
     def _incremental(self, batch: _Batch) -> np.ndarray:
-        """Every user of the batch at once: the arrays below span the concatenated graphs."""
+        """Every user of the batch at once: the arrays below span the concatenated graphs.
+
+        Every layer recomputes all of ``A_L`` (``targets``), not only its own ``A_l``: a node of
+        ``A_L`` outside ``A_l`` gets its cached value again (its inputs did not change), and in
+        exchange every layer shares one message matrix (:meth:`_messages`) and one sorted target
+        list. The caches are read in one pass over the users (the previous layers' states on
+        ``U``) and written in one (every block's rows of the targets, and the readout terms).
+        """
         enc = self.checkpoint.encoder
-        graphs, layers, ptr = batch.graphs, batch.layers, batch.ptr
+        graphs, caches, ptr = batch.graphs, batch.layers, batch.ptr
         n_total, n_layers = int(ptr[-1]), len(enc.layers)
         last = batch.sets[-1]
-        # Each node column of the batch: the layer inputs and the recency buckets read them.
-        nodes = np.concatenate([g.node_block() for g in graphs], axis=1)
         targets = np.flatnonzero(last)
-        if len(targets):
-            self._layers(batch, nodes, targets)
-        # Readout terms of every node whose last layer or recency bucket changed: a bucket is
+        # Readout terms change where a node's last layer or its recency bucket does: a bucket is
         # log2 of "events ago", so from one version to the next only a few nodes cross into the next.
         sizes = np.diff(ptr)
-        seq = nodes[LAST_SEQ]
+        seq = np.concatenate([g.last_seq for g in graphs])
         versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
         ago = np.repeat(versions, sizes) - seq
-        refresh = np.flatnonzero(last | recency_moved(np.repeat(batch.base, sizes) - seq, ago))
-        h_refresh = _gather(layers, n_layers - 1, refresh, ptr)
-        terms = enc.readout_terms(torch.from_numpy(h_refresh), torch.from_numpy(recency_buckets(ago[refresh])))
-        _scatter_back(layers, n_layers, refresh, ptr, terms.numpy())
-        # The readout reads each graph's cache where it lies: no copy of a large graph per event.
-        h_last = torch.from_numpy(np.stack([c[n_layers - 1, g.last_slot] for g, c in zip(graphs, layers, strict=True)]))
-        user = enc.readout_cached(
-            h_last, [(torch.from_numpy(c[n_layers - 1]), torch.from_numpy(c[n_layers])) for c in layers]
+        moved = np.flatnonzero(recency_moved(np.repeat(batch.base, sizes) - seq, ago) & ~last)
+        matrix, u_nodes, own = self._messages(batch, targets)
+        # One pass over the users: each target's own columns, and the cached states it reads.
+        u_at, m_at, t_at = (np.searchsorted(a, ptr) for a in (u_nodes, moved, targets))
+        rows, columns, states, moved_h = [], [], [], []
+        index = self.checkpoint.index
+        for u, (graph, cache) in enumerate(zip(graphs, caches, strict=True)):
+            slots = u_nodes[u_at[u] : u_at[u + 1]] - ptr[u]
+            rows.append(np.frombuffer(graph.slot_rows(index, index.row), dtype=np.int64)[slots])
+            columns.append(graph.node_block()[:, slots])
+            states.append(cache[: n_layers - 1, slots])
+            moved_h.append(cache[n_layers - 1, moved[m_at[u] : m_at[u + 1]] - ptr[u]])
+        cols = np.concatenate(columns, axis=1)
+        h = enc.inputs_of(
+            torch.from_numpy(np.concatenate(rows)),
+            torch.from_numpy(cols[LAST_ACTION]),
+            torch.from_numpy(np.log1p(cols[COUNTS].astype(np.float32))),
         )
-        for graph, cache in zip(graphs, layers, strict=True):
+        previous = torch.from_numpy(np.concatenate(states, axis=1))  # [L - 1, |U|, d]
+        outputs = []
+        for l_idx, (layer, transform) in enumerate(self._layer_transforms):
+            out = layer.from_sums((matrix @ h).view(len(targets), 2 * h.shape[1]), h[own], transform)
+            outputs.append(out)
+            if l_idx + 1 < n_layers:
+                h = previous[l_idx]
+                h[own] = out
+        # The readout terms of the targets (from their new last layer) and of the moved nodes.
+        terms = enc.readout_terms(
+            torch.cat([outputs[-1], torch.from_numpy(np.concatenate(moved_h))]),
+            torch.from_numpy(recency_buckets(ago[np.concatenate([targets, moved])])),
+        )
+        fresh = torch.stack([*outputs, terms[: len(targets)]]).numpy()  # [L + 1, |targets|, d]
+        moved_terms = terms[len(targets) :].numpy()
+        for u, cache in enumerate(caches):
+            cache[:, targets[t_at[u] : t_at[u + 1]] - ptr[u]] = fresh[:, t_at[u] : t_at[u + 1]]
+            cache[n_layers, moved[m_at[u] : m_at[u + 1]] - ptr[u]] = moved_terms[m_at[u] : m_at[u + 1]]
+        # The readout reads each graph's cache where it lies: no copy of a large graph per event.
+        h_last = torch.from_numpy(np.stack([c[n_layers - 1, g.last_slot] for g, c in zip(graphs, caches, strict=True)]))
+        user = enc.readout_cached(
+            h_last, [(torch.from_numpy(c[n_layers - 1]), torch.from_numpy(c[n_layers])) for c in caches]
+        )
+        for graph, cache in zip(graphs, caches, strict=True):
             self._store(graph, cache)
         self.stats["recomputed_nodes"] += len(targets)
         self.stats["total_nodes"] += n_total
         return user.numpy()
 
-    def _layers(self, batch: _Batch, nodes: np.ndarray, targets: np.ndarray) -> None:
-        """Recompute the nodes of ``A_L`` (``targets``) at every layer and write them into the caches.
-
-        Every layer recomputes all of ``A_L``, not only its own ``A_l``: a node of ``A_L`` outside
-        ``A_l`` gets its cached value again (its inputs did not change), and in exchange every layer
-        shares one message matrix and one sorted target list. The matrix has two rows per target,
-        its forward and its backward convolution's normalised sum over ``U`` (``A_L`` and its
-        neighbours; self loop included); a layer multiplies it by the previous layer's states on
-        ``U`` and transforms the sums (:meth:`GraphLayer.from_sums`).
+    @staticmethod
+    def _messages(batch: _Batch, targets: np.ndarray) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """Every message into the targets as one sparse matrix over ``U`` (the targets and their
+        neighbours): two rows per target, its forward and its backward convolution's normalised
+        sum (self loop included). Returns the matrix, ``U`` (sorted batch-wide ids) and each
+        target's row in ``U``.
         """
-        enc = self.checkpoint.encoder
-        layers, ptr, src, dst, weight = batch.layers, batch.ptr, batch.src, batch.dst, batch.weight
-        n_total = int(ptr[-1])
+        ptr, src, dst, weight = batch.ptr, batch.src, batch.dst, batch.weight
+        n_total, n_t = int(ptr[-1]), len(targets)
         # GCN normalisation from the full graphs (self loops of weight 1 included).
         in_deg = 1.0 + np.bincount(dst, weights=weight, minlength=n_total)
         out_deg = 1.0 + np.bincount(src, weights=weight, minlength=n_total)
         last = batch.sets[-1]
-        into, out_of = last[dst], last[src]  # edges whose forward / backward message goes into A_L
+        into, out_of = last[dst], last[src]  # edges whose forward / backward message goes into a target
         f_src, f_dst, f_w = src[into], dst[into], weight[into]
         b_src, b_dst, b_w = dst[out_of], src[out_of], weight[out_of]  # reversed: dst's state into src
         u_mask = last.copy()
         u_mask[f_src] = True
         u_mask[b_src] = True
-        u_nodes = np.flatnonzero(u_mask)  # sorted batch-wide ids; ~5 % of the batch at 1,000 nodes
+        u_nodes = np.flatnonzero(u_mask)  # ~5 % of the batch at 1,000 nodes
         local = np.full(n_total, -1, dtype=np.int64)
         local[u_nodes] = np.arange(len(u_nodes))
         tpos = np.full(n_total, -1, dtype=np.int64)
-        tpos[targets] = np.arange(len(targets))
-        n_t = len(targets)
+        tpos[targets] = np.arange(n_t)
         rows = np.concatenate([2 * tpos[f_dst], 2 * tpos[b_dst] + 1, np.arange(0, 2 * n_t, dtype=np.int64)])
         own = local[targets]
         cols = np.concatenate([local[f_src], local[b_src], np.repeat(own, 2)])
@@ -329,36 +359,4 @@ class IncrementalEncoder:
         crow = np.zeros(2 * n_t + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=2 * n_t), out=crow[1:])
         matrix = sparse_csr(crow, cols[by_row], values[by_row], (2 * n_t, len(u_nodes)))
-        own_t = torch.from_numpy(own)
-        h = self._inputs(batch.graphs, nodes, u_nodes)
-        for l_idx, (layer, transform) in enumerate(self._layer_transforms):
-            out = layer.from_sums((matrix @ h).view(n_t, -1), h[own_t], transform)
-            _scatter_back(layers, l_idx, targets, ptr, out.numpy())
-            if l_idx + 1 < len(enc.layers):
-                h = torch.from_numpy(_gather(layers, l_idx, u_nodes, ptr))
-
-    def _inputs(self, graphs: Sequence[UserGraph], nodes: np.ndarray, which: np.ndarray) -> torch.Tensor:
-        """Layer inputs of some nodes of the batch (batch-wide ids), from the node columns."""
-        rows = item_rows(graphs, self.checkpoint.index)[which]
-        return self.checkpoint.encoder.inputs_of(
-            torch.from_numpy(rows),
-            torch.from_numpy(nodes[LAST_ACTION, which]),
-            torch.from_numpy(np.log1p(nodes[COUNTS, which].astype(np.float32))),
-        )
-
-
-def _gather(layers: Sequence[np.ndarray], depth: int, nodes: np.ndarray, ptr: np.ndarray) -> np.ndarray:
-    """Rows ``nodes`` (batch-wide, sorted) of cache block ``depth`` of each user, concatenated."""
-    bounds = np.searchsorted(nodes, ptr)
-    return np.concatenate([c[depth][nodes[bounds[u] : bounds[u + 1]] - ptr[u]] for u, c in enumerate(layers)])
-
-
-def _scatter_back(
-    layers: Sequence[np.ndarray], depth: int, nodes: np.ndarray, ptr: np.ndarray, values: np.ndarray
-) -> None:
-    """Write ``values`` (rows of ``nodes``, batch-wide, sorted) into cache block ``depth`` of each user."""
-    bounds = np.searchsorted(nodes, ptr)
-    for u, c in enumerate(layers):
-        lo, hi = bounds[u], bounds[u + 1]
-        if hi > lo:
-            c[depth][nodes[lo:hi] - ptr[u]] = values[lo:hi]
+        return matrix, u_nodes, torch.from_numpy(own)
