@@ -159,7 +159,14 @@ class GraphLayer(nn.Module):
         ``GCNConv`` transforms each neighbour then sums; summing then transforming is the same linear
         map, and costs one transform per output node instead of one per neighbour.
         """
-        return self.norm(torch.relu(F.linear(sums, *transform)).add_(h_self))
+        norm: nn.LayerNorm = self.norm
+        return F.layer_norm(
+            torch.relu_(F.linear(sums, *transform)).add_(h_self),
+            norm.normalized_shape,
+            norm.weight,
+            norm.bias,
+            norm.eps,
+        )
 
     def _both_directions(self, h: torch.Tensor, plan: GcnPlan, n_out: int | None = None) -> torch.Tensor:
         """``GCNConv`` forward along the edges plus ``GCNConv`` backward along them, in one gather and scatter.
@@ -351,7 +358,7 @@ class GraphEncoder(nn.Module):
 
     def item_rows_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """Raw item vectors of some rows: the item embedding plus the mean of its feature tokens."""
-        items = self.item_emb(rows)
+        items = F.embedding(rows, self.item_emb.weight)
         if self.token_emb is not None:
             starts = self.feat_offsets[rows]
             lengths = self.feat_offsets[rows + 1] - starts
@@ -440,7 +447,9 @@ class GraphEncoder(nn.Module):
             items = F.normalize(items, dim=-1)
         if self.global_lin is not None:
             items = items + (self.global_terms(item_rows) if global_rows is None else self.global_context(global_rows))
-        return items + self.action_emb(actions) + log_counts.unsqueeze(-1) * self.count_vec
+        return torch.addcmul(
+            items + F.embedding(actions, self.action_emb.weight), log_counts.unsqueeze(-1), self.count_vec
+        )
 
     def similarity_edges(self, b: GraphBatch) -> torch.Tensor | None:
         """Undirected k-nearest-neighbour edges within each user graph (``None`` when switched off).
@@ -510,7 +519,8 @@ class GraphEncoder(nn.Module):
         rows whose state or bucket changed, so the readout of a large graph per event is one add,
         one ``tanh`` and two matrix-vector products.
         """
-        return self.att_node(h).add_(self.recency_emb(recency)).mul_(0.5)
+        # Functional calls: serving runs this once per micro-batch, where a module call's overhead shows.
+        return F.linear(h, self.att_node.weight).add_(F.embedding(recency, self.recency_emb.weight)).mul_(0.5)
 
     def readout_cached(self, h_last: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Serving readout of graphs whose node states live in separate arrays (no concatenation).
@@ -522,11 +532,14 @@ class GraphEncoder(nn.Module):
         """
         query = self.att_last(h_last).mul_(0.5)
         q = self.att_q.weight[0]
-        q_sum = q.sum()
+        longest = max((len(h) for h, _ in parts), default=0)
+        gate = torch.empty(longest, self.config.dim)  # reused by every graph
+        half_q_sum = torch.full((longest,), 0.5 * float(q.sum()))
         summary = torch.empty(len(parts), self.config.dim)
-        gate = torch.empty(max((len(h) for h, _ in parts), default=0), self.config.dim)  # reused by every graph
         for g, (h, terms) in enumerate(parts):
-            alpha = torch.mv(torch.add(terms, query[g], out=gate[: len(h)]).tanh_(), q).add_(q_sum).mul_(0.5)
+            n = len(h)
+            # alpha = (q · tanh + sum(q)) / 2, the gate's affine part in the matrix-vector product's own.
+            alpha = torch.addmv(half_q_sum[:n], torch.add(terms, query[g], out=gate[:n]).tanh_(), q, alpha=0.5)
             torch.mv(h.t(), alpha, out=summary[g])
         return self._user(h_last, summary)
 

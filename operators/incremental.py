@@ -336,7 +336,7 @@ class IncrementalEncoder:
         in_deg = 1.0 + np.bincount(dst, weights=weight, minlength=n_total)
         out_deg = 1.0 + np.bincount(src, weights=weight, minlength=n_total)
         last = batch.sets[-1]
-        into, out_of = last[dst], last[src]  # edges whose forward / backward message goes into a target
+        into, out_of = np.flatnonzero(last[dst]), np.flatnonzero(last[src])  # forward / backward messages
         f_src, f_dst, f_w = src[into], dst[into], weight[into]
         b_src, b_dst, b_w = dst[out_of], src[out_of], weight[out_of]  # reversed: dst's state into src
         u_mask = last.copy()
