@@ -218,10 +218,15 @@ class GcnPlan:
 
 
 def sparse_csr(crow: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
-    """A torch CSR matrix over numpy arrays (no copy), without torch's "support is in beta" notice."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(values), shape)
+    """A torch CSR matrix over numpy arrays (no copy)."""
+    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(values), shape)
+
+
+with warnings.catch_warnings():
+    # torch notes once per process that CSR support is in beta: spend that note here, silenced,
+    # rather than enter a warnings filter for every matrix a micro-batch builds.
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    sparse_csr(np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), (1, 1))
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:

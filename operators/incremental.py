@@ -312,8 +312,16 @@ class IncrementalEncoder:
         for u, cache in enumerate(caches):
             cache[:, targets[t_at[u] : t_at[u + 1]] - ptr[u]] = fresh[:, t_at[u] : t_at[u + 1]]
             cache[n_layers, moved[m_at[u] : m_at[u + 1]] - ptr[u]] = moved_terms[m_at[u] : m_at[u + 1]]
+        # The newest node of a graph with a new event is in A_L: its state is a row of the last layer's output.
+        newest = ptr[:-1] + np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs))
+        at = np.minimum(np.searchsorted(targets, newest), max(len(targets) - 1, 0))
+        if len(targets) and (targets[at] == newest).all():
+            h_last = outputs[-1][torch.from_numpy(at)]
+        else:  # a graph republished without a change
+            h_last = torch.from_numpy(
+                np.stack([c[n_layers - 1, g.last_slot] for g, c in zip(graphs, caches, strict=True)])
+            )
         # The readout reads each graph's cache where it lies: no copy of a large graph per event.
-        h_last = torch.from_numpy(np.stack([c[n_layers - 1, g.last_slot] for g, c in zip(graphs, caches, strict=True)]))
         user = enc.readout_cached(
             h_last, [(torch.from_numpy(c[n_layers - 1]), torch.from_numpy(c[n_layers])) for c in caches]
         )
