@@ -110,14 +110,17 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
             cache_len=len(cache),
         )
     )
+    # One copy of every part into the record: each row of a block is contiguous (the blocks are
+    # C-ordered with spare columns), so join reads them in place, row by row — the node columns in
+    # NODE_COLUMNS order, then sources, destinations and weights — as ``block.tobytes()`` would.
     return b"".join(
         (
             bytes((CODEC_VERSION,)),
             _LEN.pack(len(header)),
             header,
-            graph.node_block().tobytes(),  # row by row: each node column in NODE_COLUMNS order
-            graph.edge_block().tobytes(),  # sources, destinations, weights
-            ring.tobytes(),
+            *graph.node_block(),
+            *graph.edge_block(),
+            ring,
             cache,
         )
     )
