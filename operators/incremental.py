@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import NamedTuple, cast
 
 import numpy as np
@@ -206,9 +207,9 @@ class IncrementalEncoder:
         edges = np.concatenate([g.edge_block() for g in graphs], axis=1)
         offset = np.repeat(ptr[:-1], n_edges)
         src, dst = edges[0] + offset, edges[1] + offset
-        changed = np.concatenate(
-            [np.fromiter(d.slots, dtype=np.int64, count=len(d.slots)) + ptr[u] for u, d in enumerate(deltas)]
-        )
+        counts = np.fromiter((len(d.slots) for d in deltas), dtype=np.int64, count=len(deltas))
+        slots = np.fromiter(chain.from_iterable(d.slots for d in deltas), dtype=np.int64, count=int(counts.sum()))
+        changed = slots + np.repeat(ptr[:-1], counts)
         current = np.zeros(int(ptr[-1]), dtype=bool)
         current[changed] = True
         sets = []
@@ -280,28 +281,28 @@ class IncrementalEncoder:
         matrix, u_nodes, own = self._messages(batch, targets)
         # One pass over the users: each target's own columns, and the cached states it reads.
         u_at, m_at, t_at = (np.searchsorted(a, ptr) for a in (u_nodes, moved, targets))
-        rows, columns, states, moved_h = [], [], [], []
+        rows, actions, counts, states, moved_h = [], [], [], [], []
         index = self.checkpoint.index
         for u, (graph, cache) in enumerate(zip(graphs, caches, strict=True)):
             slots = u_nodes[u_at[u] : u_at[u + 1]] - ptr[u]
             rows.append(np.frombuffer(graph.slot_rows(index, index.row), dtype=np.int64)[slots])
-            columns.append(graph.node_block()[:, slots])
+            block = graph.node_block()
+            actions.append(block[LAST_ACTION][slots])
+            counts.append(block[COUNTS][slots])
             states.append(cache[: n_layers - 1, slots])
             moved_h.append(cache[n_layers - 1, moved[m_at[u] : m_at[u + 1]] - ptr[u]])
-        cols = np.concatenate(columns, axis=1)
         h = enc.inputs_of(
             torch.from_numpy(np.concatenate(rows)),
-            torch.from_numpy(cols[LAST_ACTION]),
-            torch.from_numpy(np.log1p(cols[COUNTS].astype(np.float32))),
+            torch.from_numpy(np.concatenate(actions)),
+            torch.from_numpy(np.log1p(np.concatenate(counts).astype(np.float32))),
         )
         previous = torch.from_numpy(np.concatenate(states, axis=1))  # [L - 1, |U|, d]
         outputs = []
         for l_idx, (layer, transform) in enumerate(self._layer_transforms):
-            out = layer.from_sums((matrix @ h).view(len(targets), 2 * h.shape[1]), h[own], transform)
+            out = layer.from_sums((matrix @ h).view(len(targets), 2 * h.shape[1]), h.index_select(0, own), transform)
             outputs.append(out)
             if l_idx + 1 < n_layers:
-                h = previous[l_idx]
-                h[own] = out
+                h = previous[l_idx].index_copy_(0, own, out)
         # The readout terms of the targets (from their new last layer) and of the moved nodes.
         terms = enc.readout_terms(
             torch.cat([outputs[-1], torch.from_numpy(np.concatenate(moved_h))]),
@@ -351,13 +352,12 @@ class IncrementalEncoder:
         u_mask[f_src] = True
         u_mask[b_src] = True
         u_nodes = np.flatnonzero(u_mask)  # ~5 % of the batch at 1,000 nodes
-        local = np.full(n_total, -1, dtype=np.int64)
-        local[u_nodes] = np.arange(len(u_nodes))
-        tpos = np.full(n_total, -1, dtype=np.int64)
-        tpos[targets] = np.arange(n_t)
-        rows = np.concatenate([2 * tpos[f_dst], 2 * tpos[b_dst] + 1, np.arange(0, 2 * n_t, dtype=np.int64)])
-        own = local[targets]
-        cols = np.concatenate([local[f_src], local[b_src], np.repeat(own, 2)])
+        # Positions in the (sorted) targets and U: binary searches over a few hundred ids, not maps of the batch.
+        rows = np.concatenate(
+            [2 * np.searchsorted(targets, f_dst), 2 * np.searchsorted(targets, b_dst) + 1, np.arange(2 * n_t)]
+        )
+        own = np.searchsorted(u_nodes, targets)
+        cols = np.concatenate([np.searchsorted(u_nodes, f_src), np.searchsorted(u_nodes, b_src), np.repeat(own, 2)])
         loops = np.empty(2 * n_t)
         loops[0::2], loops[1::2] = 1.0 / in_deg[targets], 1.0 / out_deg[targets]
         values = np.concatenate(
