@@ -535,17 +535,22 @@ class GraphEncoder(nn.Module):
         Equals :meth:`readout_projected` (to float rounding); used by the incremental engine, whose
         large graphs would otherwise be copied into one batch per event.
         """
-        query = self.att_last(h_last).mul_(0.5)
         q = self.att_q.weight[0]
         longest = max((len(h) for h, _ in parts), default=0)
         gate = torch.empty(longest, self.config.dim)  # reused by every graph
         half_q_sum = torch.full((longest,), 0.5 * float(q.sum()))
         summary = torch.empty(len(parts), self.config.dim)
-        for g, (h, terms) in enumerate(parts):
+        views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # graphs of one size share their slices
+        for query, row, (h, terms) in zip(
+            F.linear(h_last, self.att_last.weight, self.att_last.bias).mul_(0.5), summary, parts, strict=True
+        ):
             n = len(h)
+            if n not in views:
+                views[n] = gate[:n], half_q_sum[:n]
+            g, base = views[n]
             # alpha = (q · tanh + sum(q)) / 2, the gate's affine part in the matrix-vector product's own.
-            alpha = torch.addmv(half_q_sum[:n], torch.add(terms, query[g], out=gate[:n]).tanh_(), q, alpha=0.5)
-            torch.mv(h.t(), alpha, out=summary[g])
+            alpha = torch.addmv(base, torch.add(terms, query, out=g).tanh_(), q, alpha=0.5)
+            torch.mv(h.t(), alpha, out=row)
         return self._user(h_last, summary)
 
     def _query_table(self, h_last: torch.Tensor) -> torch.Tensor:
