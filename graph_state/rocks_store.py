@@ -51,10 +51,13 @@ class RocksOptions:
     """Block compression of RocksDB's files: none, snappy, lz4 or zstd. lz4 rather than RocksDB's
     snappy: the background flushes of 1,000-node graphs cost 10 % less CPU per event
     (``bench/history_length.py``, CPU time), and the files stay compressed."""
-    persist_cache_every: int = 32
-    """Write a graph's per-node layer cache only when its state_version is a multiple of this
-    (0 = never). The cache can be 10x the graph; between persisted versions it lives in memory
-    (see ``CachedStore``) and a graph read back without a current cache is recomputed in full."""
+    persist_cache_every: int = 0
+    """Write a graph's per-node layer cache with it only when its state_version is a multiple of this
+    (0 = never). The cache is derived data, 3x a large graph's record; it lives in memory (see
+    ``CachedStore``) and a graph read back without a current cache is recomputed in full once.
+    A stored cache is current only for a graph whose last event landed on such a version, so
+    writing it pays off rarely: at 1,000-node graphs every 32 versions cost 1/4 more bytes written
+    and doubled the slowest tenth of batches (bench/history_length.py, docs/benchmarks.md)."""
 
     def build(self) -> Options:
         opts = Options(raw_mode=True)

@@ -123,6 +123,12 @@ class Settings:
         "fsync RocksDB's write-ahead log on every batch (needs RIPPLE_ROCKSDB_WAL).", False
     )
     graph_cache_users: int = _doc("Decoded user graphs kept in memory (write-through LRU); 0 disables.", 4096)
+    persist_cache_every: int = _doc(
+        "Store a graph's per-node layer cache with it at state versions that are multiples of this "
+        "(0 = never: the cache lives in memory only). A stored cache lets a graph read back at exactly "
+        "that version resume incrementally; it is 3x a large graph's record (docs/benchmarks.md).",
+        0,
+    )
     # Graph
     max_nodes: int = _doc("Distinct items kept in a user's window.", 50)
     decay_seconds: float = _doc("Time constant of the transition-weight decay by gap between behaviours.", 3600.0)
@@ -343,6 +349,7 @@ class Settings:
             compression=self.rocksdb_compression,
             wal=self.rocksdb_wal,
             sync_writes=self.rocksdb_sync_writes,
+            persist_cache_every=self.persist_cache_every,
         )
 
 

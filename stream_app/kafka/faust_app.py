@@ -515,7 +515,7 @@ def build_worker(settings: Settings, metrics: Metrics | None = None, app: faust.
         key_type=bytes,  # bytes key and value types make Faust use the raw serializer
         value_type=bytes,
     )
-    store = TableStore(table, settings.graph_config(), direct=True)
+    store = TableStore(table, settings.graph_config(), direct=True, persist_cache_every=settings.persist_cache_every)
     # Before the load: a file replaced between the two is seen as changed by the first poll.
     watcher = ModelWatcher(settings, metrics) if settings.model_path and settings.model_poll_s > 0 else None
     # Kafka events need key = user_id: a key-less one could arrive on another partition than the
