@@ -48,6 +48,21 @@ class _Header(msgspec.Struct, array_like=True):
     cache_len: int
 
 
+class _HeaderOut(msgspec.Struct, array_like=True):
+    """:class:`_Header` as written: the item ids come already encoded (``UserGraph.ids_memo``)."""
+
+    state_version: int
+    last_slot: int
+    last_ts: float
+    last_event_id: str
+    item_ids: msgspec.Raw
+    n_edges: int
+    ring_len: int
+    ring_pos: int
+    cache_key: str
+    cache_len: int
+
+
 class _RecordV1(msgspec.Struct, array_like=True):
     state_version: int
     last_slot: int
@@ -96,13 +111,16 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
     if sys.byteorder != "little":
         ring = array("q", ring)
         ring.byteswap()
+    ids = graph.ids_memo
+    if ids is None:  # the ids changed since the graph was last encoded (1,000 ids: ~8 µs)
+        ids = graph.ids_memo = msgspec.Raw(_encoder.encode(graph.item_ids))
     header = _encoder.encode(
-        _Header(
+        _HeaderOut(
             state_version=graph.state_version,
             last_slot=graph.last_slot,
             last_ts=graph.last_ts,
             last_event_id=graph.last_event_id,
-            item_ids=graph.item_ids,
+            item_ids=ids,
             n_edges=graph.n_edges,
             ring_len=len(ring),
             ring_pos=graph.ring_pos,

@@ -144,6 +144,8 @@ class UserGraph:
         self._writable = fresh
         self._edge_at: dict[int, int] | None = {} if fresh else None
         self._slot_of = {item: slot for slot, item in enumerate(self.item_ids)}
+        self.ids_memo: Any = None
+        """Owned by ``graph_state.codec``: the item ids as encoded, dropped whenever an id changes."""
         self._rows_owner: object | None = None
         self._rows: array[int] = array("q")
         self._stale_rows: list[int] = []
@@ -393,6 +395,7 @@ class UserGraph:
             self._set_nodes(_grown(self._nodes, slot, slot + 1))
         self._nodes[:, slot] = 0
         self.item_ids.append(item_id)
+        self.ids_memo = None
         self._n = slot + 1
         self._slot_of[item_id] = slot
         if self._rows_owner is not None:
@@ -429,6 +432,7 @@ class UserGraph:
 
     def _reset_slot(self, slot: int, item_id: str) -> None:
         self.item_ids[slot] = item_id
+        self.ids_memo = None
         self._nodes[:, slot] = 0
         self._slot_of[item_id] = slot
         if self._rows_owner is not None:

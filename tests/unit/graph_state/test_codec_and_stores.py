@@ -74,6 +74,18 @@ def test_codec_rejects_unknown_version_and_garbage():
         decode(b"", cfg)
 
 
+def test_codec_encodes_the_current_item_ids_after_every_change():
+    cfg = GraphConfig(max_nodes=3)
+    g = UserGraph(cfg)
+    for n, item in enumerate(["a", "b", "a"]):
+        g.apply(Ev(f"e{n}", item, "view", BASE_TS + n))
+    seen = [decode(encode(g), cfg).item_ids]  # encoding keeps the encoded ids with the graph
+    for n, item in enumerate(["c", "b", "d", "e"], start=3):  # a new slot, a repeat, then two evictions
+        g.apply(Ev(f"e{n}", item, "view", BASE_TS + n))
+        seen.append(decode(encode(g), cfg).item_ids)
+    assert seen == [["a", "b"], ["a", "b", "c"], ["a", "b", "c"], ["d", "b", "c"], ["d", "b", "e"]]
+
+
 def test_codec_is_compact():
     g = UserGraph(GraphConfig(max_nodes=50))
     for n in range(200):
