@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from graph_state import UserGraph
-from graph_state.user_graph import COUNTS, LAST_ACTION
+from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
 from operators.encoder import GraphLayer, _stable_order, sparse_csr
 from operators.tensors import graphs_to_batch, recency_buckets, recency_moved
@@ -274,28 +274,26 @@ class IncrementalEncoder:
         # Readout terms change where a node's last layer or its recency bucket does: a bucket is
         # log2 of "events ago", so from one version to the next only a few nodes cross into the next.
         sizes = np.diff(ptr)
-        seq = np.concatenate([g.last_seq for g in graphs])
+        nodes = np.concatenate([g.node_block() for g in graphs], axis=1)  # every node column of the batch
+        seq = nodes[LAST_SEQ]
         versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
         ago = np.repeat(versions, sizes) - seq
         moved = np.flatnonzero(recency_moved(np.repeat(batch.base, sizes) - seq, ago) & ~last)
         matrix, u_nodes, own = self._messages(batch, targets)
-        # One pass over the users: each target's own columns, and the cached states it reads.
-        u_at, m_at, t_at = (np.searchsorted(a, ptr) for a in (u_nodes, moved, targets))
-        rows, actions, counts, states, moved_h = [], [], [], [], []
+        # Each node set split by user, as slots of the user's own graph and cache.
+        (u_at, u_slots), (m_at, m_slots), (t_at, t_slots) = (_by_user(a, ptr) for a in (u_nodes, moved, targets))
         index = self.checkpoint.index
-        for u, (graph, cache) in enumerate(zip(graphs, caches, strict=True)):
-            slots = u_nodes[u_at[u] : u_at[u + 1]] - ptr[u]
-            rows.append(np.frombuffer(graph.slot_rows(index, index.row), dtype=np.int64)[slots])
-            block = graph.node_block()
-            actions.append(block[LAST_ACTION][slots])
-            counts.append(block[COUNTS][slots])
-            states.append(cache[: n_layers - 1, slots])
-            moved_h.append(cache[n_layers - 1, moved[m_at[u] : m_at[u + 1]] - ptr[u]])
+        item_rows = np.concatenate([np.frombuffer(g.slot_rows(index, index.row), dtype=np.int64) for g in graphs])
         h = enc.inputs_of(
-            torch.from_numpy(np.concatenate(rows)),
-            torch.from_numpy(np.concatenate(actions)),
-            torch.from_numpy(np.log1p(np.concatenate(counts).astype(np.float32))),
+            torch.from_numpy(item_rows[u_nodes]),
+            torch.from_numpy(nodes[LAST_ACTION, u_nodes]),
+            torch.from_numpy(np.log1p(nodes[COUNTS, u_nodes].astype(np.float32))),
         )
+        # One pass over the users' caches: the previous layers' states on U, the moved nodes' last layer.
+        states, moved_h = [], []
+        for u, cache in enumerate(caches):
+            states.append(cache[: n_layers - 1, u_slots[u_at[u] : u_at[u + 1]]])
+            moved_h.append(cache[n_layers - 1, m_slots[m_at[u] : m_at[u + 1]]])
         previous = torch.from_numpy(np.concatenate(states, axis=1))  # [L - 1, |U|, d]
         outputs = []
         for l_idx, (layer, transform) in enumerate(self._layer_transforms):
@@ -311,8 +309,8 @@ class IncrementalEncoder:
         fresh = torch.stack([*outputs, terms[: len(targets)]]).numpy()  # [L + 1, |targets|, d]
         moved_terms = terms[len(targets) :].numpy()
         for u, cache in enumerate(caches):
-            cache[:, targets[t_at[u] : t_at[u + 1]] - ptr[u]] = fresh[:, t_at[u] : t_at[u + 1]]
-            cache[n_layers, moved[m_at[u] : m_at[u + 1]] - ptr[u]] = moved_terms[m_at[u] : m_at[u + 1]]
+            cache[:, t_slots[t_at[u] : t_at[u + 1]]] = fresh[:, t_at[u] : t_at[u + 1]]
+            cache[n_layers, m_slots[m_at[u] : m_at[u + 1]]] = moved_terms[m_at[u] : m_at[u + 1]]
         # The newest node of a graph with a new event is in A_L: its state is a row of the last layer's output.
         newest = ptr[:-1] + np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs))
         at = np.minimum(np.searchsorted(targets, newest), max(len(targets) - 1, 0))
@@ -368,3 +366,10 @@ class IncrementalEncoder:
         np.cumsum(np.bincount(rows, minlength=2 * n_t), out=crow[1:])
         matrix = sparse_csr(crow, cols[by_row], values[by_row], (2 * n_t, len(u_nodes)))
         return matrix, u_nodes, torch.from_numpy(own)
+
+
+def _by_user(nodes: np.ndarray, ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted batch-wide node ids split by user: where each user's run starts (``ptr``-like), and
+    each node's slot in its own graph."""
+    at = np.searchsorted(nodes, ptr)
+    return at, nodes - np.repeat(ptr[:-1], np.diff(at))
