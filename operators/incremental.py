@@ -1,7 +1,9 @@
 """Incremental L-hop recompute: only nodes whose layer outputs can change are recomputed.
 
-Each user graph carries its per-node layer outputs ``H^1..H^L`` (``UserGraph.cache``).
-When a micro-batch changes a set of slots ``C`` (new or updated nodes and both
+Each user graph carries its per-node cache ``[L + 1, n, d]`` (``UserGraph.cache``): the layer
+outputs ``H^1..H^L`` and each node's readout term ``(att_node(H^L) + recency_emb(bucket)) / 2``
+(:meth:`GraphEncoder.readout_terms`), the part of its attention input that its own state and
+recency decide. When a micro-batch changes a set of slots ``C`` (new or updated nodes and both
 endpoints of every changed edge), the nodes whose layer-``l`` output can differ are
 
     A_1 = C + N(C),    A_l = A_(l-1) + N(A_(l-1))      (+ = set union)
@@ -9,21 +11,23 @@ endpoints of every changed edge), the nodes whose layer-``l`` output can differ 
 with ``N`` the undirected neighbourhood: a node's GCN output depends on its own
 and its neighbours' inputs, the weights of its edges and the degrees of itself
 and its neighbours, and a degree changes only at an endpoint of a changed edge.
-Only ``A_l`` is recomputed at layer ``l`` (with degree normalisation computed
-from the full graph), the cached rest is reused, and the readout runs over all
-nodes. Besides ``H^1..H^L`` the cache keeps each node's readout projection
-``att_node(H^L)`` (the readout part that a node's own state decides), refreshed for
-``A_L`` only, so the readout of a large graph is elementwise work, not a matmul per node.
-Everything per node is numpy or torch over the concatenated columns of the batch's
-graphs: the Python work per user is constant, whatever the window. Users without a
-valid cache, or whose ``A_L`` covers most of the graph, take the batched full forward
-instead — that choice is the measured rule ``IncrementalPolicy.full_share`` (see docs/benchmarks.md).
+
+The engine works on the whole micro-batch at once (the users' graphs concatenated): it grows
+the affected sets over the batch's edges, builds every message into ``A_L`` as one sparse
+matrix over ``U`` (``A_L`` and its neighbours; degrees from the full graphs), and at every layer
+multiplies it by the previous layer's states on ``U`` and transforms the sums — the recompute of
+``A_L`` at each layer, with the cached states of the rest of ``U``. Readout terms are refreshed
+for ``A_L`` and for the few nodes whose log2 recency bucket moved; the readout then reads every
+graph's cache where it lies (one add, one ``tanh`` and two matrix-vector products per graph).
+Users without a valid cache, smaller than ``IncrementalPolicy.min_nodes``, or whose ``A_L``
+covers most of the graph take the batched full forward instead (measured rules, see
+docs/benchmarks.md).
 
 Models with similarity edges (``EncoderConfig.similarity_k > 0``) always take the full
 forward: one new or evicted item can change the k nearest neighbours of every node of
 the graph, so the affected set is the whole graph anyway, and recomputing it from
-scratch is exact by construction. Side features change only node inputs, which are a
-function of the item alone, so they keep the incremental path.
+scratch is exact by construction. Side features and a global view change only node inputs,
+which are a function of the item alone, so they keep the incremental path.
 """
 
 from __future__ import annotations
