@@ -168,7 +168,7 @@ class GraphLayer(nn.Module):
             norm.eps,
         )
 
-    def _both_directions(self, h: torch.Tensor, plan: GcnPlan, n_out: int | None = None) -> torch.Tensor:
+    def _both_directions(self, h: torch.Tensor, plan: GcnPlan) -> torch.Tensor:
         """``GCNConv`` forward along the edges plus ``GCNConv`` backward along them, in one gather and scatter.
 
         The same function as the two PyG convolutions (self loops of weight 1, symmetric degree
@@ -178,7 +178,7 @@ class GraphLayer(nn.Module):
         bwd: GCNConv = self.bwd  # type: ignore[assignment]
         x = F.linear(h, torch.cat([fwd.lin.weight, bwd.lin.weight]))  # [n, 2d]: forward | backward
         rows = x.reshape(-1, h.shape[1])  # row 2i: node i's forward transform, 2i + 1: its backward one
-        n = h.shape[0] if n_out is None else n_out
+        n = h.shape[0]
         if not torch.is_grad_enabled() and plan.source.shape[0] >= MATRIX_MIN_MESSAGES:
             return (plan.matrix(n, rows.shape[0]) @ rows).add_(fwd.bias + bwd.bias)
         messages = rows[plan.source] * plan.weight.unsqueeze(-1)
@@ -210,7 +210,7 @@ class GcnPlan:
         """
         if self._matrix is None or tuple(self._matrix.shape) != (n_out, n_rows):  # built for this shape
             target = self.target.numpy()
-            order = _stable_order(target)
+            order = stable_order(target)
             crow = np.zeros(n_out + 1, dtype=np.int64)
             np.cumsum(np.bincount(target, minlength=n_out), out=crow[1:])
             self._matrix = sparse_csr(crow, self.source.numpy()[order], self.weight.numpy()[order], (n_out, n_rows))
@@ -229,13 +229,13 @@ with warnings.catch_warnings():
     sparse_csr(np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), (1, 1))
 
 
-def _stable_order(keys: np.ndarray) -> np.ndarray:
+def stable_order(keys: np.ndarray) -> np.ndarray:
     """``np.argsort(keys, kind="stable")`` for non-negative keys below 2**32, as a radix sort.
 
     numpy sorts 16-bit keys stably by radix (linear) but 64-bit ones by merge sort, 10x slower
     on a micro-batch's 15,000 messages; two 16-bit passes give the same order.
 
-    >>> _stable_order(np.array([70000, 3, 70000, 2, 3])).tolist()
+    >>> stable_order(np.array([70000, 3, 70000, 2, 3])).tolist()
     [3, 1, 4, 0, 2]
     """
     order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")

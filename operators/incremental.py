@@ -43,8 +43,8 @@ import torch
 from graph_state import UserGraph
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
-from operators.encoder import GraphLayer, _stable_order, sparse_csr
-from operators.tensors import graphs_to_batch, recency_buckets, recency_moved
+from operators.encoder import GraphLayer, sparse_csr, stable_order
+from operators.tensors import graphs_to_batch, item_rows, recency_buckets, recency_moved
 
 CACHE_LAYOUT = 3
 """1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block ``att_node(H^L)``;
@@ -286,10 +286,8 @@ class IncrementalEncoder:
         matrix, u_nodes, own = self._messages(batch, targets)
         # Each node set split by user, as slots of the user's own graph and cache.
         (u_at, u_slots), (m_at, m_slots), (t_at, t_slots) = (_by_user(a, ptr) for a in (u_nodes, moved, targets))
-        index = self.checkpoint.index
-        item_rows = np.concatenate([np.frombuffer(g.slot_rows(index, index.row), dtype=np.int64) for g in graphs])
         h = enc.inputs_of(
-            torch.from_numpy(item_rows[u_nodes]),
+            torch.from_numpy(item_rows(graphs, self.checkpoint.index)[u_nodes]),
             torch.from_numpy(nodes[LAST_ACTION, u_nodes]),
             torch.from_numpy(np.log1p(nodes[COUNTS, u_nodes].astype(np.float32))),
         )
@@ -365,7 +363,7 @@ class IncrementalEncoder:
         values = np.concatenate(
             [f_w / np.sqrt(in_deg[f_src] * in_deg[f_dst]), b_w / np.sqrt(out_deg[b_src] * out_deg[b_dst]), loops]
         ).astype(np.float32)
-        by_row = _stable_order(rows)
+        by_row = stable_order(rows)
         crow = np.zeros(2 * n_t + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=2 * n_t), out=crow[1:])
         matrix = sparse_csr(crow, cols[by_row], values[by_row], (2 * n_t, len(u_nodes)))
