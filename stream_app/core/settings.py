@@ -219,6 +219,11 @@ class Settings:
             ),
             ("max_message_bytes", 256 <= self.max_message_bytes <= 16 << 20, "must be between 256 B and 16 MiB"),
             ("web_port", 0 <= self.web_port <= 65535, "must be a TCP port"),
+            (
+                "persist_cache_every",
+                self.persist_cache_every >= 0,
+                "must be 0 (never) or a positive number of versions",
+            ),
             ("min_ts", self.min_ts < self.max_ts, "must be below max_ts"),
             (
                 "kafka_security_protocol",

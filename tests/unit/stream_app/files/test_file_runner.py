@@ -6,12 +6,13 @@ import msgspec
 import numpy as np
 from typer.testing import CliRunner
 
+from graph_state import UserGraph
 from stream_app.cli import app
 from stream_app.core.records import DeadLetter, UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
-from tests.conftest import write_jsonl
+from tests.conftest import BASE_TS, Ev, write_jsonl
 
 
 def final_embeddings(*paths) -> dict[str, UserEmbedding]:
@@ -163,6 +164,30 @@ def test_invalid_settings_are_reported_with_the_variable():
         Settings.from_env({"RIPPLE_BATCH_SIZE": "many"})
     with pytest.raises(ValueError, match="max_nodes"):
         Settings.from_env({"RIPPLE_MAX_NODES": "0"})
+    with pytest.raises(ValueError, match="persist_cache_every"):
+        Settings.from_env({"RIPPLE_PERSIST_CACHE_EVERY": "-1"})
+
+
+def test_the_layer_cache_is_stored_only_when_asked(tmp_path):
+    from graph_state import RocksStore
+
+    def stored_cache(settings: Settings, name: str) -> bytes:
+        cfg = settings.graph_config()
+        store = RocksStore(tmp_path / name, cfg, settings.rocks_options())
+        g = UserGraph(cfg)
+        for n, item in enumerate("abcd"):
+            g.apply(Ev(f"e{n}", item, "view", BASE_TS + n))
+        g.cache_key, g.cache = "model@4", b"\x01" * 8
+        store.put_many({"u": g})
+        store.close()
+        store = RocksStore(tmp_path / name, cfg, settings.rocks_options())
+        try:
+            return store.get_many(["u"])["u"].cache
+        finally:
+            store.close()
+
+    assert stored_cache(Settings.from_env({}), "default") == b""  # derived data, in memory only
+    assert stored_cache(Settings.from_env({"RIPPLE_PERSIST_CACHE_EVERY": "2"}), "every2") == b"\x01" * 8
 
 
 def test_cli_explain_shows_the_users_behaviours(tmp_path):
