@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.types import TP, EventT, TopicT
 
 from graph_state import CachedStore
@@ -351,10 +352,17 @@ class StreamWorker:
         lags: dict[int, int] = {}
         positions: dict[int, int] = {}
         for tp in consumer.assignment():
-            if tp.topic != self.settings.input_topic:
+            # A rebalance can revoke partitions while an earlier one's position is awaited:
+            # aiokafka then asserts in highwater() and raises in position(), which would crash
+            # the worker from this timer (seen in the failover test). A revoked partition's lag
+            # is no longer this worker's to report.
+            if tp.topic != self.settings.input_topic or tp not in consumer.assignment():
                 continue
             highwater = consumer.highwater(tp)
-            position = await consumer.position(tp)
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:
+                continue
             if position is not None:
                 positions[tp.partition] = position
             if highwater is not None and position is not None:

@@ -103,3 +103,44 @@ def test_a_partitions_unprocessed_end_is_read_again_through_the_stream(tmp_path,
     assert read == [(0, 10, 12), (1, 5, 7)]
     assert sought == [(TP("in-x", 0), 11)]  # offset 10 holds no record (a marker): the stream re-reads from 11
     assert worker.guard.expected[1] == 7  # nothing there at all: settled
+
+
+def test_lag_report_skips_partitions_a_rebalance_revokes_meanwhile(tmp_path):
+    """aiokafka asserts in highwater() and raises in position() for a partition no longer assigned;
+    a rebalance between two partitions' reports must not crash the worker from its timer."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.errors import IllegalStateError
+    from faust.types import TP
+
+    settings = Settings.from_env({"RIPPLE_STATE_DIR": str(tmp_path), "RIPPLE_INPUT_TOPIC": "in-x"})
+    worker = build_worker(settings)
+    first, second, third = (TP("in-x", p) for p in range(3))
+
+    class Consumer:  # aiokafka's checks, and a rebalance during the first position() call
+        assigned = {first, second, third}
+
+        def assignment(self):
+            return sorted(self.assigned)  # aiokafka returns a set: any order; this one revokes mid-way
+
+        def highwater(self, tp):
+            assert tp in self.assigned, "Partition is not assigned"
+            return 100
+
+        async def position(self, tp):
+            if tp == first:
+                self.assigned = {first}  # the other two go to another worker
+            if tp not in self.assigned:
+                raise IllegalStateError(f"partition {tp} is not assigned")
+            return 40
+
+    worker.app = SimpleNamespace(consumer=Consumer())
+    asyncio.run(worker.report_lag())
+    reported = {
+        s.labels["partition"]: s.value
+        for m in worker.metrics.registry.collect()
+        for s in m.samples
+        if s.name == "ripple_consumer_lag"
+    }
+    assert reported == {"0": 60.0}
