@@ -66,8 +66,9 @@ def recency_moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 def item_rows(graphs: Sequence[UserGraph], index: ItemIndex) -> np.ndarray:
     """The embedding row of every node of the graphs, concatenated (``int64``; memoised per graph)."""
     row = index.row
-    blocks = [np.frombuffer(g.slot_rows(index, row), dtype=np.int64) for g in graphs]
-    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
+    # One join of the memos' bytes: per graph only the memo lookup (a micro-batch holds hundreds of
+    # small graphs; an array per graph cost ~0.7 µs each, the join ~0.03).
+    return np.frombuffer(b"".join([g.slot_rows(index, row) for g in graphs]), dtype=np.int64).copy()
 
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
