@@ -516,16 +516,20 @@ class GraphEncoder(nn.Module):
         summary = scatter(alpha.unsqueeze(-1) * h, b.batch, dim=0, dim_size=b.num_graphs, reduce="sum")
         return self._user(h_last, self.dropout(summary)), alpha
 
-    def readout_terms(self, h: torch.Tensor, recency: torch.Tensor) -> torch.Tensor:
+    def readout_terms(
+        self, h: torch.Tensor, recency: torch.Tensor, projected: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(att_node(h) + recency_emb(recency)) / 2`` per node: the part of a node's attention
         input that its own state and recency bucket decide (halved for :meth:`_attention`).
+        ``projected``: ``att_node(h)`` when the caller has it already (left unchanged).
 
         The incremental engine keeps it per node beside the layer outputs and refreshes only the
         rows whose state or bucket changed, so the readout of a large graph per event is one add,
         one ``tanh`` and two matrix-vector products.
         """
         # Functional calls: serving runs this once per micro-batch, where a module call's overhead shows.
-        return F.linear(h, self.att_node.weight).add_(F.embedding(recency, self.recency_emb.weight)).mul_(0.5)
+        projected = F.linear(h, self.att_node.weight) if projected is None else projected.clone()
+        return projected.add_(F.embedding(recency, self.recency_emb.weight)).mul_(0.5)
 
     def readout_cached(self, h_last: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Serving readout of graphs whose node states live in separate arrays (no concatenation).

@@ -39,6 +39,7 @@ from typing import NamedTuple, cast
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from graph_state import UserGraph
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
@@ -87,16 +88,21 @@ def _grow(mask: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return out
 
 
-def affected_masks(graph: UserGraph, changed: Sequence[int], layers: int) -> list[np.ndarray]:
-    """``[A_1, …, A_L]`` as boolean masks over the graph's slots (see the module docstring)."""
-    current = np.zeros(graph.n_nodes, dtype=bool)
-    current[np.fromiter(changed, dtype=np.int64, count=len(changed))] = True
-    src, dst = graph.edge_src, graph.edge_dst
+def _affected(changed: np.ndarray, n_nodes: int, src: np.ndarray, dst: np.ndarray, layers: int) -> list[np.ndarray]:
+    """``[A_1, …, A_L]`` as boolean masks over ``n_nodes`` nodes, from the changed node ids and the edges."""
+    current = np.zeros(n_nodes, dtype=bool)
+    current[changed] = True
     out = []
     for _ in range(layers):
         current = _grow(current, src, dst)
         out.append(current)
     return out
+
+
+def affected_masks(graph: UserGraph, changed: Sequence[int], layers: int) -> list[np.ndarray]:
+    """``[A_1, …, A_L]`` as boolean masks over the graph's slots (see the module docstring)."""
+    ids = np.fromiter(changed, dtype=np.int64, count=len(changed))
+    return _affected(ids, graph.n_nodes, graph.edge_src, graph.edge_dst, layers)
 
 
 def affected_sets(graph: UserGraph, changed: frozenset[int] | set[int], layers: int) -> list[set[int]]:
@@ -214,13 +220,8 @@ class IncrementalEncoder:
         counts = np.fromiter((len(d.slots) for d in deltas), dtype=np.int64, count=len(deltas))
         slots = np.fromiter(chain.from_iterable(d.slots for d in deltas), dtype=np.int64, count=int(counts.sum()))
         changed = slots + np.repeat(ptr[:-1], counts)
-        current = np.zeros(int(ptr[-1]), dtype=bool)
-        current[changed] = True
-        sets = []
-        for _ in range(self.checkpoint.config.layers):
-            current = _grow(current, src, dst)
-            sets.append(current)
-        reached = np.add.reduceat(current, ptr[:-1], dtype=np.int64)
+        sets = _affected(changed, int(ptr[-1]), src, dst, self.checkpoint.config.layers)
+        reached = np.add.reduceat(sets[-1], ptr[:-1], dtype=np.int64)
         too_large = np.flatnonzero(reached > self.policy.full_share * sizes).tolist()
         base = np.fromiter((d.base_version for d in deltas), dtype=np.int64, count=len(deltas))
         return _Batch(graphs, layers, base, ptr, src, dst, edges[2].view(np.float64), sets), too_large
@@ -237,7 +238,7 @@ class IncrementalEncoder:
         for layer in enc.layers:
             h = layer(h, b.edge_index, b.edge_weight, sim, plan)
             states.append(h)
-        projected = enc.att_node(h)
+        projected = F.linear(h, enc.att_node.weight)
         user, _ = enc.readout_projected(h, projected, b)
         keep_from = self.policy.min_nodes if self.policy.enabled and self.supported else None
         stacked: np.ndarray | None = None
@@ -245,7 +246,7 @@ class IncrementalEncoder:
         for i, graph in enumerate(graphs):
             if keep_from is not None and graph.n_nodes >= keep_from:
                 if stacked is None:
-                    terms = projected.add(enc.recency_emb(b.recency)).mul_(0.5)  # readout_terms, projected reused
+                    terms = enc.readout_terms(h, b.recency, projected)
                     stacked = torch.stack([*states, terms]).numpy()  # [L + 1, N, d]
                 self._store(graph, stacked[:, ptr[i] : ptr[i + 1]].copy())
             elif graph.has_cache:
