@@ -92,3 +92,119 @@ def test_a_fetcher_with_nothing_to_fetch_returns_empty_after_the_bound(tmp_path,
         return await _consumer_with_a_full_buffer(tmp_path, monkeypatch, tp)._wait_next_records(1.0)
 
     assert asyncio.run(scenario()) == ({}, set())
+
+
+def _consumer(tmp_path) -> BufferAwareConsumer:
+    return build_app(Settings.from_env({}, state_dir=str(tmp_path))).consumer
+
+
+def _count_tasks(monkeypatch) -> list[object]:
+    """Every task Faust's ``wait_first`` makes (mode.services calls ``asyncio.ensure_future``)."""
+    made: list[object] = []
+    real = asyncio.ensure_future
+
+    def counting(coro, **kwargs):
+        made.append(coro)
+        return real(coro, **kwargs)
+
+    monkeypatch.setattr("mode.services.asyncio.ensure_future", counting)
+    return made
+
+
+def test_a_message_callback_that_does_not_block_runs_inline_without_tasks(tmp_path, monkeypatch):
+    """Faust's fetch loop: ``wait_first(callback(message), suspend_flow.wait())`` per message."""
+    made = _count_tasks(monkeypatch)
+    ran: list[str] = []
+
+    async def callback() -> str:
+        ran.append("callback")
+        return "delivered"
+
+    async def scenario():
+        consumer = _consumer(tmp_path)
+        first, flag = callback(), consumer.suspend_flow.wait()
+        results = await consumer.wait_first(first, flag)
+        assert flag.cr_frame is None  # closed, not left unawaited
+        return first, results
+
+    first, results = asyncio.run(scenario())
+    assert ran == ["callback"] and made == []
+    assert results.done == [first] and results.results == ["delivered"] and not results.stopped
+
+
+def test_a_callback_that_blocks_finishes_as_a_task_raced_against_the_flow_flag(tmp_path, monkeypatch):
+    made = _count_tasks(monkeypatch)
+
+    async def scenario():
+        consumer = _consumer(tmp_path)
+        room = asyncio.get_running_loop().create_future()
+
+        async def callback() -> str:
+            value = await room  # a full stream buffer
+            await asyncio.sleep(0)  # a bare yield on the way
+            return f"delivered after {value}"
+
+        first = callback()
+        waiting = asyncio.get_running_loop().create_task(consumer.wait_first(first, consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        room.set_result("a drain")
+        return first, await waiting
+
+    first, results = asyncio.run(scenario())
+    assert results.done == [first] and results.results == ["delivered after a drain"]
+    assert len(made) == 4  # Faust's own path: the rest of the callback, the flag, stopped, crashed
+
+
+def test_a_blocked_callback_is_cancelled_by_a_flow_suspension_and_cleans_up(tmp_path):
+    async def scenario():
+        consumer = _consumer(tmp_path)
+        cleaned: list[str] = []
+
+        async def callback() -> None:
+            try:
+                await asyncio.get_running_loop().create_future()  # never has room
+            except asyncio.CancelledError:
+                cleaned.append("cancelled")
+                raise
+
+        waiting = asyncio.ensure_future(consumer.wait_first(callback(), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        consumer.suspend_flow.set()  # a rebalance begins
+        results = await waiting
+        for _ in range(3):
+            await asyncio.sleep(0)  # the cancellation reaches the callback
+        return results, cleaned
+
+    results, cleaned = asyncio.run(scenario())
+    assert cleaned == ["cancelled"] and len(results.done) == 1 and results.results == [True]  # the flag won
+
+
+def test_a_callback_that_fails_at_once_raises_as_in_fausts_path(tmp_path):
+    async def callback() -> None:
+        raise ValueError("undecodable")
+
+    async def scenario():
+        consumer = _consumer(tmp_path)
+        flag = consumer.suspend_flow.wait()
+        with pytest.raises(ValueError, match="undecodable"):
+            await consumer.wait_first(callback(), flag)
+        assert flag.cr_frame is None
+
+    asyncio.run(scenario())
+
+
+def test_with_the_flow_suspended_the_callback_takes_fausts_path(tmp_path, monkeypatch):
+    made = _count_tasks(monkeypatch)
+
+    async def scenario():
+        consumer = _consumer(tmp_path)
+        consumer.suspend_flow.set()
+
+        async def callback() -> str:
+            return "late"
+
+        return await consumer.wait_first(callback(), consumer.suspend_flow.wait())
+
+    results = asyncio.run(scenario())
+    assert len(made) == 4 and not results.stopped
