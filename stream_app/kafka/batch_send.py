@@ -6,7 +6,8 @@ Through ``Producer.send`` each record is its own coroutine, accumulator entry an
 calls); here a micro-batch's records for one partition go into one ``BatchBuilder`` that is
 queued whole, so the per-record cost is one ``append``. Records keep their order within a
 partition, partitions come from the producer's own partitioner (murmur2 of the key, as every
-Kafka client), and compression is the producer's.
+Kafka client), and compression is the producer's. A batch is closed when it is queued: it is
+complete, so it goes out at once instead of waiting out the producer's linger.
 
 Exactly-once workers (transactional producers) do not use this: their records must go
 through Faust's per-partition transactions.
@@ -39,6 +40,9 @@ async def send_batched(
 
     async def ship(partition: int, builder: Any) -> None:
         count = builder.record_count()
+        # Complete: closed, it leaves at once instead of lingering (``RIPPLE_PRODUCER_LINGER_S``) for
+        # records that would never come, and no ``producer.send`` elsewhere can add to it.
+        builder.close()
         fut = await aio.send_batch(builder, topic, partition=partition)
         if on_sent is not None:
             fut.add_done_callback(
