@@ -70,13 +70,14 @@ def run_minimal(mode: str, broker: str, topic: str, events: int, batch_size: int
     return result["events"] / result["seconds"]
 
 
-def processed(worker: WorkerProcess) -> float:
+def metric_sum(worker: WorkerProcess, prefix: str) -> float:
+    """The sum of every sample on the worker's ``/metrics`` whose line starts with ``prefix``."""
     _, body = worker.get("/metrics")
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.decode().splitlines()
-        if line.startswith("ripple_events_processed_total{")
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines() if line.startswith(prefix))
+
+
+def processed(worker: WorkerProcess) -> float:
+    return metric_sum(worker, "ripple_events_processed_total{")
 
 
 PROFILE_CATEGORIES = (
@@ -145,6 +146,12 @@ def run_worker(
             time.sleep(0.25)
         if first is None or last is None:
             raise RuntimeError(f"worker did not drain the backlog:\n{worker.log()}")
+        batches, seen = metric_sum(worker, "ripple_batch_size_count"), metric_sum(worker, "ripple_batch_size_sum")
+        process, embed = metric_sum(worker, "ripple_batch_seconds_sum"), metric_sum(worker, "ripple_embed_seconds_sum")
+        print(
+            f"  worker: {seen / max(1.0, batches):.0f} events per micro-batch; per event {1e6 * process / seen:.0f} µs "
+            f"in Pipeline.process, {1e6 * embed / seen:.0f} µs of them embedding"
+        )
         return (events - first[1]) / max(1e-9, last - first[0])
     finally:
         if profile and spy is not None:
