@@ -69,7 +69,10 @@ class Settings:
     kafka_ssl_certfile: str = _doc("Client certificate for SSL.", "")
     kafka_ssl_keyfile: str = _doc("Client key for SSL.", "")
     producer_linger_s: float = _doc(
-        "How long the Kafka producer lingers to batch embeddings and changelog records (seconds).", 0.005
+        "How long the worker's Kafka producer waits for more records before it sends a partly filled batch "
+        "(seconds): Faust's own sends. The micro-batch's embeddings and changelog records go out at once, as "
+        "closed batches.",
+        0.005,
     )
     producer_max_batch_bytes: int = _doc("Largest Kafka producer batch per partition, bytes.", 1 << 20)
     consumer_fetch_max_wait_s: float = _doc(
