@@ -137,6 +137,7 @@ class FakeProducer:
         return FakeBatch()
 
     async def send_batch(self, batch, topic, *, partition):
+        assert batch.closed, "a complete batch is queued closed (else it waits out the producer's linger)"
         if topic == self.hold_topic:
             await self.release.wait()
         for key, value in batch.records:
@@ -148,6 +149,7 @@ class FakeProducer:
 class FakeBatch:
     def __init__(self) -> None:
         self.records: list = []
+        self.closed = False
 
     def append(self, *, timestamp, key, value):
         self.records.append((key, value))
@@ -155,6 +157,10 @@ class FakeBatch:
 
     def record_count(self) -> int:
         return len(self.records)
+
+    def close(self) -> None:
+        """``send_batched`` closes a batch when it queues it (aiokafka's ``BatchBuilder.close``)."""
+        self.closed = True
 
 
 def message_event(worker, topic: str, partition: int, key: bytes | None, value: bytes = b"{}") -> faust.Event:
