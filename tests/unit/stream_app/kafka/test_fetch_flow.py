@@ -208,3 +208,21 @@ def test_with_the_flow_suspended_the_callback_takes_fausts_path(tmp_path, monkey
 
     results = asyncio.run(scenario())
     assert len(made) == 4 and not results.stopped
+
+
+def test_a_callback_that_blocks_then_fails_raises_through_fausts_path(tmp_path):
+    async def scenario():
+        consumer = _consumer(tmp_path)
+        room = asyncio.get_running_loop().create_future()
+
+        async def callback() -> None:
+            await asyncio.sleep(0)  # a bare yield first
+            await room
+
+        waiting = asyncio.get_running_loop().create_task(consumer.wait_first(callback(), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        room.set_exception(ValueError("the channel failed"))
+        with pytest.raises(ValueError, match="the channel failed"):
+            await waiting
+
+    asyncio.run(scenario())
