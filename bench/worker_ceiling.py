@@ -70,14 +70,16 @@ def run_minimal(mode: str, broker: str, topic: str, events: int, batch_size: int
     return result["events"] / result["seconds"]
 
 
-def metric_sum(worker: WorkerProcess, prefix: str) -> float:
-    """The sum of every sample on the worker's ``/metrics`` whose line starts with ``prefix``."""
+def metric_sums(worker: WorkerProcess, *prefixes: str) -> list[float]:
+    """Per prefix, the sum of the samples on one read of the worker's ``/metrics`` whose line starts with it."""
     _, body = worker.get("/metrics")
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines() if line.startswith(prefix))
+    lines = body.decode().splitlines()
+    return [sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)) for prefix in prefixes]
 
 
 def processed(worker: WorkerProcess) -> float:
-    return metric_sum(worker, "ripple_events_processed_total{")
+    (count,) = metric_sums(worker, "ripple_events_processed_total{")
+    return count
 
 
 PROFILE_CATEGORIES = (
@@ -146,8 +148,10 @@ def run_worker(
             time.sleep(0.25)
         if first is None or last is None:
             raise RuntimeError(f"worker did not drain the backlog:\n{worker.log()}")
-        batches, seen = metric_sum(worker, "ripple_batch_size_count"), metric_sum(worker, "ripple_batch_size_sum")
-        process, embed = metric_sum(worker, "ripple_batch_seconds_sum"), metric_sum(worker, "ripple_embed_seconds_sum")
+        batches, seen, process, embed = metric_sums(
+            worker, "ripple_batch_size_count", "ripple_batch_size_sum", "ripple_batch_seconds_sum",
+            "ripple_embed_seconds_sum",
+        )  # fmt: skip
         print(
             f"  worker: {seen / max(1.0, batches):.0f} events per micro-batch; per event {1e6 * process / seen:.0f} µs "
             f"in Pipeline.process, {1e6 * embed / seen:.0f} µs of them embedding"
