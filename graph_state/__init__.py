@@ -1,7 +1,7 @@
 """Per-user behaviour graphs: structure, event application, codec and stores."""
 
 from graph_state.behavior import Behavior
-from graph_state.codec import CODEC_VERSION, decode, encode, encode_stored
+from graph_state.codec import CODEC_VERSION, apply_tail, decode, encode, encode_stored, encode_tail
 from graph_state.config import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig
 from graph_state.rocks_store import RocksOptions, RocksStore
 from graph_state.store import CachedStore, GraphStore, MemoryStore
@@ -20,8 +20,10 @@ __all__ = [
     "RocksOptions",
     "RocksStore",
     "UserGraph",
+    "apply_tail",
     "decode",
     "encode",
     "encode_stored",
+    "encode_tail",
     "event_key",
 ]

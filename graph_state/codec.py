@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 
 from graph_state.config import GraphConfig
-from graph_state.user_graph import EDGE_COLUMNS, NODE_COLUMNS, UserGraph
+from graph_state.user_graph import EDGE_COLUMNS, NODE_COLUMNS, Applied, UserGraph
 
 CODEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -30,6 +30,8 @@ E_VERSION = (
     "graph record has codec version {found}, this build reads versions {expected}; "
     "upgrade Ripple or rebuild the state from the changelog/events."
 )
+TAIL_VERSION = 1
+E_TAIL = "graph tail record is corrupt ({cause}); delete the key: the user's full record is then read without it."
 E_CORRUPT = "graph record is corrupt ({cause}); delete the key and rebuild it from the changelog/events."
 _RING = np.dtype("<i8")
 _LEN = struct.Struct("<I")
@@ -84,7 +86,13 @@ class _RecordV1(msgspec.Struct, array_like=True):
     cache: bytes
 
 
+class _Tail(msgspec.Struct, array_like=True):
+    base_version: int
+    events: list[Applied]
+
+
 _encoder = msgspec.msgpack.Encoder()
+_tail_decoder = msgspec.msgpack.Decoder(_Tail)
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 _v1_decoder = msgspec.msgpack.Decoder(_RecordV1)
 _V1_CODES = {
@@ -141,6 +149,29 @@ def encode_stored(graph: UserGraph, cache_every: int) -> bytes:
     record; between persisted versions it lives in the decoded-graph cache, and a graph read
     back without a current one is recomputed in full once."""
     return encode(graph, include_cache=cache_every > 0 and graph.state_version % cache_every == 0)
+
+
+def encode_tail(graph: UserGraph) -> bytes:
+    """The events applied to ``graph`` since its last full record (:attr:`UserGraph.unsaved`), with
+    that record's ``state_version``: what a store writes instead of the whole graph."""
+    assert graph.unsaved is not None
+    return bytes((TAIL_VERSION,)) + _encoder.encode((graph.saved_version, graph.unsaved))
+
+
+def apply_tail(graph: UserGraph, data: bytes) -> bool:
+    """Replay a tail record (:func:`encode_tail`) onto the full record it continues; ``False``, and
+    ``graph`` unchanged, when the tail belongs to another version of the record (a newer full
+    record was written after it). Raises ``ValueError`` naming the cause when it is corrupt."""
+    try:
+        if not data or data[0] != TAIL_VERSION:
+            raise ValueError(f"format {data[:1].hex() or 'empty'}, expected {TAIL_VERSION:02x}")
+        tail = _tail_decoder.decode(memoryview(data)[1:])
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise ValueError(E_TAIL.format(cause=exc)) from exc
+    if tail.base_version != graph.state_version:
+        return False
+    graph.replay(tail.events)
+    return True
 
 
 def decode(data: bytes, config: GraphConfig) -> UserGraph:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
-from graph_state.codec import decode, encode_stored
+from graph_state.codec import apply_tail, decode, encode_stored, encode_tail
 from graph_state.config import GraphConfig
 from graph_state.user_graph import UserGraph
 
 _USER = b"u\x00"
+_TAIL = b"t\x00"
 _META = b"m\x00"
 E_LOCKED = (
     "the state directory {path} is in use by another Ripple process (RocksDB lock held); "
@@ -58,6 +59,13 @@ class RocksOptions:
     A stored cache is current only for a graph whose last event landed on such a version, so
     writing it pays off rarely: at 1,000-node graphs every 32 versions cost 1/4 more bytes written
     and doubled the slowest tenth of batches (bench/history_length.py, docs/benchmarks.md)."""
+
+    snapshot_every: int = 32
+    """Write a user's full record at most every this many of its events; in between, write only the
+    events applied since that record (its *tail*, a few hundred bytes), which a read replays onto
+    it. A 1,000-node graph's record is ~90 KB: rewriting it for every event was most of the write
+    time and all of RocksDB's flush and compaction work (bench/history_length.py). 0 or 1: always
+    the full record."""
 
     def build(self) -> Options:
         opts = Options(raw_mode=True)
@@ -107,23 +115,54 @@ class RocksStore:
         self._write_opts.disable_wal = not self.options.wal  # type: ignore[method-assign,assignment]
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserGraph]:
-        ids = list(user_ids)
-        values: list[bytes | None] = self._db.get([_USER + uid.encode("utf-8") for uid in ids]) or []
-        return {uid: decode(raw, self.config) for uid, raw in zip(ids, values, strict=True) if raw is not None}
+        ids = [uid.encode("utf-8") for uid in user_ids]
+        # One multi-get for the full records and their tails.
+        keys: list[str | int | float | bytes | bool] = [_USER + k for k in ids]
+        keys += [_TAIL + k for k in ids]
+        values: list[bytes | None] = self._db.get(keys) or []
+        found = {}
+        for i, key in enumerate(ids):
+            raw, tail = values[i], values[len(ids) + i]
+            if raw is None:
+                continue
+            graph = decode(raw, self.config)
+            graph.mark_saved(self)
+            if tail is not None:
+                apply_tail(graph, tail)  # a stale tail (older than the record) is left unread
+            found[key.decode("utf-8")] = graph
+        return found
 
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
+        """One atomic batch: per graph its tail when this store holds its full record from fewer
+        than ``snapshot_every`` events ago, else its full record (and its old tail deleted)."""
         batch = WriteBatch(raw_mode=True)
-        every = self.options.persist_cache_every
+        every, snapshot = self.options.persist_cache_every, self.options.snapshot_every
+        full = []
         for uid, graph in graphs.items():
-            batch.put(_USER + uid.encode("utf-8"), encode_stored(graph, every))
+            key = uid.encode("utf-8")
+            unsaved = graph.unsaved
+            if graph.saved_by is self and unsaved is not None and len(unsaved) < snapshot:
+                if not unsaved and graph.saved_version == graph.state_version:
+                    continue  # unchanged since its record was written (only duplicates, say)
+                if not (every > 0 and graph.state_version % every == 0):
+                    batch.put(_TAIL + key, encode_tail(graph))
+                    continue
+            batch.put(_USER + key, encode_stored(graph, every))
+            batch.delete(_TAIL + key)
+            full.append(graph)
         for name, value in (meta or {}).items():
             batch.put(_META + name.encode("utf-8"), value)
         self._db.write(batch, self._write_opts)
+        for graph in full:
+            graph.mark_saved(self)
 
     def delete(self, user_id: str) -> bool:
-        key = _USER + user_id.encode("utf-8")
-        existed = self._db.get(key) is not None
-        self._db.delete(key, self._write_opts)
+        key = user_id.encode("utf-8")
+        existed = self._db.get(_USER + key) is not None
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(_USER + key)
+        batch.delete(_TAIL + key)
+        self._db.write(batch, self._write_opts)
         return existed
 
     def get_meta(self, name: str) -> bytes | None:

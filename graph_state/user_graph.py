@@ -37,6 +37,20 @@ COUNTS, LAST_SEEN, LAST_SEQ, LAST_ACTION, ACTION_MASK, WEIGHT_SUM = range(len(NO
 EDGE_COLUMNS: dict[str, np.dtype] = {"src": np.dtype("<i8"), "dst": np.dtype("<i8"), "weight": np.dtype("<f8")}
 """Likewise the rows of the edge block."""
 _MIN_CAPACITY = 8
+TAIL_LIMIT = 256
+"""Applied events a graph keeps for its store's tail (:attr:`UserGraph.unsaved`) before it stops
+keeping them (the store then writes a full record): bounds a graph's memory under stores that
+never write tails."""
+
+
+class Applied(NamedTuple):
+    """An applied behaviour as a graph keeps it for its store's tail: what :meth:`UserGraph.apply` reads."""
+
+    event_id: str
+    item_id: str
+    action: str
+    ts: float
+    weight: float | None
 
 
 def event_key(event_id: str) -> int:
@@ -163,6 +177,14 @@ class UserGraph:
         self._cache_bytes: bytes = b""
         self._cache_array: np.ndarray | None = None
         self.cache = cache
+        self.saved_by: object | None = None
+        """The store that holds this graph's full record at :attr:`saved_version` (``None``: none known)."""
+        self.saved_version = -1
+        self.unsaved: list[tuple[str, str, str, float, float | None]] | None = []
+        """The :class:`Applied` fields of every event applied since :meth:`mark_saved` (``None``: more
+        than ``TAIL_LIMIT``). A store that knows it holds the record at ``saved_version`` can write
+        these instead of the whole graph: replaying them onto that record rebuilds this graph bit
+        for bit (see ``RocksStore``)."""
 
     def _set_nodes(self, block: np.ndarray) -> None:
         self._nodes = block
@@ -314,14 +336,17 @@ class UserGraph:
 
     # ---- writing -------------------------------------------------------------
 
-    def apply(self, event: Behavior) -> GraphChange:
-        """Apply one behaviour; return what changed (``duplicate`` if already applied)."""
+    def apply(self, event: Behavior, *, replay: bool = False) -> GraphChange:
+        """Apply one behaviour; return what changed (``duplicate`` if already applied).
+
+        ``replay``: the event was applied to this graph's history before (a store's tail, see
+        :meth:`replay`): it is not refused as late, whatever ``max_lateness_s`` is now."""
         key = event_key(event.event_id)
         if key in self._ring_set:
             return GraphChange(duplicate=True)
         cfg = self.config
         ts = float(event.ts)
-        if self.state_version and ts < self.last_ts - cfg.max_lateness_s:
+        if self.state_version and ts < self.last_ts - cfg.max_lateness_s and not replay:
             return GraphChange(late_by=self.last_ts - ts)
         if not self._writable:
             self._own()
@@ -361,7 +386,24 @@ class UserGraph:
         self.last_event_id = event.event_id
         self.state_version += 1
         self._remember(key)
+        unsaved = self.unsaved
+        if unsaved is not None:
+            if len(unsaved) < TAIL_LIMIT:
+                unsaved.append((event.event_id, event.item_id, event.action, ts, event.weight))
+            else:
+                self.unsaved = None
         return GraphChange(frozenset(nodes), frozenset(edges), evicted)
+
+    def mark_saved(self, store: object) -> None:
+        """``store`` now holds this graph's full record as it is: the tail starts again from here."""
+        self.saved_by, self.saved_version, self.unsaved = store, self.state_version, []
+
+    def replay(self, events: Sequence[Applied]) -> None:
+        """Apply events this graph's history applied before (a store's tail); raises ``ValueError``
+        when one of them is already in the graph (the tail does not continue this record)."""
+        for event in events:
+            if self.apply(event, replay=True).duplicate:
+                raise ValueError(f"the tail's event {event.event_id!r} is already applied to the record")
 
     def _own(self) -> None:
         """Make both blocks writable arrays of our own (decoded blocks view the record's bytes)."""

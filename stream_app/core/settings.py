@@ -125,6 +125,11 @@ class Settings:
     rocksdb_sync_writes: bool = _doc(
         "fsync RocksDB's write-ahead log on every batch (needs RIPPLE_ROCKSDB_WAL).", False
     )
+    rocksdb_snapshot_every: int = _doc(
+        "The embedded store writes a user's full record at most every this many of its events and, in "
+        "between, only the events since (a tail that reads replay); 0 or 1 = always the full record.",
+        32,
+    )
     graph_cache_users: int = _doc("Decoded user graphs kept in memory (write-through LRU); 0 disables.", 4096)
     persist_cache_every: int = _doc(
         "Store a graph's per-node layer cache with it at state versions that are multiples of this "
@@ -222,6 +227,7 @@ class Settings:
             ),
             ("max_message_bytes", 256 <= self.max_message_bytes <= 16 << 20, "must be between 256 B and 16 MiB"),
             ("web_port", 0 <= self.web_port <= 65535, "must be a TCP port"),
+            ("rocksdb_snapshot_every", self.rocksdb_snapshot_every >= 0, "must be 0 or a number of events"),
             (
                 "persist_cache_every",
                 self.persist_cache_every >= 0,
@@ -358,6 +364,7 @@ class Settings:
             wal=self.rocksdb_wal,
             sync_writes=self.rocksdb_sync_writes,
             persist_cache_every=self.persist_cache_every,
+            snapshot_every=self.rocksdb_snapshot_every,
         )
 
 
