@@ -1,4 +1,10 @@
-"""The RocksDB backend of :class:`GraphStore`, on rocksdict, with small explicit options."""
+r"""The RocksDB backend of :class:`GraphStore`, on rocksdict, with small explicit options.
+
+Keys: ``u\0<user>`` a user's full graph record (``graph_state.codec``), ``t\0<user>`` its tail
+(the events applied since that record, ``codec.encode_tail``), ``m\0<name>`` runner metadata.
+A large graph's record is written at most every ``RocksOptions.snapshot_every`` of its events;
+in between only its tail is, and a read replays the tail onto the record.
+"""
 
 from __future__ import annotations
 

@@ -540,15 +540,14 @@ class GraphEncoder(nn.Module):
         large graphs would otherwise be copied into one batch per event.
         """
         q = self.att_q.weight[0]
-        longest = max((len(h) for h, _ in parts), default=0)
+        sizes = [h.shape[0] for h, _ in parts]  # ``shape`` rather than ``len()``: a Python-level call per tensor
+        longest = max(sizes, default=0)
         gate = torch.empty(longest, self.config.dim)  # reused by every graph
         half_q_sum = torch.full((longest,), 0.5 * float(q.sum()))
         summary = torch.empty(len(parts), self.config.dim)
         views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # graphs of one size share their slices
-        for query, row, (h, terms) in zip(
-            F.linear(h_last, self.att_last.weight, self.att_last.bias).mul_(0.5), summary, parts, strict=True
-        ):
-            n = len(h)
+        queries = F.linear(h_last, self.att_last.weight, self.att_last.bias).mul_(0.5)
+        for query, row, (h, terms), n in zip(queries.unbind(0), summary.unbind(0), parts, sizes, strict=True):
             if n not in views:
                 views[n] = gate[:n], half_q_sum[:n]
             g, base = views[n]
