@@ -88,6 +88,7 @@ class _RecordV1(msgspec.Struct, array_like=True):
 
 class _Tail(msgspec.Struct, array_like=True):
     base_version: int
+    base_event_id: str
     events: list[Applied]
 
 
@@ -153,22 +154,22 @@ def encode_stored(graph: UserGraph, cache_every: int) -> bytes:
 
 def encode_tail(graph: UserGraph) -> bytes:
     """The events applied to ``graph`` since its last full record (:attr:`UserGraph.unsaved`), with
-    that record's ``state_version``: what a store writes instead of the whole graph."""
+    that record's ``state_version`` and ``last_event_id``: what a store writes instead of the whole graph."""
     assert graph.unsaved is not None
-    return bytes((TAIL_VERSION,)) + _encoder.encode((graph.saved_version, graph.unsaved))
+    return bytes((TAIL_VERSION,)) + _encoder.encode((graph.saved_version, graph.saved_event_id, graph.unsaved))
 
 
 def apply_tail(graph: UserGraph, data: bytes) -> bool:
     """Replay a tail record (:func:`encode_tail`) onto the full record it continues; ``False``, and
-    ``graph`` unchanged, when the tail belongs to another version of the record (a newer full
-    record was written after it). Raises ``ValueError`` naming the cause when it is corrupt."""
+    ``graph`` unchanged, when the tail belongs to another record (a newer full record of the user,
+    or another history of it). Raises ``ValueError`` naming the cause when it is corrupt."""
     try:
         if not data or data[0] != TAIL_VERSION:
             raise ValueError(f"format {data[:1].hex() or 'empty'}, expected {TAIL_VERSION:02x}")
         tail = _tail_decoder.decode(memoryview(data)[1:])
     except (msgspec.DecodeError, ValueError) as exc:
         raise ValueError(E_TAIL.format(cause=exc)) from exc
-    if tail.base_version != graph.state_version:
+    if (tail.base_version, tail.base_event_id) != (graph.state_version, graph.last_event_id):
         return False
     graph.replay(tail.events)
     return True

@@ -1,7 +1,8 @@
 r"""The RocksDB backend of :class:`GraphStore`, on rocksdict, with small explicit options.
 
 Keys: ``u\0<user>`` a user's full graph record (``graph_state.codec``), ``t\0<user>`` its tail
-(the events applied since that record, ``codec.encode_tail``), ``m\0<name>`` runner metadata.
+(the events applied since that record, ``codec.encode_tail``), ``m\0<name>`` runner metadata,
+``s\0<name>`` the store's own (the smallest ``tail_min_nodes`` it was written with).
 A large graph's record is written at most every ``RocksOptions.snapshot_every`` of its events;
 in between only its tail is, and a read replays the tail onto the record.
 """
@@ -21,6 +22,7 @@ from graph_state.user_graph import UserGraph
 _USER = b"u\x00"
 _TAIL = b"t\x00"
 _META = b"m\x00"
+_TAIL_FLOOR = b"s\x00tail_min_nodes"
 E_LOCKED = (
     "the state directory {path} is in use by another Ripple process (RocksDB lock held); "
     "stop that process or pass a different --state directory."
@@ -72,6 +74,10 @@ class RocksOptions:
     it. A 1,000-node graph's record is ~90 KB: rewriting it for every event was most of the write
     time and all of RocksDB's flush and compaction work (bench/history_length.py). 0 or 1: always
     the full record."""
+    tail_min_nodes: int = 256
+    """Graphs with fewer nodes are always written in full: their record is a few KB, cheaper to
+    rewrite than to replay on a cold read (10-node graphs with tails: the runner without the GCN
+    26 % slower on 10,000 users, ``bench/throughput.py --dataset generated``)."""
 
     def build(self) -> Options:
         opts = Options(raw_mode=True)
@@ -119,48 +125,65 @@ class RocksStore:
         self._write_opts.sync = self.options.sync_writes
         # A property at run time; rocksdict's stubs declare a method.
         self._write_opts.disable_wal = not self.options.wal  # type: ignore[method-assign,assignment]
+        # Reads look for tails only beside records of at least the smallest ``tail_min_nodes`` this
+        # database was ever written with (kept in it), so a later, larger setting misses none.
+        stored = self._db.get(_TAIL_FLOOR)
+        self._tail_floor = min(self.options.tail_min_nodes, int(stored) if stored is not None else 1 << 62)
+        if stored is None or self._tail_floor < int(stored):
+            self._db.put(_TAIL_FLOOR, str(self._tail_floor).encode(), self._write_opts)
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserGraph]:
-        ids = [uid.encode("utf-8") for uid in user_ids]
-        # One multi-get for the full records and their tails.
-        keys: list[str | int | float | bytes | bool] = [_USER + k for k in ids]
-        keys += [_TAIL + k for k in ids]
+        uids = list(user_ids)
+        keys: list[str | int | float | bytes | bool] = [_USER + uid.encode("utf-8") for uid in uids]
         values: list[bytes | None] = self._db.get(keys) or []
-        found = {}
-        for i, key in enumerate(ids):
-            raw, tail = values[i], values[len(ids) + i]
-            if raw is None:
-                continue
-            graph = decode(raw, self.config)
-            graph.mark_saved(self)
-            if tail is not None:
-                apply_tail(graph, tail)  # a stale tail (older than the record) is left unread
-            found[key.decode("utf-8")] = graph
+        found: dict[str, UserGraph] = {}
+        large, floor = [], self._tail_floor
+        for uid, raw in zip(uids, values, strict=True):
+            if raw is not None:
+                graph = found[uid] = decode(raw, self.config)
+                graph.mark_saved(self, tail=self._tails_for(graph))
+                if graph.n_nodes >= floor:  # only records this large can have a tail
+                    large.append(uid)
+        if large:
+            tail_keys: list[str | int | float | bytes | bool] = [_TAIL + uid.encode("utf-8") for uid in large]
+            for uid, tail in zip(large, self._db.get(tail_keys) or [], strict=True):
+                if tail is not None:
+                    apply_tail(found[uid], tail)  # a stale tail (of another record) is left unread
+                    found[uid].saved_tail = True
         return found
 
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
         """One atomic batch: per graph its tail when this store holds its full record from fewer
-        than ``snapshot_every`` events ago, else its full record (and its old tail deleted)."""
+        than ``snapshot_every`` events ago and that record had ``tail_min_nodes``, else its full
+        record (and its old tail deleted). A graph object stands for one user."""
         batch = WriteBatch(raw_mode=True)
         every, snapshot = self.options.persist_cache_every, self.options.snapshot_every
-        full = []
+        full, tails = [], []
         for uid, graph in graphs.items():
             key = uid.encode("utf-8")
             unsaved = graph.unsaved
-            if graph.saved_by is self and unsaved is not None and len(unsaved) < snapshot:
-                if not unsaved and graph.saved_version == graph.state_version:
+            if unsaved is not None and graph.saved_by is self and len(unsaved) < snapshot:
+                if not unsaved:
                     continue  # unchanged since its record was written (only duplicates, say)
                 if not (every > 0 and graph.state_version % every == 0):
                     batch.put(_TAIL + key, encode_tail(graph))
+                    tails.append(graph)
                     continue
             batch.put(_USER + key, encode_stored(graph, every))
-            batch.delete(_TAIL + key)
+            if graph.saved_tail:
+                batch.delete(_TAIL + key)  # only then: a tombstone per write would slow every read
             full.append(graph)
         for name, value in (meta or {}).items():
             batch.put(_META + name.encode("utf-8"), value)
         self._db.write(batch, self._write_opts)
         for graph in full:
-            graph.mark_saved(self)
+            graph.mark_saved(self, tail=self._tails_for(graph))
+        for graph in tails:
+            graph.saved_tail = True
+
+    def _tails_for(self, graph: UserGraph) -> bool:
+        """Whether this store writes tails after ``graph``'s full record as it is now."""
+        return self.options.snapshot_every > 1 and graph.n_nodes >= self.options.tail_min_nodes
 
     def delete(self, user_id: str) -> bool:
         key = user_id.encode("utf-8")

@@ -39,8 +39,8 @@ EDGE_COLUMNS: dict[str, np.dtype] = {"src": np.dtype("<i8"), "dst": np.dtype("<i
 _MIN_CAPACITY = 8
 TAIL_LIMIT = 256
 """Applied events a graph keeps for its store's tail (:attr:`UserGraph.unsaved`) before it stops
-keeping them (the store then writes a full record): bounds a graph's memory under stores that
-never write tails."""
+keeping them (the store then writes a full record): bounds a graph's memory whatever the store's
+``snapshot_every``."""
 
 
 class Applied(NamedTuple):
@@ -180,11 +180,17 @@ class UserGraph:
         self.saved_by: object | None = None
         """The store that holds this graph's full record at :attr:`saved_version` (``None``: none known)."""
         self.saved_version = -1
-        self.unsaved: list[tuple[str, str, str, float, float | None]] | None = []
-        """The :class:`Applied` fields of every event applied since :meth:`mark_saved` (``None``: more
-        than ``TAIL_LIMIT``). A store that knows it holds the record at ``saved_version`` can write
-        these instead of the whole graph: replaying them onto that record rebuilds this graph bit
-        for bit (see ``RocksStore``)."""
+        self.saved_event_id = ""
+        """``last_event_id`` of the record at ``saved_version``: a tail names the record it continues by both."""
+        self.saved_tail = not fresh
+        """A store may hold a tail of this graph beside its record: a tail was written or read there,
+        or the graph was decoded from a record of unknown provenance; a store writing the full record
+        then deletes the tail. A new graph has none anywhere."""
+        self.unsaved: list[tuple[str, str, str, float, float | None]] | None = None
+        """The :class:`Applied` fields of every event applied since :meth:`mark_saved` asked for them
+        (``None``: not asked, or more than ``TAIL_LIMIT``). A store that knows it holds the record at
+        ``saved_version`` can write these instead of the whole graph: replaying them onto that record
+        rebuilds this graph bit for bit (see ``RocksStore``)."""
 
     def _set_nodes(self, block: np.ndarray) -> None:
         self._nodes = block
@@ -394,9 +400,11 @@ class UserGraph:
                 self.unsaved = None
         return GraphChange(frozenset(nodes), frozenset(edges), evicted)
 
-    def mark_saved(self, store: object) -> None:
-        """``store`` now holds this graph's full record as it is: the tail starts again from here."""
-        self.saved_by, self.saved_version, self.unsaved = store, self.state_version, []
+    def mark_saved(self, store: object, tail: bool) -> None:
+        """``store`` now holds this graph's full record as it is; ``tail``: keep the events applied
+        from here on (:attr:`unsaved`), for a store that writes them instead of the next records."""
+        self.saved_by, self.saved_version, self.saved_event_id = store, self.state_version, self.last_event_id
+        self.saved_tail, self.unsaved = False, [] if tail else None
 
     def replay(self, events: Sequence[Applied]) -> None:
         """Apply events this graph's history applied before (a store's tail); raises ``ValueError``

@@ -147,7 +147,8 @@ import os, sys
 from graph_state import GraphConfig, RocksOptions, RocksStore, UserGraph
 from tests.conftest import Ev
 
-store = RocksStore(sys.argv[1], GraphConfig(), RocksOptions(wal=sys.argv[2] == "wal"))
+# Tails for any graph size: what survives the crash must be a record plus the tail written with it.
+store = RocksStore(sys.argv[1], GraphConfig(), RocksOptions(wal=sys.argv[2] == "wal", tail_min_nodes=0))
 g = UserGraph(GraphConfig())
 for n in range(1, 5):
     g.apply(Ev(str(n), f"i{n}"))
@@ -172,7 +173,7 @@ def test_rocks_store_crash_rolls_state_and_progress_back_together(tmp_path, wal)
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
     )
-    store = RocksStore(db, GraphConfig())
+    store = RocksStore(db, GraphConfig(), RocksOptions(tail_min_nodes=0))
     progress = int(store.get_meta("progress") or b"0")
     graph = store.get_many(["u"])["u"]
     store.close()

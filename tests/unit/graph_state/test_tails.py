@@ -13,6 +13,8 @@ from graph_state.rocks_store import _TAIL, _USER
 from graph_state.user_graph import TAIL_LIMIT
 from tests.conftest import BASE_TS, Ev
 
+_TAILS = RocksOptions(tail_min_nodes=0)
+"""Tails for graphs of any size (by default only large graphs get them)."""
 _events = st.lists(
     st.tuples(
         st.integers(0, 40),  # event id: repeats are duplicates
@@ -37,7 +39,9 @@ def test_a_store_with_tails_reads_back_every_graph_bit_for_bit(tmp_path_factory,
     tails was written, the graph read back equals the live one, and continuing the read one writes
     the same records as continuing the live one."""
     cfg = GraphConfig(max_nodes=4, max_lateness_s=60.0, dedupe_ring=16)
-    store = RocksStore(tmp_path_factory.mktemp("db"), cfg, RocksOptions(snapshot_every=snapshot_every))
+    store = RocksStore(
+        tmp_path_factory.mktemp("db"), cfg, RocksOptions(snapshot_every=snapshot_every, tail_min_nodes=0)
+    )
     live = UserGraph(cfg)
     ts, at, batch = BASE_TS, 0, 0
     while at < len(events):
@@ -63,7 +67,7 @@ def _records(store: RocksStore, user: str) -> tuple[bytes | None, bytes | None]:
 
 def test_between_full_records_only_the_tail_is_written(tmp_path):
     cfg = GraphConfig()
-    store = RocksStore(tmp_path / "db", cfg, RocksOptions(snapshot_every=3))
+    store = RocksStore(tmp_path / "db", cfg, RocksOptions(snapshot_every=3, tail_min_nodes=0))
     g = UserGraph(cfg)
     g.apply(Ev("1", "a"))
     store.put_many({"u": g})
@@ -85,7 +89,7 @@ def test_between_full_records_only_the_tail_is_written(tmp_path):
 
 def test_a_tail_older_than_the_record_is_not_replayed_and_a_corrupt_one_is_named(tmp_path):
     cfg = GraphConfig()
-    store = RocksStore(tmp_path / "db", cfg)
+    store = RocksStore(tmp_path / "db", cfg, _TAILS)
     g = UserGraph(cfg)
     g.apply(Ev("1", "a"))
     store.put_many({"u": g})
@@ -95,6 +99,11 @@ def test_a_tail_older_than_the_record_is_not_replayed_and_a_corrupt_one_is_named
     assert stale is not None
     store._db.put(_USER + b"u", encode(g))  # a full record written after the tail, the tail left over
     assert encode(store.get_many(["u"])["u"]) == encode(g)
+    other = UserGraph(cfg)  # another history of the user at the tail's base version
+    other.apply(Ev("x", "c"))
+    store._db.put(_USER + b"u", encode(other))
+    store._db.put(_TAIL + b"u", stale)
+    assert encode(store.get_many(["u"])["u"]) == encode(other)
     store._db.put(_TAIL + b"u", b"\x01garbage")
     with pytest.raises(ValueError, match=r"tail record is corrupt .*delete the key"):
         store.get_many(["u"])
@@ -105,14 +114,14 @@ def test_replaying_a_tail_does_not_refuse_events_a_stricter_lateness_would(tmp_p
     """The tail's events were applied under the settings of their time; a tighter
     RIPPLE_MAX_LATENESS_S later must not drop them from the history on the next read."""
     path = tmp_path / "db"
-    store = RocksStore(path, GraphConfig(max_lateness_s=math.inf))
+    store = RocksStore(path, GraphConfig(max_lateness_s=math.inf), _TAILS)
     g = UserGraph(GraphConfig(max_lateness_s=math.inf))
     g.apply(Ev("1", "a", ts=BASE_TS + 1000))
     store.put_many({"u": g})
     g.apply(Ev("2", "b", ts=BASE_TS))  # 1,000 s late: accepted then
     store.put_many({"u": g})
     store.close()
-    strict = RocksStore(path, GraphConfig(max_lateness_s=10.0))
+    strict = RocksStore(path, GraphConfig(max_lateness_s=10.0), _TAILS)
     back = strict.get_many(["u"])["u"]
     assert back.state_version == 2 and encode(back) == encode(g)
     strict.close()
@@ -120,7 +129,7 @@ def test_replaying_a_tail_does_not_refuse_events_a_stricter_lateness_would(tmp_p
 
 def test_deleting_a_user_deletes_its_tail(tmp_path):
     cfg = GraphConfig()
-    store = RocksStore(tmp_path / "db", cfg)
+    store = RocksStore(tmp_path / "db", cfg, _TAILS)
     g = UserGraph(cfg)
     g.apply(Ev("1", "a"))
     store.put_many({"u": g})
@@ -137,14 +146,54 @@ def test_deleting_a_user_deletes_its_tail(tmp_path):
 
 def test_a_graph_stops_keeping_its_tail_past_the_limit_and_is_written_in_full(tmp_path):
     cfg = GraphConfig(max_nodes=8)
-    store = RocksStore(tmp_path / "db", cfg, RocksOptions(snapshot_every=10 * TAIL_LIMIT))
+    store = RocksStore(tmp_path / "db", cfg, RocksOptions(snapshot_every=10 * TAIL_LIMIT, tail_min_nodes=0))
     g = UserGraph(cfg)
     g.apply(Ev("0", "a"))
     store.put_many({"u": g})
     for n in range(1, TAIL_LIMIT + 2):
         g.apply(Ev(str(n), f"i{n % 8}"))
-    assert g.unsaved is None  # bounded memory under a store that never writes tails
+    assert g.unsaved is None  # bounded memory whatever snapshot_every is
     store.put_many({"u": g})
     assert _records(store, "u")[1] is None and g.unsaved == []
     assert encode(store.get_many(["u"])["u"]) == encode(g)
     store.close()
+
+
+def test_small_graphs_are_always_written_in_full(tmp_path):
+    """Tails follow only a record of at least ``tail_min_nodes`` nodes; reads look for them only
+    there — and a store reopened with a larger setting still finds the tails written before."""
+    cfg = GraphConfig(max_nodes=600)
+    store = RocksStore(tmp_path / "db", cfg, RocksOptions(tail_min_nodes=300))
+    g = UserGraph(cfg)
+    for n in range(299):
+        g.apply(Ev(str(n), f"i{n}"))
+    store.put_many({"u": g})
+    assert g.unsaved is None  # a 299-node record: no events kept for a tail
+    g.apply(Ev("299", "i299"))
+    store.put_many({"u": g})  # 300 nodes, in full
+    assert _records(store, "u")[1] is None and g.unsaved == []
+    g.apply(Ev("300", "i300"))
+    store.put_many({"u": g})
+    assert _records(store, "u")[1] is not None  # after a 300-node record: only the tail
+    assert encode(store.get_many(["u"])["u"]) == encode(g)
+    store.close()
+    larger = RocksStore(tmp_path / "db", cfg, RocksOptions(tail_min_nodes=1000))
+    assert encode(larger.get_many(["u"])["u"]) == encode(g)
+    larger.close()
+
+
+def test_a_graph_keeps_no_tail_until_a_store_writing_tails_has_saved_it():
+    """The worker's Faust table writes full records only: its graphs must not collect events."""
+    from graph_state import decode
+
+    cfg = GraphConfig()
+    g = UserGraph(cfg)
+    for n in range(5):
+        g.apply(Ev(str(n), f"i{n}"))
+    assert g.unsaved is None
+    back = decode(encode(g), cfg)  # as the table store reads it
+    back.apply(Ev("9", "z"))
+    assert back.unsaved is None
+    back.mark_saved(object(), tail=True)
+    back.apply(Ev("10", "y"))
+    assert back.unsaved is not None and [e[0] for e in back.unsaved] == ["10"]
