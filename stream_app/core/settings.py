@@ -126,8 +126,9 @@ class Settings:
         "fsync RocksDB's write-ahead log on every batch (needs RIPPLE_ROCKSDB_WAL).", False
     )
     rocksdb_snapshot_every: int = _doc(
-        "The embedded store writes a user's full record at most every this many of its events and, in "
-        "between, only the events since (a tail that reads replay); 0 or 1 = always the full record.",
+        "The embedded store writes a large user graph's full record (256 nodes or more) at most every this "
+        "many of its events and, in between, only the events since (a tail that reads replay); 0 or 1 = "
+        "always the full record.",
         32,
     )
     graph_cache_users: int = _doc("Decoded user graphs kept in memory (write-through LRU); 0 disables.", 4096)
