@@ -155,8 +155,9 @@ def encode_stored(graph: UserGraph, cache_every: int) -> bytes:
 def encode_tail(graph: UserGraph) -> bytes:
     """The events applied to ``graph`` since its last full record (:attr:`UserGraph.unsaved`), with
     that record's ``state_version`` and ``last_event_id``: what a store writes instead of the whole graph."""
-    assert graph.unsaved is not None
-    return bytes((TAIL_VERSION,)) + _encoder.encode((graph.saved_version, graph.saved_event_id, graph.unsaved))
+    saved = graph.saved
+    assert saved is not None and saved.unsaved is not None
+    return bytes((TAIL_VERSION,)) + _encoder.encode((saved.version, saved.event_id, saved.unsaved))
 
 
 def apply_tail(graph: UserGraph, data: bytes) -> bool:

@@ -17,7 +17,7 @@ from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdic
 
 from graph_state.codec import apply_tail, decode, encode_stored, encode_tail
 from graph_state.config import GraphConfig
-from graph_state.user_graph import UserGraph
+from graph_state.user_graph import Saved, UserGraph
 
 _USER = b"u\x00"
 _TAIL = b"t\x00"
@@ -131,6 +131,8 @@ class RocksStore:
         self._tail_floor = min(self.options.tail_min_nodes, int(stored) if stored is not None else 1 << 62)
         if stored is None or self._tail_floor < int(stored):
             self._db.put(_TAIL_FLOOR, str(self._tail_floor).encode(), self._write_opts)
+        self._whole = Saved(self, -1, "", False, None)
+        """Shared by every graph this store writes in full only (too small for tails): no object per graph."""
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserGraph]:
         uids = list(user_ids)
@@ -141,15 +143,17 @@ class RocksStore:
         for uid, raw in zip(uids, values, strict=True):
             if raw is not None:
                 graph = found[uid] = decode(raw, self.config)
-                graph.mark_saved(self, tail=self._tails_for(graph))
+                self._mark(graph)
                 if graph.n_nodes >= floor:  # only records this large can have a tail
                     large.append(uid)
         if large:
             tail_keys: list[str | int | float | bytes | bool] = [_TAIL + uid.encode("utf-8") for uid in large]
             for uid, tail in zip(large, self._db.get(tail_keys) or [], strict=True):
                 if tail is not None:
+                    if found[uid].saved is self._whole:  # a small graph written when tails began lower
+                        found[uid].mark_saved(self, tail=False)
                     apply_tail(found[uid], tail)  # a stale tail (of another record) is left unread
-                    found[uid].saved_tail = True
+                    found[uid].saved.tail = True  # type: ignore[union-attr]  # marked above
         return found
 
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
@@ -158,32 +162,37 @@ class RocksStore:
         record (and its old tail deleted). A graph object stands for one user."""
         batch = WriteBatch(raw_mode=True)
         every, snapshot = self.options.persist_cache_every, self.options.snapshot_every
+        smallest = self.options.tail_min_nodes if snapshot > 1 else 1 << 62
         full, tails = [], []
         for uid, graph in graphs.items():
             key = uid.encode("utf-8")
-            unsaved = graph.unsaved
-            if unsaved is not None and graph.saved_by is self and len(unsaved) < snapshot:
-                if not unsaved:
+            saved = graph.saved
+            if saved is not None and saved.store is self and saved.unsaved is not None:
+                if not saved.unsaved:
                     continue  # unchanged since its record was written (only duplicates, say)
-                if not (every > 0 and graph.state_version % every == 0):
+                if len(saved.unsaved) < snapshot and not (every > 0 and graph.state_version % every == 0):
                     batch.put(_TAIL + key, encode_tail(graph))
-                    tails.append(graph)
+                    tails.append(saved)
                     continue
             batch.put(_USER + key, encode_stored(graph, every))
-            if graph.saved_tail:
+            if saved is not None and saved.tail:
                 batch.delete(_TAIL + key)  # only then: a tombstone per write would slow every read
-            full.append(graph)
+            if saved is not self._whole or graph.n_nodes >= smallest:
+                full.append(graph)
         for name, value in (meta or {}).items():
             batch.put(_META + name.encode("utf-8"), value)
         self._db.write(batch, self._write_opts)
         for graph in full:
-            graph.mark_saved(self, tail=self._tails_for(graph))
-        for graph in tails:
-            graph.saved_tail = True
+            self._mark(graph)
+        for saved in tails:
+            saved.tail = True
 
-    def _tails_for(self, graph: UserGraph) -> bool:
-        """Whether this store writes tails after ``graph``'s full record as it is now."""
-        return self.options.snapshot_every > 1 and graph.n_nodes >= self.options.tail_min_nodes
+    def _mark(self, graph: UserGraph) -> None:
+        """Mark ``graph`` as held here in full, keeping its next events when tails will follow."""
+        if self.options.snapshot_every > 1 and graph.n_nodes >= self.options.tail_min_nodes:
+            graph.mark_saved(self, tail=True)
+        else:
+            graph.saved = self._whole
 
     def delete(self, user_id: str) -> bool:
         key = user_id.encode("utf-8")

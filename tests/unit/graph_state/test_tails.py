@@ -197,3 +197,11 @@ def test_a_graph_keeps_no_tail_until_a_store_writing_tails_has_saved_it():
     back.mark_saved(object(), tail=True)
     back.apply(Ev("10", "y"))
     assert back.unsaved is not None and [e[0] for e in back.unsaved] == ["10"]
+
+
+def test_a_graph_keeps_its_attributes_in_a_shared_key_dict():
+    """CPython shares instance dict keys up to 30 attributes; past that every graph's dict is ~5x
+    as large and attribute access slower (measured: 6 % per event on 10-node graphs)."""
+    g = UserGraph(GraphConfig())
+    g.apply(Ev("1", "a"))
+    assert len(vars(g)) <= 30
