@@ -76,8 +76,8 @@ class RocksOptions:
     the full record."""
     tail_min_nodes: int = 256
     """Graphs with fewer nodes are always written in full: their record is a few KB, cheaper to
-    rewrite than to replay on a cold read (10-node graphs with tails: the runner without the GCN
-    26 % slower on 10,000 users, ``bench/throughput.py --dataset generated``)."""
+    rewrite than to replay on a cold read (10-node graphs with tails: the file runner 3 to 14 %
+    slower in four side-by-side runs on 10,000 users, ``bench/throughput.py --dataset generated``)."""
 
     def build(self) -> Options:
         opts = Options(raw_mode=True)
@@ -168,9 +168,10 @@ class RocksStore:
             key = uid.encode("utf-8")
             saved = graph.saved
             if saved is not None and saved.store is self and saved.unsaved is not None:
-                if not saved.unsaved:
+                cache_due = every > 0 and graph.state_version % every == 0
+                if not saved.unsaved and not cache_due:
                     continue  # unchanged since its record was written (only duplicates, say)
-                if len(saved.unsaved) < snapshot and not (every > 0 and graph.state_version % every == 0):
+                if len(saved.unsaved) < snapshot and not cache_due:
                     batch.put(_TAIL + key, encode_tail(graph))
                     tails.append(saved)
                     continue
