@@ -205,3 +205,20 @@ def test_a_graph_keeps_its_attributes_in_a_shared_key_dict():
     g = UserGraph(GraphConfig())
     g.apply(Ev("1", "a"))
     assert len(vars(g)) <= 30
+
+
+def test_a_due_layer_cache_is_written_in_full_even_between_tails(tmp_path):
+    cfg = GraphConfig()
+    store = RocksStore(tmp_path / "db", cfg, RocksOptions(persist_cache_every=2, tail_min_nodes=0))
+    g = UserGraph(cfg)
+    g.apply(Ev("1", "a"))
+    store.put_many({"u": g})
+    g.apply(Ev("2", "b"))
+    g.cache_key, g.cache = "model@2", b"\x01" * 8
+    store.put_many({"u": g})  # version 2, a multiple: the full record with its cache, no tail
+    assert _records(store, "u")[1] is None
+    g.cache_key, g.cache = "other-model@2", b"\x02" * 8  # a model swap: same graph, new cache
+    store.put_many({"u": g})
+    back = store.get_many(["u"])["u"]
+    assert (back.cache_key, back.cache) == ("other-model@2", b"\x02" * 8)
+    store.close()
