@@ -65,6 +65,18 @@ def _records(store: RocksStore, user: str) -> tuple[bytes | None, bytes | None]:
     return store._db.get(_USER + key), store._db.get(_TAIL + key)
 
 
+def _record_then_tail(tmp_path, cfg: GraphConfig) -> tuple[RocksStore, UserGraph]:
+    """A store holding a 1-event record of user ``u`` and a tail of its second event."""
+    store = RocksStore(tmp_path / "db", cfg, _TAILS)
+    g = UserGraph(cfg)
+    g.apply(Ev("1", "a"))
+    store.put_many({"u": g})
+    g.apply(Ev("2", "b"))
+    store.put_many({"u": g})
+    assert _records(store, "u")[1] is not None
+    return store, g
+
+
 def test_between_full_records_only_the_tail_is_written(tmp_path):
     cfg = GraphConfig()
     store = RocksStore(tmp_path / "db", cfg, RocksOptions(snapshot_every=3, tail_min_nodes=0))
@@ -89,12 +101,7 @@ def test_between_full_records_only_the_tail_is_written(tmp_path):
 
 def test_a_tail_older_than_the_record_is_not_replayed_and_a_corrupt_one_is_named(tmp_path):
     cfg = GraphConfig()
-    store = RocksStore(tmp_path / "db", cfg, _TAILS)
-    g = UserGraph(cfg)
-    g.apply(Ev("1", "a"))
-    store.put_many({"u": g})
-    g.apply(Ev("2", "b"))
-    store.put_many({"u": g})
+    store, g = _record_then_tail(tmp_path, cfg)
     stale = _records(store, "u")[1]
     assert stale is not None
     store._db.put(_USER + b"u", encode(g))  # a full record written after the tail, the tail left over
@@ -129,12 +136,7 @@ def test_replaying_a_tail_does_not_refuse_events_a_stricter_lateness_would(tmp_p
 
 def test_deleting_a_user_deletes_its_tail(tmp_path):
     cfg = GraphConfig()
-    store = RocksStore(tmp_path / "db", cfg, _TAILS)
-    g = UserGraph(cfg)
-    g.apply(Ev("1", "a"))
-    store.put_many({"u": g})
-    g.apply(Ev("2", "b"))
-    store.put_many({"u": g})
+    store, _ = _record_then_tail(tmp_path, cfg)
     assert store.delete("u")
     assert _records(store, "u") == (None, None) and store.get_many(["u"]) == {}
     fresh = UserGraph(cfg)  # the user comes back: nothing of the old tail is replayed onto it
