@@ -249,6 +249,17 @@ def test_codec_v2_rejects_truncated_and_inconsistent_records():
     for bad in (raw[:-3], raw + b"x", raw[:3]):
         with pytest.raises(ValueError, match="corrupt"):
             decode(bad, cfg)
+    # An edge endpoint outside the nodes, negative or too large, in either column.
+    edges_at = len(raw) - g.edge_block().nbytes - len(g.ring) * 8
+    for row, slot in ((0, -1), (1, -(2**40)), (0, 4), (1, 2**40)):
+        block = g.edge_block().copy()
+        block[row, 0] = slot
+        bad = raw[:edges_at] + block.tobytes() + raw[edges_at + block.nbytes :]
+        with pytest.raises(ValueError, match="an edge points outside the graph's nodes"):
+            decode(bad, cfg)
+    assert (
+        encode(decode(raw[:edges_at] + g.edge_block().tobytes() + raw[edges_at + g.edge_block().nbytes :], cfg)) == raw
+    )
 
 
 def test_rocks_store_reads_what_another_compression_wrote_and_rejects_unknown_ones(tmp_path):
