@@ -132,6 +132,8 @@ class RocksStore:
         if stored is None or self._tail_floor < int(stored):
             self._db.put(_TAIL_FLOOR, str(self._tail_floor).encode(), self._write_opts)
         self._whole = Saved(self, -1, "", False, None)
+        self._tail_min = self.options.tail_min_nodes if self.options.snapshot_every > 1 else 1 << 62
+        """Graphs with this many nodes get tails after their full record; smaller ones share ``_whole``."""
         """Shared by every graph this store writes in full only (too small for tails): no object per graph."""
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserGraph]:
@@ -162,7 +164,6 @@ class RocksStore:
         record (and its old tail deleted). A graph object stands for one user."""
         batch = WriteBatch(raw_mode=True)
         every, snapshot = self.options.persist_cache_every, self.options.snapshot_every
-        smallest = self.options.tail_min_nodes if snapshot > 1 else 1 << 62
         full, tails = [], []
         for uid, graph in graphs.items():
             key = uid.encode("utf-8")
@@ -178,7 +179,7 @@ class RocksStore:
             batch.put(_USER + key, encode_stored(graph, every))
             if saved is not None and saved.tail:
                 batch.delete(_TAIL + key)  # only then: a tombstone per write would slow every read
-            if saved is not self._whole or graph.n_nodes >= smallest:
+            if saved is not self._whole or graph.n_nodes >= self._tail_min:  # (small and marked: as before)
                 full.append(graph)
         for name, value in (meta or {}).items():
             batch.put(_META + name.encode("utf-8"), value)
@@ -190,7 +191,7 @@ class RocksStore:
 
     def _mark(self, graph: UserGraph) -> None:
         """Mark ``graph`` as held here in full, keeping its next events when tails will follow."""
-        if self.options.snapshot_every > 1 and graph.n_nodes >= self.options.tail_min_nodes:
+        if graph.n_nodes >= self._tail_min:
             graph.mark_saved(self, tail=True)
         else:
             graph.saved = self._whole
