@@ -68,14 +68,29 @@ def _header(path: str, fmt: str, line: bytes) -> list[str]:
 
 
 def _map(raw: bytes, header: list[str], sep: str, mapper: Callable[[dict[str, str]], dict]) -> bytes:
+    """One data row as the JSON event, or the raw line when it cannot be mapped (it is then
+    dead-lettered as malformed, like any other bad input)."""
     try:
         text = raw.decode("utf-8")
-        cells = next(csv.reader(io.StringIO(text), delimiter=sep))
+        cells = _cells(text, sep)
         if len(cells) != len(header):
             return raw
         return _encode(mapper(dict(zip(header, cells, strict=True))))
-    except (UnicodeDecodeError, ValueError, StopIteration):
+    except (UnicodeDecodeError, ValueError, StopIteration, csv.Error):
         return raw
+
+
+def _cells(text: str, sep: str) -> list[str]:
+    """The row's cells as the ``csv`` module reads them: without a quote or a carriage return,
+    that is ``str.split`` (0.06 instead of 0.8 µs a row, a tenth of reading an ml-100k event);
+    with one, the ``csv`` module itself (which raises ``csv.Error`` on a stray carriage return).
+
+    >>> _cells("196;242;3", ";"), _cells('a,"b,c",', ",")
+    (['196', '242', '3'], ['a', 'b,c', ''])
+    """
+    if '"' in text or "\r" in text:
+        return next(csv.reader(io.StringIO(text), delimiter=sep))
+    return text.split(sep)
 
 
 def _number(text: str) -> float | str:

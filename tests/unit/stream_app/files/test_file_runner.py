@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import msgspec
 import numpy as np
+from hypothesis import given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from graph_state import UserGraph
@@ -12,6 +18,7 @@ from stream_app.core.records import DeadLetter, UserEmbedding
 from stream_app.core.settings import Settings
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
+from stream_app.files.readers import _cells
 from tests.conftest import BASE_TS, Ev, write_jsonl
 
 
@@ -268,3 +275,31 @@ def test_explain_top_puts_the_top_behaviours_of_each_published_vector_in_its_rec
         assert [(e.item_id, e.action) for e in emb.explanation] == [(p.item_id, p.action) for p in want]
         np.testing.assert_allclose([e.share for e in emb.explanation], [p.share for p in want], atol=1e-5)
         assert [e.share for e in emb.explanation] == sorted((e.share for e in emb.explanation), reverse=True)
+
+
+@settings_hypothesis(max_examples=300, deadline=None)
+@given(cells=st.lists(st.text(alphabet=st.sampled_from(list('ab1 ;,\t"\x00é')), max_size=6), min_size=1, max_size=5))
+def test_rows_split_as_the_csv_module_reads_them(cells):
+    for sep in (",", "\t", ";"):
+        text = sep.join(cells)
+        if not text.strip():
+            continue  # blank lines never reach the row mapper
+        assert _cells(text, sep) == next(csv.reader(io.StringIO(text), delimiter=sep))
+
+
+def test_a_row_with_a_stray_carriage_return_is_dead_lettered_not_a_crash(tmp_path):
+    (tmp_path / "ml.inter").write_bytes(
+        b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        b"196\t242\t3\t881250949\n196\t30\r2\t4\t881250950\n196\t302\t4\t881250951\n"
+    )
+    summary = replay(
+        str(tmp_path / "ml.inter"),
+        "recbole",
+        str(tmp_path / "o.out"),
+        settings(tmp_path, "s"),
+        str(tmp_path / "dlq"),
+        progress=False,
+    )
+    assert summary.outcomes["applied"] == 2 and summary.rejected == {"malformed_json": 1}
+    dead = [msgspec.json.decode(line, type=DeadLetter) for line in open(tmp_path / "dlq", "rb")]
+    assert [d.raw() for d in dead] == [b"196\t30\r2\t4\t881250950"]
