@@ -261,7 +261,7 @@ class Pipeline:
         return [
             UserEmbedding(
                 user_id=uid,
-                embedding=vec.tolist(),
+                embedding=vec,
                 model_version=version,
                 state_version=g.state_version,
                 last_event_id=g.last_event_id,
@@ -274,7 +274,7 @@ class Pipeline:
                 recommendations=recs,
             )
             for (uid, g), vec, score, why, recs in zip(
-                graphs.items(), vectors, scores, explanations, recommended, strict=True
+                graphs.items(), vectors.tolist(), scores, explanations, recommended, strict=True
             )
         ]
 
