@@ -186,6 +186,26 @@ class GraphLayer(nn.Module):
         return out + (fwd.bias + bwd.bias)
 
 
+def tanh_(t: torch.Tensor) -> torch.Tensor:
+    """``t.tanh_()`` for serving: numpy's ``tanh`` in place on the tensor's memory.
+
+    The CPU ``tanh`` of the pinned torch build is not vectorised on every CPU: on this project's
+    AMD EPYC machine it took 124 µs for 64,000 float32 against numpy's 11 µs (torch's own
+    ``sigmoid`` 13 µs), and it was the readout's largest op (14 % of the forward on ml-100k, most
+    of the readout over a 1,000-node graph). Both are float32 ``tanh`` to within 1e-7. A tensor
+    that autograd records, or one numpy cannot view in place, takes torch's.
+
+    >>> x = torch.linspace(-4, 4, 9)
+    >>> bool(torch.allclose(tanh_(x.clone()), torch.tanh(x), atol=1e-6, rtol=0))
+    True
+    """
+    if t.requires_grad or not t.is_contiguous() or t.dtype != torch.float32:
+        return t.tanh_()
+    array = t.numpy()
+    np.tanh(array, out=array)
+    return t
+
+
 MATRIX_MIN_MESSAGES = 1024
 """Below this many messages, gathering and scattering them beats building a sparse matrix
 (measured: 600 messages 47 vs 55 µs, 1,500: 100 vs 64 µs, 15,000: 3.9 vs 0.5 ms)."""
@@ -552,7 +572,7 @@ class GraphEncoder(nn.Module):
                 views[n] = gate[:n], half_q_sum[:n]
             g, base = views[n]
             # alpha = (q · tanh + sum(q)) / 2, the gate's affine part in the matrix-vector product's own.
-            alpha = torch.addmv(base, torch.add(terms, query, out=g).tanh_(), q, alpha=0.5)
+            alpha = torch.addmv(base, tanh_(torch.add(terms, query, out=g)), q, alpha=0.5)
             torch.mv(h.t(), alpha, out=row)
         return self._user(h_last, summary)
 
@@ -566,10 +586,10 @@ class GraphEncoder(nn.Module):
         """``q · sigmoid(2 * query + projected)`` per row, in place on ``query`` (rows of :meth:`_query_table`;
         ``q`` is ``att_q``'s weight).
 
-        As ``sigmoid(x) = (1 + tanh(x / 2)) / 2``: torch's ``tanh`` is 2-4x faster than its
-        ``sigmoid`` on CPU (measured on 100k elements), and this is the readout's largest op.
+        As ``sigmoid(x) = (1 + tanh(x / 2)) / 2``, through :func:`tanh_`: the readout's largest
+        elementwise op.
         """
-        gate = query.add_(projected, alpha=0.5).tanh_()
+        gate = tanh_(query.add_(projected, alpha=0.5))
         return torch.mv(gate, q).add_(q.sum()).mul_(0.5)
 
     def _user(self, h_last: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
