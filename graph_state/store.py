@@ -76,17 +76,26 @@ class CachedStore:
     Valid only while this process is the store's single writer, and only if every
     batch whose graphs were mutated is committed — otherwise call :meth:`clear`.
 
+    It holds at most ``capacity`` graphs and, when ``max_bytes`` is set, at most that many bytes
+    of them (:meth:`UserGraph.footprint`, measured when a graph enters and whenever it is
+    written): a 10-node graph takes ~7 KB, a 1,000-node one with its layer cache over 1 MB, so a
+    count alone bounds memory only for one size of graph.
+
     >>> store = CachedStore(MemoryStore(GraphConfig()), capacity=1)
     >>> store.put_many({"a": UserGraph(GraphConfig()), "b": UserGraph(GraphConfig())})
     >>> len(store), sorted(store.get_many(["a", "b"]))
     (1, ['a', 'b'])
     """
 
-    def __init__(self, inner: GraphStore, capacity: int = 4096) -> None:
+    def __init__(self, inner: GraphStore, capacity: int = 4096, max_bytes: int = 0) -> None:
         self.inner = inner
         self.config = inner.config
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._lru: OrderedDict[str, UserGraph] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.nbytes = 0
+        """The footprint of the cached graphs as last measured (0 without ``max_bytes``)."""
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -112,14 +121,21 @@ class CachedStore:
         self._remember(graphs)
 
     def _remember(self, graphs: Mapping[str, UserGraph]) -> None:
+        lru, sizes, budget = self._lru, self._sizes, self.max_bytes
         for uid, graph in graphs.items():
-            self._lru[uid] = graph
-            self._lru.move_to_end(uid)
-        while len(self._lru) > self.capacity:
-            self._lru.popitem(last=False)
+            lru[uid] = graph
+            lru.move_to_end(uid)
+            if budget:
+                size = graph.footprint()
+                self.nbytes += size - sizes.get(uid, 0)
+                sizes[uid] = size
+        while len(lru) > self.capacity or (budget and self.nbytes > budget):
+            uid, _ = lru.popitem(last=False)
+            self.nbytes -= sizes.pop(uid, 0)
 
     def delete(self, user_id: str) -> bool:
         self._lru.pop(user_id, None)
+        self.nbytes -= self._sizes.pop(user_id, 0)
         return self.inner.delete(user_id)
 
     def get_meta(self, name: str) -> bytes | None:
@@ -130,6 +146,8 @@ class CachedStore:
 
     def clear(self) -> None:
         self._lru.clear()
+        self._sizes.clear()
+        self.nbytes = 0
 
     def close(self) -> None:
         self.clear()

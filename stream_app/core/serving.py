@@ -139,14 +139,15 @@ def build_pipeline(
     """The pipeline the settings describe, over ``store``: the one way every runner builds it.
 
     ``store`` is the runner's own (RocksDB for files, the Faust table for the worker); the
-    graph cache of ``RIPPLE_GRAPH_CACHE_USERS`` users (``cache_users`` overrides it, 0: none)
-    goes in front of it. ``model`` is the one the settings name unless given (:func:`load_model`);
-    ``limits`` the settings' event limits unless given (the worker requires keys).
+    graph cache of ``RIPPLE_GRAPH_CACHE_USERS`` users and ``RIPPLE_GRAPH_CACHE_MB`` (``cache_users``
+    overrides the first, 0: no cache) goes in front of it. ``model`` is the one the settings name
+    unless given (:func:`load_model`); ``limits`` the settings' event limits unless given (the
+    worker requires keys).
     """
     model = model or load_model(settings)
     users = settings.graph_cache_users if cache_users is None else cache_users
     if users > 0:
-        store = CachedStore(store, users)
+        store = CachedStore(store, users, settings.graph_cache_mb << 20)
     return Pipeline(
         store,
         Embedder(model.checkpoint, settings.incremental_policy()),

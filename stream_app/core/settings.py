@@ -131,7 +131,16 @@ class Settings:
         "always the full record.",
         32,
     )
-    graph_cache_users: int = _doc("Decoded user graphs kept in memory (write-through LRU); 0 disables.", 4096)
+    graph_cache_users: int = _doc(
+        "Most decoded user graphs kept in memory (write-through LRU, also bounded by RIPPLE_GRAPH_CACHE_MB); "
+        "0 disables the cache.",
+        1_000_000,
+    )
+    graph_cache_mb: int = _doc(
+        "Most memory the decoded-graph cache holds, in MiB, by each graph's measured footprint (a 10-node "
+        "graph ~7 KB, a 1,000-node one with its layer cache over 1 MB); 0 = no byte limit.",
+        256,
+    )
     persist_cache_every: int = _doc(
         "Store a graph's per-node layer cache with it at state versions that are multiples of this "
         "(0 = never: the cache lives in memory only). A stored cache lets a graph read back at exactly "
@@ -229,6 +238,8 @@ class Settings:
             ("max_message_bytes", 256 <= self.max_message_bytes <= 16 << 20, "must be between 256 B and 16 MiB"),
             ("web_port", 0 <= self.web_port <= 65535, "must be a TCP port"),
             ("rocksdb_snapshot_every", self.rocksdb_snapshot_every >= 0, "must be 0 or a number of events"),
+            ("graph_cache_users", self.graph_cache_users >= 0, "must be 0 (no cache) or a number of users"),
+            ("graph_cache_mb", self.graph_cache_mb >= 0, "must be 0 (no byte limit) or a number of MiB"),
             (
                 "persist_cache_every",
                 self.persist_cache_every >= 0,
