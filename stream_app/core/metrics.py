@@ -51,6 +51,12 @@ class Metrics:
             registry=r,
         )
         self.users = Gauge("ripple_users_in_state", "Users with a graph in this worker's state.", registry=r)
+        self.graph_cache_bytes = Gauge(
+            "ripple_graph_cache_bytes",
+            "Measured footprint of the decoded user graphs kept in memory (at most RIPPLE_GRAPH_CACHE_MB; "
+            "0 when that is 0: not measured).",
+            registry=r,
+        )
         self.users_deleted = Counter(
             "ripple_users_deleted_total",
             "Users deleted by deletion requests (a tombstone published for each, unknown users included).",

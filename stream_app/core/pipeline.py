@@ -137,6 +137,9 @@ class Pipeline:
         self.limits = limits or EventLimits(actions=store.config.actions)
         self.metrics = metrics
         self.check_actions(embedder.checkpoint, store.config.actions)
+        if metrics is not None and isinstance(store, CachedStore):
+            cache = store
+            metrics.graph_cache_bytes.set_function(lambda: cache.nbytes)  # read at scrape time
         if head is not None:
             head.check_encoder(embedder.checkpoint)
         self.head = head

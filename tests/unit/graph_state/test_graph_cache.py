@@ -10,9 +10,11 @@ import pytest
 
 from graph_state import GraphConfig, MemoryStore, UserGraph, decode, encode
 from graph_state.store import CachedStore
+from stream_app.core.metrics import Metrics
+from stream_app.core.records import RawRecord
 from stream_app.core.serving import build_pipeline
 from stream_app.core.settings import Settings
-from tests.conftest import BASE_TS, Ev
+from tests.conftest import BASE_TS, Ev, random_stream, to_json
 
 
 def grown(events: int, items: int, seed: int, config: GraphConfig) -> UserGraph:
@@ -107,3 +109,12 @@ def test_the_settings_budget_reaches_the_pipelines_cache():
     assert isinstance(pipeline.store, CachedStore) and pipeline.store.max_bytes == 64 << 20
     with pytest.raises(ValueError, match="graph_cache_mb=-1"):
         Settings.from_env({"RIPPLE_GRAPH_CACHE_MB": "-1"})
+
+
+def test_the_cache_footprint_is_a_gauge_read_at_scrape_time():
+    metrics = Metrics()
+    pipeline = build_pipeline(Settings.from_env({}), MemoryStore(GraphConfig()), metrics)
+    records = [RawRecord(value=to_json(ev), source="t", offset=n) for n, ev in enumerate(random_stream(0, 50))]
+    pipeline.commit(pipeline.process(records))
+    value = metrics.registry.get_sample_value("ripple_graph_cache_bytes")
+    assert isinstance(pipeline.store, CachedStore) and value == pipeline.store.nbytes > 0
