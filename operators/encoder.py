@@ -189,11 +189,11 @@ class GraphLayer(nn.Module):
 def tanh_(t: torch.Tensor) -> torch.Tensor:
     """``t.tanh_()`` for serving: numpy's ``tanh`` in place on the tensor's memory.
 
-    The CPU ``tanh`` of the pinned torch build is not vectorised on every CPU: on this project's
-    AMD EPYC machine it took 124 µs for 64,000 float32 against numpy's 11 µs (torch's own
-    ``sigmoid`` 13 µs), and it was the readout's largest op (14 % of the forward on ml-100k, most
-    of the readout over a 1,000-node graph). Both are float32 ``tanh`` to within 1e-7. A tensor
-    that autograd records, or one numpy cannot view in place, takes torch's.
+    The CPU ``tanh`` of the pinned torch build is slow on some machines: on this project's AMD EPYC
+    machine it took 124 µs for 64,000 float32 (one thread, with any ``ATEN_CPU_CAPABILITY``) against
+    numpy's 11 µs and torch's own ``sigmoid`` 13 µs, and it was the readout's largest op (14 % of
+    the forward on ml-100k, most of the readout over a 1,000-node graph). Both are float32 ``tanh``
+    to within 1e-7. A tensor that autograd records, or one numpy cannot view in place, takes torch's.
 
     >>> x = torch.linspace(-4, 4, 9)
     >>> bool(torch.allclose(tanh_(x.clone()), torch.tanh(x), atol=1e-6, rtol=0))
