@@ -13,7 +13,9 @@ from tests.integration.test_worker import file_embeddings
 
 
 def test_stop_mid_stream_and_restart_equals_an_uninterrupted_run(broker, unique, tmp_path):
-    lines = list(generate_events(GeneratorSpec(users=30, items=100, events=1200, seed=11)))
+    # Long enough that the stop lands mid-stream however fast the worker is: a graceful stop takes
+    # about a second, in which a worker on a fast machine drained the whole of a 1,200-event stream.
+    lines = list(generate_events(GeneratorSpec(users=30, items=100, events=9600, seed=11)))
     events_path = write_jsonl(tmp_path / "events.jsonl", lines)
     expected, _ = file_embeddings(events_path, tmp_path / "file-state", tmp_path / "file.out")
 
