@@ -52,7 +52,7 @@ def measured(records: list[bytes], config: GraphConfig, write: bool, cache_rows:
     ],
 )
 @pytest.mark.parametrize("write", [False, True])
-def test_footprint_is_within_a_fifth_of_what_tracemalloc_counts(events, items, max_nodes, cache_rows, write):
+def test_footprint_is_within_a_quarter_of_what_tracemalloc_counts(events, items, max_nodes, cache_rows, write):
     config = GraphConfig(max_nodes=max_nodes)
     records = [encode(grown(events, items, seed, config)) for seed in range(100)]
     traced, estimate = measured(records, config, write, cache_rows)
