@@ -23,4 +23,6 @@ cleanup() {
 trap cleanup EXIT
 
 export RIPPLE_TEST_BROKER=${RIPPLE_TEST_BROKER:-127.0.0.1:${RIPPLE_KAFKA_PORT:-9092}}
+# The native core must be built here: its tests fail instead of skipping (tests/unit/graph_state/test_native.py).
+export RIPPLE_REQUIRE_NATIVE=1
 "$venv/bin/python" -m pytest -q "$@"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -19,6 +20,18 @@ import numpy as np
 
 from graph_state.behavior import Behavior
 from graph_state.config import GraphConfig
+
+_native: Any
+try:
+    if os.environ.get("RIPPLE_PURE_PYTHON"):
+        raise ImportError("RIPPLE_PURE_PYTHON is set")
+    from graph_state import _native
+except ImportError:
+    _native = None
+NATIVE = _native is not None
+"""Whether :meth:`UserGraph.apply` and :func:`event_key` run in C (``graph_state/_native.c``, built
+by ``pip install``); without it (no C compiler, or ``RIPPLE_PURE_PYTHON=1``) the same code runs in
+Python, with the same results bit for bit."""
 
 NODE_COLUMNS: dict[str, np.dtype] = {
     "counts": np.dtype("<i8"),
@@ -92,14 +105,19 @@ _UNKNOWN = Saved(None, -1, "", True, None)
 """A decoded graph's: some store holds its record, maybe with a tail (replaced, never changed)."""
 
 
-def event_key(event_id: str) -> int:
-    """A stable signed 64-bit digest of an event id, as kept in the dedupe ring.
+def py_event_key(event_id: str) -> int:
+    """A stable signed 64-bit digest of an event id, as kept in the dedupe ring: BLAKE2b with an
+    8-byte digest of its UTF-8, read as a little-endian signed int (:func:`event_key`).
 
-    >>> event_key("e1") == event_key("e1"), event_key("e1") == event_key("e2")
+    >>> py_event_key("e1") == py_event_key("e1"), py_event_key("e1") == py_event_key("e2")
     (True, False)
     """
     digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
+
+
+event_key: Callable[[str], int] = _native.event_key if _native is not None else py_event_key
+""":func:`py_event_key`, in C when the native core is built (0.05 instead of 0.5 µs an event)."""
 
 
 class GraphChange(NamedTuple):
@@ -394,7 +412,18 @@ class UserGraph:
         """Apply one behaviour; return what changed (``duplicate`` if already applied).
 
         ``replay``: the event was applied to this graph's history before (a store's tail, see
-        :meth:`replay`): it is not refused as late, whatever ``max_lateness_s`` is now."""
+        :meth:`replay`): it is not refused as late, whatever ``max_lateness_s`` is now.
+
+        The native core applies the common event (a graph already written to, with room in its
+        blocks) in C, ~6x faster; the rest, and every event without it, takes :meth:`_apply`."""
+        if _native is not None:
+            change: GraphChange | None = _native.apply(self, event, replay)
+            if change is not None:
+                return change
+        return self._apply(event, replay)
+
+    def _apply(self, event: Behavior, replay: bool) -> GraphChange:
+        """:meth:`apply` in Python: the reference that ``graph_state/_native.c`` matches bit for bit."""
         key = event_key(event.event_id)
         if key in self._ring_set:
             return GraphChange(duplicate=True)
@@ -553,3 +582,7 @@ class UserGraph:
             self.ring[self.ring_pos] = key
             self.ring_pos = (self.ring_pos + 1) % size
         self._ring_set.add(key)
+
+
+if _native is not None:
+    _native.setup(GraphChange, TAIL_LIMIT)

@@ -1,0 +1,679 @@
+/* graph_state._native: UserGraph.apply and event_key in C, over the graph's own Python objects.
+ *
+ * The pure-Python `UserGraph._apply` stays the reference and the fallback: this module changes
+ * no layout and no result. `apply` does exactly what `_apply` does for the common event (a
+ * writable graph whose blocks have room, whose edge lookup is built), bit for bit: the same
+ * float operations in the same order, the same slot on eviction (the first least recent), the
+ * same edge order. Anything else (a graph decoded from a record and not yet written, a block
+ * that must grow) returns None before changing anything, and the caller takes the Python path.
+ * tests/unit/graph_state/test_native.py checks both paths against each other on random streams.
+ *
+ * event_key is BLAKE2b with an 8-byte digest (RFC 7693), read as a signed little-endian int64:
+ * what `hashlib.blake2b(data, digest_size=8)` gives.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- BLAKE2b, 8-byte digest, no key ---------------------------------------------------------- */
+
+static const uint64_t B2_IV[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t B2_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+#define B2_G(a, b, c, d, x, y)       \
+    do {                             \
+        a = a + b + (x);             \
+        d = rotr64(d ^ a, 32);       \
+        c = c + d;                   \
+        b = rotr64(b ^ c, 24);       \
+        a = a + b + (y);             \
+        d = rotr64(d ^ a, 16);       \
+        c = c + d;                   \
+        b = rotr64(b ^ c, 63);       \
+    } while (0)
+
+static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
+    uint64_t m[16], v[16];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = B2_IV[i];
+    }
+    v[12] ^= t; /* the counter's high word stays 0: messages here are far below 2**64 bytes */
+    if (last) v[14] = ~v[14];
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = B2_SIGMA[r];
+        B2_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
+        B2_G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
+        B2_G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
+        B2_G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
+        B2_G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
+        B2_G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
+        B2_G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
+        B2_G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+static int64_t blake2b_64(const uint8_t *data, Py_ssize_t len) {
+    uint64_t h[8];
+    uint8_t block[128];
+    uint64_t t = 0;
+    memcpy(h, B2_IV, sizeof h);
+    h[0] ^= 0x01010000ULL ^ 8; /* fanout 1, depth 1, no key, 8-byte digest */
+    while (len > 128) {
+        t += 128;
+        b2_compress(h, data, t, 0);
+        data += 128;
+        len -= 128;
+    }
+    memset(block, 0, sizeof block);
+    if (len) memcpy(block, data, (size_t)len);
+    t += (uint64_t)len;
+    b2_compress(h, block, t, 1);
+    return (int64_t)h[0]; /* the digest's 8 bytes are h[0] little-endian */
+}
+
+/* The key of a str event id (UTF-8), as event_key gives it; -1 with an exception set on error
+ * (a key of -1 is told apart by PyErr_Occurred). */
+static int64_t key_of(PyObject *event_id, int *failed) {
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(event_id, &size);
+    if (utf8 == NULL) {
+        *failed = 1;
+        return -1;
+    }
+    *failed = 0;
+    return blake2b_64((const uint8_t *)utf8, size);
+}
+
+static PyObject *event_key(PyObject *self, PyObject *event_id) {
+    if (!PyUnicode_Check(event_id)) {
+        PyErr_Format(PyExc_TypeError, "event_id must be a str, not %.100s", Py_TYPE(event_id)->tp_name);
+        return NULL;
+    }
+    int failed;
+    int64_t key = key_of(event_id, &failed);
+    if (failed) return NULL;
+    return PyLong_FromLongLong(key);
+}
+
+/* ---- apply ---------------------------------------------------------------------------------- */
+
+enum { COUNTS, LAST_SEEN, LAST_SEQ, LAST_ACTION, ACTION_MASK, WEIGHT_SUM, N_NODE_ROWS };
+
+static PyObject *GraphChange;    /* graph_state.user_graph.GraphChange */
+static PyObject *DUPLICATE;      /* GraphChange(duplicate=True) */
+static PyObject *EMPTY_FROZEN;   /* frozenset() */
+static Py_ssize_t TAIL_LIMIT = 0;
+
+#define NAMES(X)                                                                                  \
+    X(_ring_set) X(config) X(state_version) X(last_ts) X(_writable) X(_slot_of) X(_n) X(_nodes)  \
+    X(_edges) X(_ne) X(item_ids) X(ids_memo) X(_rows_owner) X(_rows) X(_stale_rows) X(_edge_at)  \
+    X(last_slot) X(last_event_id) X(ring) X(ring_pos) X(saved) X(unsaved) X(max_lateness_s)      \
+    X(_index) X(_weights) X(max_nodes) X(decay_seconds) X(dedupe_ring) X(event_id) X(item_id)    \
+    X(action) X(ts) X(weight) X(other) X(append) X(discard) X(late_by)
+
+#define DECLARE(name) static PyObject *s_##name;
+NAMES(DECLARE)
+#undef DECLARE
+
+/* An int64 [rows, capacity] C-contiguous writable block (a numpy array) as a raw pointer. */
+typedef struct {
+    Py_buffer view;
+    int64_t *data;
+    Py_ssize_t capacity;
+    int held;
+} Block;
+
+/* 1: got it; 0: not a block this code writes (the caller takes the Python path); -1: error. */
+static int block_get(PyObject *array, Py_ssize_t rows, Block *b) {
+    b->held = 0;
+    if (PyObject_GetBuffer(array, &b->view, PyBUF_STRIDES | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    b->held = 1;
+    const char *fmt = b->view.format;
+    int is_q = fmt && (strcmp(fmt, "q") == 0 || strcmp(fmt, "<q") == 0 || strcmp(fmt, "=q") == 0 ||
+                       strcmp(fmt, "l") == 0 || strcmp(fmt, "<l") == 0 || strcmp(fmt, "=l") == 0);
+    if (!is_q || b->view.itemsize != 8 || b->view.ndim != 2 || b->view.shape[0] != rows ||
+        b->view.strides[1] != 8 || b->view.strides[0] != 8 * b->view.shape[1]) {
+        PyBuffer_Release(&b->view);
+        b->held = 0;
+        return 0;
+    }
+    b->data = (int64_t *)b->view.buf;
+    b->capacity = b->view.shape[1];
+    return 1;
+}
+
+static void block_release(Block *b) {
+    if (b->held) PyBuffer_Release(&b->view);
+    b->held = 0;
+}
+
+static inline double get_f(int64_t *row, Py_ssize_t i) {
+    double d;
+    memcpy(&d, row + i, 8);
+    return d;
+}
+
+static inline void set_f(int64_t *row, Py_ssize_t i, double d) { memcpy(row + i, &d, 8); }
+
+/* getattr as a C value; each returns -1 / NAN with an exception on failure. */
+static Py_ssize_t attr_ssize(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    Py_ssize_t r = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static double attr_double(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1.0;
+    double r = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int set_ssize(PyObject *obj, PyObject *name, Py_ssize_t value) {
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (v == NULL) return -1;
+    int r = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int add_int(PyObject *set, long long value) {
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL) return -1;
+    int r = PySet_Add(set, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int add_pair(PyObject *set, long long a, long long b) {
+    PyObject *t = Py_BuildValue("(LL)", a, b);
+    if (t == NULL) return -1;
+    int r = PySet_Add(set, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* Remove the slot's edges as UserGraph._evict does: the matching positions, highest first, each
+ * hole filled with the current last edge; the edge lookup follows the moved edges. */
+static int evict_edges(Block *e, Py_ssize_t *ne_io, Py_ssize_t slot, PyObject *at, PyObject *nodes,
+                       PyObject *edges) {
+    int64_t *src = e->data, *dst = e->data + e->capacity, *wgt = e->data + 2 * e->capacity;
+    Py_ssize_t ne = *ne_io, n_gone = 0;
+    Py_ssize_t *gone = PyMem_Malloc(sizeof(Py_ssize_t) * (ne ? ne : 1));
+    if (gone == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < ne; i++)
+        if (src[i] == slot || dst[i] == slot) gone[n_gone++] = i;
+    int rc = 0;
+    for (Py_ssize_t g = n_gone - 1; g >= 0 && rc == 0; g--) {
+        Py_ssize_t pos = gone[g], last = ne - 1;
+        int64_t s = src[pos], d = dst[pos];
+        if (add_pair(edges, s, d) < 0 || add_int(nodes, s == slot ? d : s) < 0) {
+            rc = -1;
+            break;
+        }
+        PyObject *key = PyLong_FromLongLong((s << 32) | d);
+        if (key == NULL || PyDict_DelItem(at, key) < 0) rc = -1;
+        Py_XDECREF(key);
+        if (rc) break;
+        if (pos != last) {
+            int64_t s2 = src[last], d2 = dst[last];
+            src[pos] = s2;
+            dst[pos] = d2;
+            wgt[pos] = wgt[last]; /* the weight as its bits */
+            PyObject *key2 = PyLong_FromLongLong((s2 << 32) | d2);
+            PyObject *val = PyLong_FromSsize_t(pos);
+            if (key2 == NULL || val == NULL || PyDict_SetItem(at, key2, val) < 0) rc = -1;
+            Py_XDECREF(key2);
+            Py_XDECREF(val);
+        }
+        ne = last;
+    }
+    PyMem_Free(gone);
+    *ne_io = ne;
+    return rc;
+}
+
+/* A fresh frozenset of a set's items. */
+static PyObject *frozen(PyObject *set) {
+    if (PySet_GET_SIZE(set) == 0) return Py_NewRef(EMPTY_FROZEN);
+    return PyFrozenSet_New(set);
+}
+
+static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "apply(graph, event, replay)");
+        return NULL;
+    }
+    if (GraphChange == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "graph_state._native.setup() was not called");
+        return NULL;
+    }
+    PyObject *graph = args[0], *event = args[1];
+    int replay = PyObject_IsTrue(args[2]);
+    if (replay < 0) return NULL;
+
+    /* Everything fetched here is released at `done`. */
+    PyObject *result = NULL, *event_id = NULL, *ring_set = NULL, *key = NULL, *cfg = NULL;
+    PyObject *item_id = NULL, *action_name = NULL, *weight_obj = NULL, *slot_of = NULL, *item_ids = NULL;
+    PyObject *edge_at = NULL, *nodes = NULL, *edges = NULL, *evicted = NULL, *rows_owner = NULL;
+    PyObject *nodes_arr = NULL, *edges_arr = NULL, *slot_obj = NULL, *index = NULL, *weights = NULL;
+    Block nb = {.held = 0}, eb = {.held = 0};
+    int failed;
+
+    event_id = PyObject_GetAttr(event, s_event_id);
+    if (event_id == NULL) goto done;
+    if (!PyUnicode_Check(event_id)) {
+        PyErr_SetString(PyExc_TypeError, "event_id must be a str");
+        goto done;
+    }
+    int64_t k = key_of(event_id, &failed);
+    if (failed) goto done;
+    key = PyLong_FromLongLong(k);
+    if (key == NULL) goto done;
+    ring_set = PyObject_GetAttr(graph, s__ring_set);
+    if (ring_set == NULL) goto done;
+    int seen = PySet_Contains(ring_set, key);
+    if (seen < 0) goto done;
+    if (seen) {
+        result = Py_NewRef(DUPLICATE);
+        goto done;
+    }
+    cfg = PyObject_GetAttr(graph, s_config);
+    if (cfg == NULL) goto done;
+    PyObject *ts_obj = PyObject_GetAttr(event, s_ts);
+    PyObject *ts_float = ts_obj ? PyNumber_Float(ts_obj) : NULL; /* float(event.ts) */
+    Py_XDECREF(ts_obj);
+    if (ts_float == NULL) goto done;
+    double ts = PyFloat_AS_DOUBLE(ts_float);
+    Py_DECREF(ts_float);
+    Py_ssize_t version = attr_ssize(graph, s_state_version);
+    if (version == -1 && PyErr_Occurred()) goto done;
+    double last_ts = attr_double(graph, s_last_ts);
+    if (last_ts == -1.0 && PyErr_Occurred()) goto done;
+    double lateness = attr_double(cfg, s_max_lateness_s);
+    if (lateness == -1.0 && PyErr_Occurred()) goto done;
+    if (version && ts < last_ts - lateness && !replay) {
+        PyObject *kwargs = Py_BuildValue("{s:d}", "late_by", last_ts - ts);
+        if (kwargs == NULL) goto done;
+        PyObject *empty = PyTuple_New(0);
+        if (empty != NULL) result = PyObject_Call(GraphChange, empty, kwargs);
+        Py_XDECREF(empty);
+        Py_DECREF(kwargs);
+        goto done;
+    }
+
+    /* From here on the graph changes; first make sure this path can do all of it. */
+    int writable = 0;
+    PyObject *w = PyObject_GetAttr(graph, s__writable);
+    if (w == NULL) goto done;
+    writable = PyObject_IsTrue(w);
+    Py_DECREF(w);
+    if (writable < 0) goto done;
+    edge_at = PyObject_GetAttr(graph, s__edge_at);
+    if (edge_at == NULL) goto done;
+    if (!writable || !PyDict_CheckExact(edge_at)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    nodes_arr = PyObject_GetAttr(graph, s__nodes);
+    edges_arr = nodes_arr ? PyObject_GetAttr(graph, s__edges) : NULL;
+    if (edges_arr == NULL) goto done;
+    int got = block_get(nodes_arr, N_NODE_ROWS, &nb);
+    if (got == 1) got = block_get(edges_arr, 3, &eb);
+    if (got < 0) goto done;
+    if (got == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t n = attr_ssize(graph, s__n), ne = attr_ssize(graph, s__ne);
+    if ((n == -1 || ne == -1) && PyErr_Occurred()) goto done;
+    Py_ssize_t max_nodes = attr_ssize(cfg, s_max_nodes);
+    if (max_nodes == -1 && PyErr_Occurred()) goto done;
+    item_id = PyObject_GetAttr(event, s_item_id);
+    slot_of = item_id ? PyObject_GetAttr(graph, s__slot_of) : NULL;
+    if (slot_of == NULL) goto done;
+    if (!PyDict_CheckExact(slot_of)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    slot_obj = PyDict_GetItemWithError(slot_of, item_id); /* borrowed */
+    if (slot_obj == NULL && PyErr_Occurred()) goto done;
+    Py_XINCREF(slot_obj);
+    /* A block that must grow for a new node, or (conservatively) for a new edge: the Python path grows it. */
+    if ((slot_obj == NULL && n < max_nodes && n == nb.capacity) || ne == eb.capacity) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+
+    /* The action's index and weight (GraphConfig.action_index / action_weight). */
+    index = PyObject_GetAttr(cfg, s__index);
+    weights = index ? PyObject_GetAttr(cfg, s__weights) : NULL;
+    action_name = weights ? PyObject_GetAttr(event, s_action) : NULL;
+    if (action_name == NULL) goto done;
+    if (!PyDict_CheckExact(index) || !PyList_CheckExact(weights)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *found_action = PyDict_GetItemWithError(index, action_name);
+    if (found_action == NULL) {
+        if (PyErr_Occurred()) goto done;
+        found_action = PyDict_GetItemWithError(index, s_other);
+        if (found_action == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "other");
+            goto done;
+        }
+    }
+    Py_ssize_t action = PyLong_AsSsize_t(found_action);
+    if (action == -1 && PyErr_Occurred()) goto done;
+    if (action < 0 || action >= PyList_GET_SIZE(weights) || action > 62) {
+        PyErr_SetString(PyExc_IndexError, "action index outside the action weights");
+        goto done;
+    }
+    double weight = PyFloat_AsDouble(PyList_GET_ITEM(weights, action));
+    if (weight == -1.0 && PyErr_Occurred()) goto done;
+    weight_obj = PyObject_GetAttr(event, s_weight);
+    if (weight_obj == NULL) goto done;
+    if (weight_obj != Py_None) {
+        PyObject *given = PyNumber_Float(weight_obj); /* float(event.weight) */
+        if (given == NULL) goto done;
+        weight = weight * PyFloat_AS_DOUBLE(given);
+        Py_DECREF(given);
+    } else {
+        weight = weight * 1.0;
+    }
+    double decay = attr_double(cfg, s_decay_seconds);
+    if (decay == -1.0 && PyErr_Occurred()) goto done;
+    Py_ssize_t ring_size = attr_ssize(cfg, s_dedupe_ring);
+    if (ring_size == -1 && PyErr_Occurred()) goto done;
+    Py_ssize_t last_slot = attr_ssize(graph, s_last_slot);
+    if (last_slot == -1 && PyErr_Occurred()) goto done;
+    item_ids = PyObject_GetAttr(graph, s_item_ids);
+    rows_owner = item_ids ? PyObject_GetAttr(graph, s__rows_owner) : NULL;
+    if (rows_owner == NULL) goto done;
+    if (!PyList_CheckExact(item_ids)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    nodes = PySet_New(NULL);
+    edges = nodes ? PySet_New(NULL) : NULL;
+    if (edges == NULL) goto done;
+
+    int64_t *nd = nb.data;
+    Py_ssize_t cap = nb.capacity;
+    Py_ssize_t slot;
+    int fresh_slot = 0; /* a new or reused slot: the rows memo must refresh it */
+    if (slot_obj != NULL) {
+        slot = PyLong_AsSsize_t(slot_obj);
+        if (slot == -1 && PyErr_Occurred()) goto done;
+    } else if (n < max_nodes) {
+        slot = n; /* UserGraph._new_slot */
+        for (int r = 0; r < N_NODE_ROWS; r++) nd[r * cap + slot] = 0;
+        if (PyList_Append(item_ids, item_id) < 0) goto done;
+        if (PyObject_SetAttr(graph, s_ids_memo, Py_None) < 0) goto done;
+        n = slot + 1;
+        if (set_ssize(graph, s__n, n) < 0) goto done;
+        PyObject *v = PyLong_FromSsize_t(slot);
+        if (v == NULL) goto done;
+        int r = PyDict_SetItem(slot_of, item_id, v);
+        Py_DECREF(v);
+        if (r < 0) goto done;
+        fresh_slot = 1;
+    } else {
+        /* The first least recently seen node (ndarray.argmin), evicted: UserGraph._evict + _reset_slot. */
+        int64_t *seq = nd + LAST_SEQ * cap;
+        slot = 0;
+        for (Py_ssize_t i = 1; i < n; i++)
+            if (seq[i] < seq[slot]) slot = i;
+        evicted = Py_NewRef(PyList_GET_ITEM(item_ids, slot));
+        if (evict_edges(&eb, &ne, slot, edge_at, nodes, edges) < 0) goto done;
+        if (set_ssize(graph, s__ne, ne) < 0) goto done;
+        if (last_slot == slot) {
+            last_slot = -1;
+            if (set_ssize(graph, s_last_slot, -1) < 0) goto done;
+        }
+        if (PyDict_DelItem(slot_of, evicted) < 0) goto done;
+        if (PyList_SetItem(item_ids, slot, Py_NewRef(item_id)) < 0) goto done; /* steals the new ref */
+        if (PyObject_SetAttr(graph, s_ids_memo, Py_None) < 0) goto done;
+        for (int r = 0; r < N_NODE_ROWS; r++) nd[r * cap + slot] = 0;
+        PyObject *v = PyLong_FromSsize_t(slot);
+        if (v == NULL) goto done;
+        int r = PyDict_SetItem(slot_of, item_id, v);
+        Py_DECREF(v);
+        if (r < 0) goto done;
+        fresh_slot = 2;
+    }
+    if (fresh_slot && rows_owner != Py_None) {
+        PyObject *rows = PyObject_GetAttr(graph, s__rows);
+        if (rows == NULL) goto done;
+        PyObject *stale = PyObject_GetAttr(graph, s__stale_rows);
+        PyObject *minus = PyLong_FromLong(-1);
+        PyObject *v = PyLong_FromSsize_t(slot);
+        int r = -1;
+        if (stale != NULL && minus != NULL && v != NULL) {
+            PyObject *done_call = fresh_slot == 1 ? PyObject_CallMethodOneArg(rows, s_append, minus) : NULL;
+            if (fresh_slot == 1) {
+                r = done_call ? 0 : -1;
+                Py_XDECREF(done_call);
+            } else {
+                r = PyObject_SetItem(rows, v, minus);
+            }
+            if (r == 0) r = PyList_Append(stale, v);
+        }
+        Py_DECREF(rows);
+        Py_XDECREF(stale);
+        Py_XDECREF(minus);
+        Py_XDECREF(v);
+        if (r < 0) goto done;
+    }
+    if (add_int(nodes, slot) < 0) goto done;
+    nd[COUNTS * cap + slot] += 1;
+    set_f(nd + LAST_SEEN * cap, slot, ts);
+    nd[LAST_SEQ * cap + slot] = (int64_t)version + 1;
+    nd[LAST_ACTION * cap + slot] = action;
+    nd[ACTION_MASK * cap + slot] = (int64_t)((uint64_t)nd[ACTION_MASK * cap + slot] | ((uint64_t)1 << action));
+    set_f(nd + WEIGHT_SUM * cap, slot, get_f(nd + WEIGHT_SUM * cap, slot) + weight);
+
+    Py_ssize_t prev = last_slot;
+    if (prev >= 0 && prev != slot) {
+        double diff = ts - last_ts;
+        double gap = diff > 0.0 ? diff : 0.0; /* max(0.0, diff) */
+        double added = weight * exp(-gap / decay);
+        int64_t *src = eb.data, *dst = eb.data + eb.capacity, *wgt = eb.data + 2 * eb.capacity;
+        PyObject *ek = PyLong_FromLongLong(((long long)prev << 32) | slot);
+        if (ek == NULL) goto done;
+        PyObject *at = PyDict_GetItemWithError(edge_at, ek); /* borrowed */
+        if (at == NULL && PyErr_Occurred()) {
+            Py_DECREF(ek);
+            goto done;
+        }
+        if (at != NULL) {
+            Py_ssize_t pos = PyLong_AsSsize_t(at);
+            if (pos < 0 || pos >= ne) {
+                Py_DECREF(ek);
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "edge lookup points outside the edges");
+                goto done;
+            }
+            set_f(wgt, pos, get_f(wgt, pos) + added);
+        } else {
+            /* ne < capacity: checked above (an eviction only lowers it) */
+            src[ne] = prev;
+            dst[ne] = slot;
+            set_f(wgt, ne, added);
+            PyObject *v = PyLong_FromSsize_t(ne);
+            int r = v ? PyDict_SetItem(edge_at, ek, v) : -1;
+            Py_XDECREF(v);
+            if (r < 0) {
+                Py_DECREF(ek);
+                goto done;
+            }
+            ne += 1;
+            if (set_ssize(graph, s__ne, ne) < 0) {
+                Py_DECREF(ek);
+                goto done;
+            }
+        }
+        Py_DECREF(ek);
+        if (add_pair(edges, prev, slot) < 0 || add_int(nodes, prev) < 0) goto done;
+    }
+
+    if (set_ssize(graph, s_last_slot, slot) < 0) goto done;
+    PyObject *ts_value = PyFloat_FromDouble(ts);
+    if (ts_value == NULL) goto done;
+    int r = PyObject_SetAttr(graph, s_last_ts, ts_value);
+    Py_DECREF(ts_value);
+    if (r < 0 || PyObject_SetAttr(graph, s_last_event_id, event_id) < 0) goto done;
+    if (set_ssize(graph, s_state_version, version + 1) < 0) goto done;
+
+    /* UserGraph._remember */
+    PyObject *ring = PyObject_GetAttr(graph, s_ring);
+    if (ring == NULL) goto done;
+    Py_ssize_t ring_len = PyObject_Size(ring);
+    r = ring_len < 0 ? -1 : 0;
+    if (r == 0 && ring_len < ring_size) {
+        PyObject *res = PyObject_CallMethodOneArg(ring, s_append, key);
+        r = res ? 0 : -1;
+        Py_XDECREF(res);
+    } else if (r == 0) {
+        Py_ssize_t pos = attr_ssize(graph, s_ring_pos);
+        PyObject *pos_obj = (pos == -1 && PyErr_Occurred()) ? NULL : PyLong_FromSsize_t(pos);
+        PyObject *old = pos_obj ? PyObject_GetItem(ring, pos_obj) : NULL;
+        r = old ? PySet_Discard(ring_set, old) : -1;
+        if (r >= 0) r = PyObject_SetItem(ring, pos_obj, key);
+        if (r >= 0) r = set_ssize(graph, s_ring_pos, (pos + 1) % ring_size);
+        Py_XDECREF(old);
+        Py_XDECREF(pos_obj);
+    }
+    Py_DECREF(ring);
+    if (r < 0 || PySet_Add(ring_set, key) < 0) goto done;
+
+    /* The store's tail (UserGraph.saved.unsaved). */
+    PyObject *saved = PyObject_GetAttr(graph, s_saved);
+    if (saved == NULL) goto done;
+    if (saved != Py_None) {
+        PyObject *unsaved = PyObject_GetAttr(saved, s_unsaved);
+        r = unsaved ? 0 : -1;
+        if (unsaved != NULL && unsaved != Py_None) {
+            if (!PyList_Check(unsaved)) {
+                PyErr_SetString(PyExc_TypeError, "saved.unsaved must be a list");
+                r = -1;
+            } else if (PyList_GET_SIZE(unsaved) < TAIL_LIMIT) {
+                PyObject *row = Py_BuildValue("(OOOdO)", event_id, item_id, action_name, ts, weight_obj);
+                r = row ? PyList_Append(unsaved, row) : -1;
+                Py_XDECREF(row);
+            } else {
+                r = PyObject_SetAttr(saved, s_unsaved, Py_None);
+            }
+        }
+        Py_XDECREF(unsaved);
+    }
+    Py_DECREF(saved);
+    if (r < 0) goto done;
+
+    PyObject *fn = frozen(nodes), *fe = fn ? frozen(edges) : NULL;
+    if (fe != NULL) result = PyObject_CallFunctionObjArgs(GraphChange, fn, fe, evicted ? evicted : Py_None, NULL);
+    Py_XDECREF(fn);
+    Py_XDECREF(fe);
+
+done:
+    block_release(&nb);
+    block_release(&eb);
+    Py_XDECREF(event_id);
+    Py_XDECREF(ring_set);
+    Py_XDECREF(key);
+    Py_XDECREF(cfg);
+    Py_XDECREF(item_id);
+    Py_XDECREF(action_name);
+    Py_XDECREF(weight_obj);
+    Py_XDECREF(slot_of);
+    Py_XDECREF(item_ids);
+    Py_XDECREF(edge_at);
+    Py_XDECREF(nodes);
+    Py_XDECREF(edges);
+    Py_XDECREF(evicted);
+    Py_XDECREF(rows_owner);
+    Py_XDECREF(nodes_arr);
+    Py_XDECREF(edges_arr);
+    Py_XDECREF(slot_obj);
+    Py_XDECREF(index);
+    Py_XDECREF(weights);
+    return result;
+}
+
+static PyObject *setup(PyObject *self, PyObject *args) {
+    PyObject *change_type;
+    Py_ssize_t tail_limit;
+    if (!PyArg_ParseTuple(args, "On", &change_type, &tail_limit)) return NULL;
+    PyObject *empty = PyTuple_New(0);
+    PyObject *kwargs = empty ? Py_BuildValue("{s:O}", "duplicate", Py_True) : NULL;
+    PyObject *dup = kwargs ? PyObject_Call(change_type, empty, kwargs) : NULL;
+    Py_XDECREF(empty);
+    Py_XDECREF(kwargs);
+    if (dup == NULL) return NULL;
+    Py_XSETREF(GraphChange, Py_NewRef(change_type));
+    Py_XSETREF(DUPLICATE, dup);
+    TAIL_LIMIT = tail_limit;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
+     "apply(graph, event, replay) -> GraphChange | None: UserGraph._apply in C; None: take the Python path."},
+    {"event_key", event_key, METH_O, "event_key(event_id) -> int: the signed 64-bit BLAKE2b-64 digest."},
+    {"setup", setup, METH_VARARGS, "setup(GraphChange, TAIL_LIMIT): the types and constants apply uses."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "graph_state._native", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+#define INTERN(name)                                     \
+    s_##name = PyUnicode_InternFromString(#name);        \
+    if (s_##name == NULL) return NULL;
+    NAMES(INTERN)
+#undef INTERN
+    EMPTY_FROZEN = PyFrozenSet_New(NULL);
+    if (EMPTY_FROZEN == NULL) return NULL;
+    return PyModule_Create(&module);
+}
