@@ -8,9 +8,14 @@
  * that must grow) returns None before changing anything, and the caller takes the Python path.
  * tests/unit/graph_state/test_native.py checks both paths against each other on random streams.
  *
+ * encode writes graph_state.codec's version-2 record, byte for byte as the Python encoder.
+ *
  * event_key is BLAKE2b with an 8-byte digest (RFC 7693), read as a signed little-endian int64:
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
+/* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
+#define NATIVE_API 2
+
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
@@ -275,6 +280,101 @@ static int evict_edges(Block *e, Py_ssize_t *ne_io, Py_ssize_t slot, PyObject *a
     return rc;
 }
 
+/* ---- the ids memo: the item ids as msgpack (graph_state.codec), kept up to date in place ------ */
+
+/* Size of a msgpack str header for `size` bytes of UTF-8, and of an array header for `n` items. */
+static inline Py_ssize_t str_head(Py_ssize_t size) { return size < 32 ? 1 : size <= 0xff ? 2 : size <= 0xffff ? 3 : 5; }
+static inline Py_ssize_t array_head(Py_ssize_t n) { return n < 16 ? 1 : n <= 0xffff ? 3 : 5; }
+
+static void put_be(char *at, uint64_t value, int width) {
+    for (int i = 0; i < width; i++) at[i] = (char)(uint8_t)(value >> (8 * (width - 1 - i)));
+}
+
+static void put_str(char *at, const char *utf8, Py_ssize_t size) {
+    Py_ssize_t h = str_head(size);
+    if (h == 1) at[0] = (char)(0xa0 | size);
+    else {
+        at[0] = (char)(h == 2 ? 0xd9 : h == 3 ? 0xda : 0xdb);
+        put_be(at + 1, (uint64_t)size, (int)h - 1);
+    }
+    memcpy(at + h, utf8, (size_t)size);
+}
+
+static void put_array_head(char *at, Py_ssize_t n) {
+    Py_ssize_t h = array_head(n);
+    if (h == 1) at[0] = (char)(0x90 | n);
+    else {
+        at[0] = (char)(h == 3 ? 0xdc : 0xdd);
+        put_be(at + 1, (uint64_t)n, (int)h - 1);
+    }
+}
+
+/* Bytes the str at `at` takes (header included), or -1 when `at` does not start a str. */
+static Py_ssize_t str_span(const uint8_t *at, const uint8_t *end) {
+    if (at >= end) return -1;
+    uint8_t tag = at[0];
+    Py_ssize_t h, size = 0;
+    if ((tag & 0xe0) == 0xa0) return 1 + (tag & 0x1f);
+    h = tag == 0xd9 ? 2 : tag == 0xda ? 3 : tag == 0xdb ? 5 : 0;
+    if (!h || at + h > end) return -1;
+    for (Py_ssize_t i = 1; i < h; i++) size = (size << 8) | at[i];
+    return h + size;
+}
+
+/* After slot `slot` of a graph of `n_before` items took `item_id` (appended when slot == n_before):
+ * the memo (a bytearray written by `encode`) changed in place; any other memo is dropped (None),
+ * as the Python code drops it, and `encode` makes it again. 0, or -1 on error. */
+static int memo_update(PyObject *graph, Py_ssize_t slot, Py_ssize_t n_before, PyObject *item_id) {
+    PyObject *memo = PyObject_GetAttr(graph, s_ids_memo);
+    if (memo == NULL) return -1;
+    int kept = 0;
+    Py_ssize_t size;
+    /* A memo some msgspec.Raw still views (ob_exports) cannot change size: it is dropped instead. */
+    int usable = PyByteArray_CheckExact(memo) && ((PyByteArrayObject *)memo)->ob_exports == 0;
+    const char *utf8 = usable ? PyUnicode_AsUTF8AndSize(item_id, &size) : NULL;
+    if (utf8 == NULL && PyErr_Occurred()) {
+        Py_DECREF(memo);
+        return -1;
+    }
+    if (utf8 != NULL) {
+        Py_ssize_t len = PyByteArray_GET_SIZE(memo), add = str_head(size) + size;
+        uint8_t *buf = (uint8_t *)PyByteArray_AS_STRING(memo), *end = buf + len;
+        if (slot == n_before) { /* a new item: the array's count grows, the id goes at the end */
+            Py_ssize_t h_old = array_head(n_before), h_new = array_head(n_before + 1);
+            if (PyByteArray_Resize(memo, len + (h_new - h_old) + add) == 0) {
+                char *b = PyByteArray_AS_STRING(memo);
+                if (h_new != h_old) memmove(b + h_new, b + h_old, (size_t)(len - h_old));
+                put_array_head(b, n_before + 1);
+                put_str(b + len + (h_new - h_old), utf8, size);
+                kept = 1;
+            }
+        } else { /* an evicted item's slot: its str replaced by the new one's */
+            const uint8_t *at = buf + array_head(n_before);
+            for (Py_ssize_t i = 0; i < slot && at != NULL; i++) {
+                Py_ssize_t span = str_span(at, end);
+                at = span < 0 ? NULL : at + span;
+            }
+            Py_ssize_t old = at ? str_span(at, end) : -1;
+            if (old >= 0 && at + old <= end) {
+                Py_ssize_t start = at - buf, tail = len - start - old;
+                if (add < old) memmove(buf + start + add, buf + start + old, (size_t)tail);
+                if (PyByteArray_Resize(memo, len - old + add) == 0) {
+                    char *b = PyByteArray_AS_STRING(memo);
+                    if (add > old) memmove(b + start + add, b + start + old, (size_t)tail);
+                    put_str(b + start, utf8, size);
+                    kept = 1;
+                }
+            }
+        }
+        if (!kept && PyErr_Occurred()) {
+            Py_DECREF(memo);
+            return -1;
+        }
+    }
+    Py_DECREF(memo);
+    return kept ? 0 : PyObject_SetAttr(graph, s_ids_memo, Py_None);
+}
+
 /* A fresh frozenset of a set's items. */
 static PyObject *frozen(PyObject *set) {
     if (PySet_GET_SIZE(set) == 0) return Py_NewRef(EMPTY_FROZEN);
@@ -451,7 +551,7 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         slot = n; /* UserGraph._new_slot */
         for (int r = 0; r < N_NODE_ROWS; r++) nd[r * cap + slot] = 0;
         if (PyList_Append(item_ids, item_id) < 0) goto done;
-        if (PyObject_SetAttr(graph, s_ids_memo, Py_None) < 0) goto done;
+        if (memo_update(graph, slot, n, item_id) < 0) goto done;
         n = slot + 1;
         if (set_ssize(graph, s__n, n) < 0) goto done;
         PyObject *v = PyLong_FromSsize_t(slot);
@@ -475,7 +575,7 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         }
         if (PyDict_DelItem(slot_of, evicted) < 0) goto done;
         if (PyList_SetItem(item_ids, slot, Py_NewRef(item_id)) < 0) goto done; /* steals the new ref */
-        if (PyObject_SetAttr(graph, s_ids_memo, Py_None) < 0) goto done;
+        if (memo_update(graph, slot, n, item_id) < 0) goto done;
         for (int r = 0; r < N_NODE_ROWS; r++) nd[r * cap + slot] = 0;
         PyObject *v = PyLong_FromSsize_t(slot);
         if (v == NULL) goto done;
@@ -641,6 +741,219 @@ done:
     return result;
 }
 
+/* ---- encode: a graph's version-2 record (graph_state.codec.encode) ------------------------- */
+
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len, cap;
+} Out;
+
+static int out_reserve(Out *o, Py_ssize_t more) {
+    if (o->len + more <= o->cap) return 0;
+    Py_ssize_t cap = o->cap ? o->cap : 256;
+    while (cap < o->len + more) cap *= 2;
+    char *buf = PyMem_Realloc(o->buf, (size_t)cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->buf = buf;
+    o->cap = cap;
+    return 0;
+}
+
+static int out_write(Out *o, const void *data, Py_ssize_t len) {
+    if (out_reserve(o, len) < 0) return -1;
+    if (len) memcpy(o->buf + o->len, data, (size_t)len);
+    o->len += len;
+    return 0;
+}
+
+static int out_byte_be(Out *o, uint8_t tag, uint64_t value, int width) {
+    uint8_t b[9];
+    b[0] = tag;
+    for (int i = 0; i < width; i++) b[1 + i] = (uint8_t)(value >> (8 * (width - 1 - i)));
+    return out_write(o, b, 1 + width);
+}
+
+/* msgpack's smallest encoding of an integer, as msgspec writes it. */
+static int mp_int(Out *o, long long v) {
+    if (v >= 0) {
+        uint64_t u = (uint64_t)v;
+        if (u <= 0x7f) return out_byte_be(o, (uint8_t)u, 0, 0);
+        if (u <= 0xff) return out_byte_be(o, 0xcc, u, 1);
+        if (u <= 0xffff) return out_byte_be(o, 0xcd, u, 2);
+        if (u <= 0xffffffffULL) return out_byte_be(o, 0xce, u, 4);
+        return out_byte_be(o, 0xcf, u, 8);
+    }
+    if (v >= -32) return out_byte_be(o, (uint8_t)(int8_t)v, 0, 0);
+    if (v >= -128) return out_byte_be(o, 0xd0, (uint64_t)v, 1);
+    if (v >= -32768) return out_byte_be(o, 0xd1, (uint64_t)v, 2);
+    if (v >= -2147483648LL) return out_byte_be(o, 0xd2, (uint64_t)v, 4);
+    return out_byte_be(o, 0xd3, (uint64_t)v, 8);
+}
+
+static int mp_float(Out *o, double d) {
+    uint64_t bits;
+    memcpy(&bits, &d, 8);
+    return out_byte_be(o, 0xcb, bits, 8);
+}
+
+static int mp_str(Out *o, PyObject *text) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "expected a str, got %.100s", Py_TYPE(text)->tp_name);
+        return -1;
+    }
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &size);
+    if (utf8 == NULL) return -1;
+    int rc;
+    if (size < 32)
+        rc = out_byte_be(o, (uint8_t)(0xa0 | size), 0, 0);
+    else if (size <= 0xff)
+        rc = out_byte_be(o, 0xd9, (uint64_t)size, 1);
+    else if (size <= 0xffff)
+        rc = out_byte_be(o, 0xda, (uint64_t)size, 2);
+    else
+        rc = out_byte_be(o, 0xdb, (uint64_t)size, 4);
+    return rc < 0 ? -1 : out_write(o, utf8, size);
+}
+
+static int mp_array_header(Out *o, Py_ssize_t n) {
+    if (n < 16) return out_byte_be(o, (uint8_t)(0x90 | n), 0, 0);
+    if (n <= 0xffff) return out_byte_be(o, 0xdc, (uint64_t)n, 2);
+    return out_byte_be(o, 0xdd, (uint64_t)n, 4);
+}
+
+static int attr_int(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int attr_str(Out *o, PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    int rc = mp_str(o, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* A block's first `used` columns, row after row (ndarray.tobytes of block[:, :used]), written at
+ * *at; the block must be C-contiguous 8-byte rows. 1: written; 0: an unexpected layout; -1: error. */
+static int write_block(char **at, PyObject *array, Py_ssize_t rows, Py_ssize_t used) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(array, &view, PyBUF_STRIDES) < 0) return -1;
+    int ok = view.itemsize == 8 && view.ndim == 2 && view.shape[0] == rows && view.shape[1] >= used &&
+             (rows == 0 || view.shape[1] == 0 || (view.strides[1] == 8 && view.strides[0] == 8 * view.shape[1]));
+    if (ok && used) {
+        const char *base = view.buf;
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            memcpy(*at, base + r * view.strides[0], (size_t)used * 8);
+            *at += used * 8;
+        }
+    }
+    PyBuffer_Release(&view);
+    return ok ? 1 : 0;
+}
+
+static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encode(graph, cache, cache_key)");
+        return NULL;
+    }
+#if PY_BIG_ENDIAN
+    Py_RETURN_NONE; /* the record is little-endian: the Python path byte-swaps */
+#endif
+    PyObject *graph = args[0], *cache = args[1], *cache_key = args[2];
+    PyObject *result = NULL, *ids = NULL, *nodes = NULL, *edges = NULL, *ring = NULL;
+    Py_buffer ids_view = {.obj = NULL}, ring_view = {.obj = NULL}, cache_view = {.obj = NULL};
+    Out head = {0};
+    long long version, last_slot, n, ne, ring_pos;
+    int rc;
+
+    if (PyObject_GetBuffer(cache, &cache_view, PyBUF_SIMPLE) < 0) goto done;
+    ids = PyObject_GetAttr(graph, s_ids_memo);
+    if (ids == NULL) goto done;
+    if (ids == Py_None) { /* the ids changed since the graph was last encoded */
+        PyObject *item_ids = PyObject_GetAttr(graph, s_item_ids);
+        if (item_ids == NULL) goto done;
+        if (!PyList_Check(item_ids)) {
+            Py_DECREF(item_ids);
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        Out enc = {0};
+        Py_ssize_t count = PyList_GET_SIZE(item_ids);
+        rc = mp_array_header(&enc, count);
+        for (Py_ssize_t i = 0; i < count && rc == 0; i++) rc = mp_str(&enc, PyList_GET_ITEM(item_ids, i));
+        Py_DECREF(item_ids);
+        /* A bytearray: apply keeps it up to date in place (memo_update) instead of dropping it. */
+        Py_SETREF(ids, rc == 0 ? PyByteArray_FromStringAndSize(enc.buf ? enc.buf : "", enc.len) : NULL);
+        PyMem_Free(enc.buf);
+        if (ids == NULL || PyObject_SetAttr(graph, s_ids_memo, ids) < 0) goto done;
+    }
+    if (PyObject_GetBuffer(ids, &ids_view, PyBUF_SIMPLE) < 0) goto done;
+    if (attr_int(graph, s_state_version, &version) < 0 || attr_int(graph, s_last_slot, &last_slot) < 0 ||
+        attr_int(graph, s__n, &n) < 0 || attr_int(graph, s__ne, &ne) < 0 || attr_int(graph, s_ring_pos, &ring_pos) < 0)
+        goto done;
+    double last_ts = attr_double(graph, s_last_ts);
+    if (last_ts == -1.0 && PyErr_Occurred()) goto done;
+    ring = PyObject_GetAttr(graph, s_ring);
+    if (ring == NULL || PyObject_GetBuffer(ring, &ring_view, PyBUF_FORMAT) < 0) goto done;
+    if (ring_view.itemsize != 8) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* The header: _HeaderOut, an array of 10. */
+    if (mp_array_header(&head, 10) < 0 || mp_int(&head, version) < 0 || mp_int(&head, last_slot) < 0 ||
+        mp_float(&head, last_ts) < 0 || attr_str(&head, graph, s_last_event_id) < 0 ||
+        out_write(&head, ids_view.buf, ids_view.len) < 0 || mp_int(&head, ne) < 0 ||
+        mp_int(&head, ring_view.len / 8) < 0 || mp_int(&head, ring_pos) < 0 || mp_str(&head, cache_key) < 0 ||
+        mp_int(&head, cache_view.len) < 0)
+        goto done;
+    /* The record: version, header length, header, node block, edge block, ring, cache — written
+     * into the bytes object itself (one allocation, no second copy). */
+    nodes = PyObject_GetAttr(graph, s__nodes);
+    edges = nodes ? PyObject_GetAttr(graph, s__edges) : NULL;
+    if (edges == NULL) goto done;
+    Py_ssize_t size = 5 + head.len + (N_NODE_ROWS * (Py_ssize_t)n + 3 * (Py_ssize_t)ne) * 8 + ring_view.len +
+                      cache_view.len;
+    PyObject *record = PyBytes_FromStringAndSize(NULL, size);
+    if (record == NULL) goto done;
+    char *at = PyBytes_AS_STRING(record);
+    uint8_t lead[5] = {2, (uint8_t)head.len, (uint8_t)(head.len >> 8), (uint8_t)(head.len >> 16),
+                       (uint8_t)(head.len >> 24)};
+    memcpy(at, lead, 5);
+    memcpy(at + 5, head.buf, (size_t)head.len);
+    at += 5 + head.len;
+    rc = write_block(&at, nodes, N_NODE_ROWS, (Py_ssize_t)n);
+    if (rc == 1) rc = write_block(&at, edges, 3, (Py_ssize_t)ne);
+    if (rc != 1) {
+        Py_DECREF(record);
+        if (rc == 0) result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (ring_view.len) memcpy(at, ring_view.buf, (size_t)ring_view.len);
+    at += ring_view.len;
+    if (cache_view.len) memcpy(at, cache_view.buf, (size_t)cache_view.len);
+    result = record;
+
+done:
+    if (ids_view.obj) PyBuffer_Release(&ids_view);
+    if (ring_view.obj) PyBuffer_Release(&ring_view);
+    if (cache_view.obj) PyBuffer_Release(&cache_view);
+    PyMem_Free(head.buf);
+    Py_XDECREF(ids);
+    Py_XDECREF(nodes);
+    Py_XDECREF(edges);
+    Py_XDECREF(ring);
+    return result;
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     PyObject *change_type;
     Py_ssize_t tail_limit;
@@ -661,7 +974,9 @@ static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
      "apply(graph, event, replay) -> GraphChange | None: UserGraph._apply in C; None: take the Python path."},
     {"event_key", event_key, METH_O, "event_key(event_id) -> int: the signed 64-bit BLAKE2b-64 digest."},
-    {"setup", setup, METH_VARARGS, "setup(GraphChange, TAIL_LIMIT): the types and constants apply uses."},
+    {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
+     "encode(graph, cache, cache_key) -> bytes | None: codec.encode's version-2 record; None: take the Python path."},
+    {"setup", setup, METH_VARARGS, "setup(GraphChange, TAIL_LIMIT): the type and constant apply uses."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -675,5 +990,7 @@ PyMODINIT_FUNC PyInit__native(void) {
 #undef INTERN
     EMPTY_FROZEN = PyFrozenSet_New(NULL);
     if (EMPTY_FROZEN == NULL) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "API", NATIVE_API) < 0) Py_CLEAR(m);
+    return m;
 }

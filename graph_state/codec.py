@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 
 from graph_state.config import GraphConfig
-from graph_state.user_graph import EDGE_COLUMNS, NODE_COLUMNS, Applied, UserGraph
+from graph_state.user_graph import EDGE_COLUMNS, NODE_COLUMNS, Applied, UserGraph, _native
 
 CODEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -116,6 +116,16 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
     recomputed in full the next time it is embedded.
     """
     cache = graph.cache if include_cache else b""
+    cache_key = graph.cache_key if include_cache else ""
+    if _native is not None:  # the same bytes in C (graph_state/_native.c)
+        record = _native.encode(graph, cache, cache_key)
+        if record is not None:
+            return record
+    return py_encode(graph, cache, cache_key)
+
+
+def py_encode(graph: UserGraph, cache: bytes, cache_key: str) -> bytes:
+    """:func:`encode` in Python: the reference that ``graph_state/_native.c`` matches byte for byte."""
     ring = graph.ring
     if sys.byteorder != "little":
         ring = array("q", ring)
@@ -123,6 +133,8 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
     ids = graph.ids_memo
     if ids is None:  # the ids changed since the graph was last encoded (1,000 ids: ~8 µs)
         ids = graph.ids_memo = msgspec.Raw(_encoder.encode(graph.item_ids))
+    elif type(ids) is bytearray:  # the native encoder's memo (a Raw of it lives only as long as the header)
+        ids = msgspec.Raw(ids)
     header = _encoder.encode(
         _HeaderOut(
             state_version=graph.state_version,
@@ -133,7 +145,7 @@ def encode(graph: UserGraph, include_cache: bool = True) -> bytes:
             n_edges=graph.n_edges,
             ring_len=len(ring),
             ring_pos=graph.ring_pos,
-            cache_key=graph.cache_key if include_cache else "",
+            cache_key=cache_key,
             cache_len=len(cache),
         )
     )

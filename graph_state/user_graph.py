@@ -21,17 +21,21 @@ import numpy as np
 from graph_state.behavior import Behavior
 from graph_state.config import GraphConfig
 
+_NATIVE_API = 2
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):
         raise ImportError("RIPPLE_PURE_PYTHON is set")
     from graph_state import _native
+
+    if getattr(_native, "API", None) != _NATIVE_API:  # a stale build of older sources (a failed rebuild)
+        raise ImportError(f"graph_state._native has API {getattr(_native, 'API', None)}, not {_NATIVE_API}")
 except ImportError:
     _native = None
 NATIVE = _native is not None
-"""Whether :meth:`UserGraph.apply` and :func:`event_key` run in C (``graph_state/_native.c``, built
-by ``pip install``); without it (no C compiler, or ``RIPPLE_PURE_PYTHON=1``) the same code runs in
-Python, with the same results bit for bit."""
+"""Whether :meth:`UserGraph.apply`, :func:`event_key` and ``graph_state.codec.encode`` run in C
+(``graph_state/_native.c``, built by ``pip install``); without it (no C compiler, or
+``RIPPLE_PURE_PYTHON=1``) the same code runs in Python, with the same results bit for bit."""
 
 NODE_COLUMNS: dict[str, np.dtype] = {
     "counts": np.dtype("<i8"),
@@ -216,7 +220,9 @@ class UserGraph:
         self._edge_at: dict[int, int] | None = {} if fresh else None
         self._slot_of = {item: slot for slot, item in enumerate(self.item_ids)}
         self.ids_memo: Any = None
-        """Owned by ``graph_state.codec``: the item ids as encoded, dropped whenever an id changes."""
+        """Owned by ``graph_state.codec``: the item ids as encoded (msgpack), dropped whenever an id
+        changes — or, made by the native core's encoder (a ``bytearray``), changed in place by its
+        ``apply``: re-encoding every id of a graph was most of writing it (cold strings)."""
         self._rows_owner: object | None = None
         self._rows: array[int] = array("q")
         self._stale_rows: list[int] = []

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 
+import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graph_state import GraphConfig, UserGraph, decode, encode
+from graph_state import GraphConfig, UserGraph, codec, decode, encode
 from graph_state import user_graph as ug
 from tests.conftest import BASE_TS, Ev
 
@@ -28,7 +30,11 @@ def python_apply(graph: UserGraph, event: Ev, replay: bool = False) -> ug.GraphC
 
 
 def state(graph: UserGraph) -> tuple:
-    """Everything an applied event may change, the derived lookups included."""
+    """Everything an applied event may change, the derived lookups included. The ids memo that the
+    C ``apply`` keeps up to date in place must equal the ids encoded afresh."""
+    memo = graph.ids_memo
+    if isinstance(memo, bytearray):
+        assert memo == msgspec.msgpack.encode(graph.item_ids)
     return (
         encode(graph),
         graph.item_ids,
@@ -113,3 +119,105 @@ def test_the_native_path_takes_the_common_event():
     stored = decode(encode(g), g.config)
     assert ug._native.apply(stored, Ev("4", "d"), False) is None  # read-only blocks: the Python path
     assert stored.state_version == 3 and stored.slot_of("d") is None  # and nothing changed
+
+
+def assert_same_record(graph: UserGraph, cache: bytes, cache_key: str) -> None:
+    """Both encoders, each making its own ids memo (a memo one made would hide the other's ids)."""
+    graph.ids_memo = None
+    native = ug._native.encode(graph, cache, cache_key)
+    graph.ids_memo = None
+    assert native == codec.py_encode(graph, cache, cache_key)
+
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=300)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    items=st.lists(names, min_size=1, max_size=40),
+    event_ids=st.lists(names, min_size=1, max_size=40),
+    steps=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 39), st.floats(-(2**40), 2**40)), max_size=120),
+    max_nodes=st.integers(1, 70),
+    ring=st.sampled_from([1, 7, 256, 300]),
+    cache=st.binary(max_size=64),
+    cache_key=st.one_of(st.just(""), names),
+    decoded=st.booleans(),
+)
+def test_native_encode_equals_the_python_reference(items, event_ids, steps, max_nodes, ring, cache, cache_key, decoded):
+    """The C record is the Python record byte for byte for graphs built by events: ids up to 300
+    UTF-8 characters, blocks with spare capacity or read-only views of a record, the ids memo made
+    by either side."""
+    cfg = GraphConfig(max_nodes=max_nodes, dedupe_ring=ring)
+    g = UserGraph(cfg)
+    ts = BASE_TS
+    for n, (item, eid, gap) in enumerate(steps):
+        ts = max(ts + gap, 0.0)
+        g.apply(Ev(f"{event_ids[eid % len(event_ids)]}-{n}", items[item % len(items)], ts=ts))
+        if n % 17 == 0:
+            assert_same_record(g, cache, cache_key)
+    if decoded:
+        g = decode(codec.py_encode(g, cache, cache_key), cfg)
+    g.ids_memo = None
+    fresh = ug._native.encode(g, cache, cache_key)
+    assert isinstance(g.ids_memo, bytearray)  # the memo the C side made, read by the Python side
+    assert fresh == codec.py_encode(g, cache, cache_key)
+    g.ids_memo = None  # and the Python side's memo read by the C side
+    assert codec.py_encode(g, cache, cache_key) == ug._native.encode(g, cache, cache_key) == fresh
+    assert encode(decode(fresh, cfg)) == fresh  # the record reads back to itself
+
+
+BOUNDS = [
+    0,
+    1,
+    15,
+    16,
+    31,
+    32,
+    127,
+    128,
+    255,
+    256,
+    32767,
+    32768,
+    65535,
+    65536,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+]
+SIGNED = sorted({*BOUNDS, *(-b for b in BOUNDS), -33, -129, -32769, -(2**31) - 1, -(2**63)})
+
+
+@pytest.mark.parametrize("value", SIGNED)
+def test_native_encode_writes_every_msgpack_width_as_msgspec_does(value):
+    """Each header field at each boundary of msgpack's int, str and array widths (the scalars are
+    set directly: no event stream reaches a version of 2**32)."""
+    size = min(abs(value), 65536)  # str and array lengths: 31/32, 255/256, 65535/65536 among them
+    n = size if size in (15, 16, 65535, 65536) else size % 20
+    g = UserGraph(
+        GraphConfig(),
+        state_version=value,
+        last_slot=value,
+        last_ts=float(value),
+        last_event_id="é" * (size // 2) + "x" * (size % 2),
+        item_ids=[str(i) for i in range(n)],
+        nodes=np.zeros((6, n), dtype=np.int64),
+        ring_pos=abs(value),
+    )
+    assert_same_record(g, b"c" * size, "k" * size)
+
+
+def test_the_ids_memo_follows_new_and_evicted_items_in_place():
+    """Through the array header's widening (15 -> 16 items) and evictions that swap ids of other
+    lengths, the memo the C ``apply`` edits in place stays the ids' msgpack encoding."""
+    g = UserGraph(GraphConfig(max_nodes=18))
+    for n in range(60):
+        item = "x" * (n % 5) + str(n) if n < 18 else "long-" * (n % 7) + str(n)  # evictions from the 19th
+        g.apply(Ev(f"e{n}", item, ts=BASE_TS + n))
+        memo = g.ids_memo
+        assert memo is None or memo == msgspec.msgpack.encode(g.item_ids), n
+        encode(g)  # (re)makes the memo when it was dropped
+        assert isinstance(g.ids_memo, bytearray)
+    assert g.n_nodes == 18 and g.state_version == 60
