@@ -375,6 +375,71 @@ static int memo_update(PyObject *graph, Py_ssize_t slot, Py_ssize_t n_before, Py
     return kept ? 0 : PyObject_SetAttr(graph, s_ids_memo, Py_None);
 }
 
+/* ---- the dedupe ring ----------------------------------------------------------------------- */
+
+/* Columns of a 2-d buffer (a block's capacity); -1 with an exception when it is not one. */
+static Py_ssize_t PyArray_columns(PyObject *array) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(array, &view, PyBUF_STRIDES) < 0) return -1;
+    Py_ssize_t cols = view.ndim == 2 ? view.shape[1] : -1;
+    PyBuffer_Release(&view);
+    if (cols < 0) PyErr_SetString(PyExc_ValueError, "a graph block must be 2-d");
+    return cols;
+}
+
+/* Whether the ring (an array of signed 64-bit keys) holds `key`: 1, 0, or -1 on error. */
+static int ring_scan(PyObject *graph, int64_t key) {
+    PyObject *ring = PyObject_GetAttr(graph, s_ring);
+    if (ring == NULL) return -1;
+    Py_buffer view;
+    int rc = PyObject_GetBuffer(ring, &view, PyBUF_SIMPLE);
+    Py_DECREF(ring);
+    if (rc < 0) return -1;
+    const int64_t *keys = view.buf;
+    Py_ssize_t count = view.len / 8;
+    int found = 0;
+    for (Py_ssize_t i = 0; i < count; i++) found |= keys[i] == key;
+    PyBuffer_Release(&view);
+    return found;
+}
+
+/* UserGraph._remember: append the key while the ring has room, else overwrite the oldest (at
+ * ring_pos) and advance; `ring_set` (None unless the Python path built it) follows. 0 or -1. */
+static int ring_remember(PyObject *graph, int64_t k, PyObject *key, Py_ssize_t size, PyObject *ring_set) {
+    PyObject *ring = PyObject_GetAttr(graph, s_ring);
+    if (ring == NULL) return -1;
+    Py_ssize_t len = PyObject_Size(ring);
+    int r = len < 0 ? -1 : 0;
+    if (r == 0 && len < size) {
+        PyObject *res = PyObject_CallMethodOneArg(ring, s_append, key);
+        r = res ? 0 : -1;
+        Py_XDECREF(res);
+    } else if (r == 0) {
+        Py_ssize_t pos = attr_ssize(graph, s_ring_pos);
+        Py_buffer view;
+        if ((pos == -1 && PyErr_Occurred()) || PyObject_GetBuffer(ring, &view, PyBUF_WRITABLE) < 0) {
+            r = -1;
+        } else if (pos < 0 || pos >= view.len / 8) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_IndexError, "ring_pos outside the ring");
+            r = -1;
+        } else {
+            int64_t *keys = view.buf, old = keys[pos];
+            keys[pos] = k;
+            PyBuffer_Release(&view);
+            if (ring_set != Py_None) {
+                PyObject *old_obj = PyLong_FromLongLong(old);
+                r = old_obj ? PySet_Discard(ring_set, old_obj) : -1;
+                Py_XDECREF(old_obj);
+            }
+            if (r >= 0) r = set_ssize(graph, s_ring_pos, (pos + 1) % size);
+        }
+    }
+    Py_DECREF(ring);
+    if (r >= 0 && ring_set != Py_None) r = PySet_Add(ring_set, key);
+    return r < 0 ? -1 : 0;
+}
+
 /* A fresh frozenset of a set's items. */
 static PyObject *frozen(PyObject *set) {
     if (PySet_GET_SIZE(set) == 0) return Py_NewRef(EMPTY_FROZEN);
@@ -412,9 +477,11 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (failed) goto done;
     key = PyLong_FromLongLong(k);
     if (key == NULL) goto done;
+    /* Seen: in the ring's set when the Python path built one, else a scan of the ring itself (2 KiB
+     * of contiguous keys: no set of 256 int objects per graph, a sixth of a small graph's memory). */
     ring_set = PyObject_GetAttr(graph, s__ring_set);
     if (ring_set == NULL) goto done;
-    int seen = PySet_Contains(ring_set, key);
+    int seen = ring_set == Py_None ? ring_scan(graph, k) : PySet_Contains(ring_set, key);
     if (seen < 0) goto done;
     if (seen) {
         result = Py_NewRef(DUPLICATE);
@@ -445,28 +512,6 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     }
 
     /* From here on the graph changes; first make sure this path can do all of it. */
-    int writable = 0;
-    PyObject *w = PyObject_GetAttr(graph, s__writable);
-    if (w == NULL) goto done;
-    writable = PyObject_IsTrue(w);
-    Py_DECREF(w);
-    if (writable < 0) goto done;
-    edge_at = PyObject_GetAttr(graph, s__edge_at);
-    if (edge_at == NULL) goto done;
-    if (!writable || !PyDict_CheckExact(edge_at)) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    nodes_arr = PyObject_GetAttr(graph, s__nodes);
-    edges_arr = nodes_arr ? PyObject_GetAttr(graph, s__edges) : NULL;
-    if (edges_arr == NULL) goto done;
-    int got = block_get(nodes_arr, N_NODE_ROWS, &nb);
-    if (got == 1) got = block_get(edges_arr, 3, &eb);
-    if (got < 0) goto done;
-    if (got == 0) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
     Py_ssize_t n = attr_ssize(graph, s__n), ne = attr_ssize(graph, s__ne);
     if ((n == -1 || ne == -1) && PyErr_Occurred()) goto done;
     Py_ssize_t max_nodes = attr_ssize(cfg, s_max_nodes);
@@ -481,8 +526,38 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     slot_obj = PyDict_GetItemWithError(slot_of, item_id); /* borrowed */
     if (slot_obj == NULL && PyErr_Occurred()) goto done;
     Py_XINCREF(slot_obj);
-    /* A block that must grow for a new node, or (conservatively) for a new edge: the Python path grows it. */
-    if ((slot_obj == NULL && n < max_nodes && n == nb.capacity) || ne == eb.capacity) {
+    int writable = 0;
+    PyObject *w = PyObject_GetAttr(graph, s__writable);
+    if (w == NULL) goto done;
+    writable = PyObject_IsTrue(w);
+    Py_DECREF(w);
+    if (writable < 0) goto done;
+    edge_at = PyObject_GetAttr(graph, s__edge_at);
+    if (edge_at == NULL) goto done;
+    nodes_arr = PyObject_GetAttr(graph, s__nodes);
+    edges_arr = nodes_arr ? PyObject_GetAttr(graph, s__edges) : NULL;
+    if (edges_arr == NULL) goto done;
+    /* Room for a new node and (whether or not the event adds one) an edge, blocks of the graph's own
+     * and its edge lookup: UserGraph._reserve makes them, as the Python path would on its way. */
+    Py_ssize_t need = (slot_obj == NULL && n < max_nodes) ? n + 1 : n;
+    if (!writable || edge_at == Py_None || PyArray_columns(nodes_arr) < need || PyArray_columns(edges_arr) <= ne) {
+        if (PyErr_Occurred()) goto done;
+        PyObject *res = PyObject_CallMethod(graph, "_reserve", "nn", need, ne + 1);
+        if (res == NULL) goto done;
+        Py_DECREF(res);
+        Py_SETREF(edge_at, PyObject_GetAttr(graph, s__edge_at));
+        Py_SETREF(nodes_arr, PyObject_GetAttr(graph, s__nodes));
+        Py_SETREF(edges_arr, nodes_arr ? PyObject_GetAttr(graph, s__edges) : NULL);
+        if (edge_at == NULL || edges_arr == NULL) goto done;
+    }
+    if (!PyDict_CheckExact(edge_at)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    int got = block_get(nodes_arr, N_NODE_ROWS, &nb);
+    if (got == 1) got = block_get(edges_arr, 3, &eb);
+    if (got < 0) goto done;
+    if (got == 0 || nb.capacity < need || eb.capacity <= ne) {
         result = Py_NewRef(Py_None);
         goto done;
     }
@@ -666,27 +741,9 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (r < 0 || PyObject_SetAttr(graph, s_last_event_id, event_id) < 0) goto done;
     if (set_ssize(graph, s_state_version, version + 1) < 0) goto done;
 
-    /* UserGraph._remember */
-    PyObject *ring = PyObject_GetAttr(graph, s_ring);
-    if (ring == NULL) goto done;
-    Py_ssize_t ring_len = PyObject_Size(ring);
-    r = ring_len < 0 ? -1 : 0;
-    if (r == 0 && ring_len < ring_size) {
-        PyObject *res = PyObject_CallMethodOneArg(ring, s_append, key);
-        r = res ? 0 : -1;
-        Py_XDECREF(res);
-    } else if (r == 0) {
-        Py_ssize_t pos = attr_ssize(graph, s_ring_pos);
-        PyObject *pos_obj = (pos == -1 && PyErr_Occurred()) ? NULL : PyLong_FromSsize_t(pos);
-        PyObject *old = pos_obj ? PyObject_GetItem(ring, pos_obj) : NULL;
-        r = old ? PySet_Discard(ring_set, old) : -1;
-        if (r >= 0) r = PyObject_SetItem(ring, pos_obj, key);
-        if (r >= 0) r = set_ssize(graph, s_ring_pos, (pos + 1) % ring_size);
-        Py_XDECREF(old);
-        Py_XDECREF(pos_obj);
-    }
-    Py_DECREF(ring);
-    if (r < 0 || PySet_Add(ring_set, key) < 0) goto done;
+    /* UserGraph._remember (and its set, when the Python path built one) */
+    r = ring_remember(graph, k, key, ring_size, ring_set);
+    if (r < 0) goto done;
 
     /* The store's tail (UserGraph.saved.unsaved). */
     PyObject *saved = PyObject_GetAttr(graph, s_saved);

@@ -55,14 +55,15 @@ EDGE_COLUMNS: dict[str, np.dtype] = {"src": np.dtype("<i8"), "dst": np.dtype("<i
 """Likewise the rows of the edge block."""
 _MIN_CAPACITY = 8
 # What :meth:`UserGraph.footprint` counts beyond the arrays' own bytes, fitted to ``tracemalloc``:
-# the object and its containers; an item id with its slot lookup; a ring digest with its set
-# entry; an edge lookup entry (int key and value).
+# the object and its containers; an item id with its slot lookup; a ring key in the array, and in
+# the ring's set once the Python path built one; an edge lookup entry (int key and value); the
+# scalar memoryviews of a block the Python path wrote to.
 _BYTES_PER_GRAPH = 1500
-_BYTES_PER_ITEM = 60
-_BYTES_PER_RING_ENTRY = 60
-_BYTES_PER_EDGE_LOOKUP = 150
-_BYTES_WHEN_WRITTEN = 1500
-"""A graph written to (its own blocks, their scalar views, the edge lookup's table) holds this more."""
+_BYTES_PER_ITEM = 95
+_BYTES_PER_RING_ENTRY = 8
+_BYTES_PER_RING_KEY = 90
+_BYTES_PER_EDGE_LOOKUP = 100
+_BYTES_PER_SCALAR_VIEWS = 850
 TAIL_LIMIT = 256
 """Applied events a graph keeps for its store's tail (:attr:`UserGraph.unsaved`) before it stops
 keeping them (the store then writes a full record): bounds a graph's memory whatever the store's
@@ -143,6 +144,20 @@ class GraphChange(NamedTuple):
 def _scalars(block: np.ndarray) -> Any:
     """A 2-d memoryview of a C-contiguous block: ``view[row, col]`` reads and writes Python scalars."""
     return memoryview(block)  # type: ignore[arg-type]
+
+
+def _held(nodes: np.ndarray, edges: np.ndarray) -> int:
+    """Bytes two blocks keep alive: their own, or all of the record they view (a decoded graph's)."""
+    held, seen = 0, None
+    for block in (nodes, edges):
+        base = block
+        while isinstance(base, np.ndarray) and base.base is not None:
+            base = base.base
+        if not isinstance(base, bytes):
+            held += block.nbytes
+        elif base is not seen:
+            held, seen = held + len(base), base
+    return held
 
 
 def _grown(block: np.ndarray, used: int, size: int) -> np.ndarray:
@@ -234,7 +249,9 @@ class UserGraph:
             # A changed ring size: keep the newest ids, oldest first.
             ordered = self.ring[self.ring_pos :] + self.ring[: self.ring_pos]
             self.ring, self.ring_pos = ordered[-size:], 0
-        self._ring_set = set(self.ring)
+        self._ring_set: set[int] | None = None
+        """The ring's keys as a set, for the Python path's lookups (built on its first use: the native
+        core scans the ring instead, and 256 int objects in a set are a sixth of a small graph)."""
         self.cache_key = cache_key
         """Identifies what produced ``cache`` (model version and layout); empty when none."""
         self._cache_bytes: bytes = b""
@@ -372,21 +389,23 @@ class UserGraph:
         return list(self.item_ids)
 
     def footprint(self) -> int:
-        """About how many bytes this graph holds in memory: its blocks (capacity included), layer
-        cache, item ids and their lookup, dedupe ring, edge lookup once built. What a graph cache
-        budgets by; within 0.8-1.15x of ``tracemalloc`` from 3 to 1,000 nodes, decoded or written
+        """About how many bytes this graph holds in memory: its blocks (capacity included; a decoded
+        graph's views hold its whole record), layer cache, item ids and their lookup, dedupe ring,
+        edge lookup once built. What a graph cache budgets by; within 0.85-1.25x of ``tracemalloc``
+        from 3 to 1,000 nodes, decoded or written, by either path
         (``tests/unit/graph_state/test_graph_cache.py``)."""
         cache = self._cache_array.nbytes if self._cache_array is not None else len(self._cache_bytes)
         lookup = 0 if self._edge_at is None else _BYTES_PER_EDGE_LOOKUP * len(self._edge_at)
+        ring = _BYTES_PER_RING_ENTRY + (0 if self._ring_set is None else _BYTES_PER_RING_KEY)
+        views = (self._node_views is not None) + (self._edge_views is not None)
         return (
             _BYTES_PER_GRAPH
-            + (_BYTES_WHEN_WRITTEN if self._writable else 0)
-            + self._nodes.nbytes
-            + self._edges.nbytes
+            + _held(self._nodes, self._edges)
             + cache
             + lookup
             + _BYTES_PER_ITEM * self._n
-            + _BYTES_PER_RING_ENTRY * len(self.ring)
+            + ring * len(self.ring)
+            + _BYTES_PER_SCALAR_VIEWS * views
         )
 
     def slot_of(self, item_id: str) -> int | None:
@@ -410,7 +429,7 @@ class UserGraph:
         return (self.state_version - self.last_seq).tolist()
 
     def seen(self, event_id: str) -> bool:
-        return event_key(event_id) in self._ring_set
+        return event_key(event_id) in self._ring_keys()
 
     # ---- writing -------------------------------------------------------------
 
@@ -431,7 +450,7 @@ class UserGraph:
     def _apply(self, event: Behavior, replay: bool) -> GraphChange:
         """:meth:`apply` in Python: the reference that ``graph_state/_native.c`` matches bit for bit."""
         key = event_key(event.event_id)
-        if key in self._ring_set:
+        if key in self._ring_keys():
             return GraphChange(duplicate=True)
         cfg = self.config
         ts = float(event.ts)
@@ -510,10 +529,7 @@ class UserGraph:
         self._writable = True
 
     def _add_edge_weight(self, src: int, dst: int, weight: float) -> None:
-        at = self._edge_at
-        if at is None:
-            keys = (self._edges[0, : self._ne] << 32) | self._edges[1, : self._ne]
-            at = self._edge_at = dict(zip(keys.tolist(), range(self._ne), strict=True))
+        at = self._edge_lookup()
         key = (src << 32) | dst
         found = at.get(key)
         if found is not None:
@@ -581,13 +597,39 @@ class UserGraph:
 
     def _remember(self, key: int) -> None:
         size = self.config.dedupe_ring
+        keys = self._ring_keys()
         if len(self.ring) < size:
             self.ring.append(key)
         else:
-            self._ring_set.discard(self.ring[self.ring_pos])
+            keys.discard(self.ring[self.ring_pos])
             self.ring[self.ring_pos] = key
             self.ring_pos = (self.ring_pos + 1) % size
-        self._ring_set.add(key)
+        keys.add(key)
+
+    def _ring_keys(self) -> set[int]:
+        if self._ring_set is None:
+            self._ring_set = set(self.ring)
+        return self._ring_set
+
+    def _reserve(self, nodes: int, edges: int) -> None:
+        """Blocks of this graph's own with room for ``nodes`` nodes and ``edges`` edges, and its edge
+        lookup: what the native ``apply`` asks for before it writes (the Python path makes each on
+        its way; capacities are not part of the record)."""
+        if not self._writable:
+            self._own()
+        if nodes > self._nodes.shape[1]:
+            self._set_nodes(_grown(self._nodes, self._n, nodes))
+        if edges > self._edges.shape[1]:
+            self._set_edges(_grown(self._edges, self._ne, edges))
+        self._edge_lookup()
+
+    def _edge_lookup(self) -> dict[int, int]:
+        """Each edge's position by its key ``src << 32 | dst`` (built on the first write)."""
+        at = self._edge_at
+        if at is None:
+            keys = (self._edges[0, : self._ne] << 32) | self._edges[1, : self._ne]
+            at = self._edge_at = dict(zip(keys.tolist(), range(self._ne), strict=True))
+        return at
 
 
 if _native is not None:

@@ -29,7 +29,8 @@ def measured(records: list[bytes], config: GraphConfig, write: bool, cache_rows:
     """Bytes per graph as ``tracemalloc`` counts them and as ``footprint`` estimates them: graphs decoded
     from ``records`` (``write``: then one more event applied, as a runner holds them after a batch)."""
     tracemalloc.start()
-    graphs = [decode(raw, config) for raw in records]
+    # Each record copied while traced: a decoded graph's blocks view its record and keep it alive.
+    graphs = [decode(bytes(bytearray(raw)), config) for raw in records]
     for graph in graphs:
         if write:
             graph.apply(Ev(event_id="next", item_id="new item", ts=graph.last_ts + 1))

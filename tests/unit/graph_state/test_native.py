@@ -35,14 +35,14 @@ def state(graph: UserGraph) -> tuple:
     memo = graph.ids_memo
     if isinstance(memo, bytearray):
         assert memo == msgspec.msgpack.encode(graph.item_ids)
+    assert graph._ring_set is None or graph._ring_set == set(graph.ring)  # the C path never builds it
     return (
         encode(graph),
         graph.item_ids,
         graph._slot_of,
-        graph._edge_at,
+        graph._edge_lookup(),  # (built when missing: the C path builds it before writing, Python when adding an edge)
         graph.ids_memo,
         list(graph.ring),
-        sorted(graph._ring_set),
         graph.ring_pos,
         graph.unsaved,
         graph.n_nodes,
@@ -108,17 +108,19 @@ def test_native_apply_equals_the_python_reference(events, max_nodes, ring, laten
                 python.mark_saved("store", tail=True)
 
 
-def test_the_native_path_takes_the_common_event():
-    """Not only correct but used: an event on a written graph with room is applied in C."""
-    g = UserGraph(GraphConfig(max_nodes=4))
-    g.apply(Ev("1", "a"))
-    g.apply(Ev("2", "b", ts=BASE_TS + 1))
-    change = ug._native.apply(g, Ev("3", "c", ts=BASE_TS + 2), False)
-    assert change is not None and change.nodes == {1, 2} and g.state_version == 3
-    assert ug._native.apply(g, Ev("3", "c", ts=BASE_TS + 2), False).duplicate
+def test_the_native_path_takes_every_event_of_an_ordinary_graph():
+    """Not only correct but used: new, written and decoded graphs, growing blocks included, are all
+    applied in C (a decoded graph's read-only blocks are copied by ``_reserve`` first), and no
+    set of ring keys is built."""
+    g = UserGraph(GraphConfig(max_nodes=40))
+    for n in range(30):  # past the first capacities of 8 nodes and 8 edges
+        assert ug._native.apply(g, Ev(str(n), f"i{n}", ts=BASE_TS + n), False) is not None
+    assert ug._native.apply(g, Ev("3", "i3"), False).duplicate
     stored = decode(encode(g), g.config)
-    assert ug._native.apply(stored, Ev("4", "d"), False) is None  # read-only blocks: the Python path
-    assert stored.state_version == 3 and stored.slot_of("d") is None  # and nothing changed
+    change = ug._native.apply(stored, Ev("x", "new", ts=BASE_TS + 99), False)
+    assert change is not None and change.nodes == {29, 30} and stored.state_version == 31
+    assert g._ring_set is None and stored._ring_set is None
+    assert stored.seen("x") and stored.seen("0") and not stored.seen("y")
 
 
 def assert_same_record(graph: UserGraph, cache: bytes, cache_key: str) -> None:
