@@ -377,16 +377,6 @@ static int memo_update(PyObject *graph, Py_ssize_t slot, Py_ssize_t n_before, Py
 
 /* ---- the dedupe ring ----------------------------------------------------------------------- */
 
-/* Columns of a 2-d buffer (a block's capacity); -1 with an exception when it is not one. */
-static Py_ssize_t PyArray_columns(PyObject *array) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(array, &view, PyBUF_STRIDES) < 0) return -1;
-    Py_ssize_t cols = view.ndim == 2 ? view.shape[1] : -1;
-    PyBuffer_Release(&view);
-    if (cols < 0) PyErr_SetString(PyExc_ValueError, "a graph block must be 2-d");
-    return cols;
-}
-
 /* Whether the ring (an array of signed 64-bit keys) holds `key`: 1, 0, or -1 on error. */
 static int ring_scan(PyObject *graph, int64_t key) {
     PyObject *ring = PyObject_GetAttr(graph, s_ring);
@@ -540,8 +530,12 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     /* Room for a new node and (whether or not the event adds one) an edge, blocks of the graph's own
      * and its edge lookup: UserGraph._reserve makes them, as the Python path would on its way. */
     Py_ssize_t need = (slot_obj == NULL && n < max_nodes) ? n + 1 : n;
-    if (!writable || edge_at == Py_None || PyArray_columns(nodes_arr) < need || PyArray_columns(edges_arr) <= ne) {
-        if (PyErr_Occurred()) goto done;
+    int got = writable ? block_get(nodes_arr, N_NODE_ROWS, &nb) : 0;
+    if (got == 1) got = block_get(edges_arr, 3, &eb);
+    if (got < 0) goto done;
+    if (!writable || !PyDict_CheckExact(edge_at) || got == 0 || nb.capacity < need || eb.capacity <= ne) {
+        block_release(&nb);
+        block_release(&eb);
         PyObject *res = PyObject_CallMethod(graph, "_reserve", "nn", need, ne + 1);
         if (res == NULL) goto done;
         Py_DECREF(res);
@@ -549,17 +543,13 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         Py_SETREF(nodes_arr, PyObject_GetAttr(graph, s__nodes));
         Py_SETREF(edges_arr, nodes_arr ? PyObject_GetAttr(graph, s__edges) : NULL);
         if (edge_at == NULL || edges_arr == NULL) goto done;
-    }
-    if (!PyDict_CheckExact(edge_at)) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    int got = block_get(nodes_arr, N_NODE_ROWS, &nb);
-    if (got == 1) got = block_get(edges_arr, 3, &eb);
-    if (got < 0) goto done;
-    if (got == 0 || nb.capacity < need || eb.capacity <= ne) {
-        result = Py_NewRef(Py_None);
-        goto done;
+        got = block_get(nodes_arr, N_NODE_ROWS, &nb);
+        if (got == 1) got = block_get(edges_arr, 3, &eb);
+        if (got < 0) goto done;
+        if (got == 0 || !PyDict_CheckExact(edge_at) || nb.capacity < need || eb.capacity <= ne) {
+            result = Py_NewRef(Py_None); /* not blocks this code writes: the Python path */
+            goto done;
+        }
     }
 
     /* The action's index and weight (GraphConfig.action_index / action_weight). */
