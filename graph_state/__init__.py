@@ -5,7 +5,7 @@ from graph_state.codec import CODEC_VERSION, apply_tail, decode, encode, encode_
 from graph_state.config import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig
 from graph_state.rocks_store import RocksOptions, RocksStore
 from graph_state.store import CachedStore, GraphStore, MemoryStore
-from graph_state.user_graph import GraphChange, UserGraph, event_key
+from graph_state.user_graph import Gathered, GraphChange, UserGraph, event_key, gather
 
 __all__ = [
     "CODEC_VERSION",
@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_ACTION_WEIGHTS",
     "Behavior",
     "CachedStore",
+    "Gathered",
     "GraphChange",
     "GraphConfig",
     "GraphStore",
@@ -26,4 +27,5 @@ __all__ = [
     "encode_stored",
     "encode_tail",
     "event_key",
+    "gather",
 ]

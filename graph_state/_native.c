@@ -14,7 +14,7 @@
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
 /* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
-#define NATIVE_API 2
+#define NATIVE_API 3
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1001,6 +1001,140 @@ done:
     return result;
 }
 
+
+/* ---- gather: many graphs' blocks as one batch (graph_state.user_graph.gather) ---------------- */
+
+/* Readable view of a block: base pointer and row stride in elements; 1, 0 (other layout) or -1. */
+static int block_view(PyObject *array, Py_ssize_t rows, Py_ssize_t used, Py_buffer *view, Py_ssize_t *stride) {
+    if (PyObject_GetBuffer(array, view, PyBUF_STRIDES) < 0) return -1;
+    int ok = view->itemsize == 8 && view->ndim == 2 && view->shape[0] == rows && view->shape[1] >= used &&
+             (view->shape[1] == 0 || (view->strides[1] == 8 && view->strides[0] == 8 * view->shape[1]));
+    if (!ok) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    *stride = view->shape[1];
+    return 1;
+}
+
+static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "gather(graphs: list, owner, lookup)");
+        return NULL;
+    }
+    PyObject *graphs = args[0], *owner = args[1], *lookup = args[2];
+    Py_ssize_t b = PyList_GET_SIZE(graphs), total_n = 0, total_e = 0;
+    PyObject *out[7] = {NULL}; /* nodes, edges, sizes, n_edges, versions, last, rows */
+    PyObject *result = NULL;
+    int64_t *sizes = NULL, *n_edges = NULL;
+    sizes = PyMem_Malloc(sizeof(int64_t) * (b ? b : 1));
+    n_edges = PyMem_Malloc(sizeof(int64_t) * (b ? b : 1));
+    if (sizes == NULL || n_edges == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < b; i++) {
+        PyObject *g = PyList_GET_ITEM(graphs, i);
+        Py_ssize_t n = attr_ssize(g, s__n), ne = attr_ssize(g, s__ne);
+        if ((n == -1 || ne == -1) && PyErr_Occurred()) goto done;
+        sizes[i] = n;
+        n_edges[i] = ne;
+        total_n += n;
+        total_e += ne;
+    }
+    Py_ssize_t lens[7] = {N_NODE_ROWS * total_n, 3 * total_e, b, b, b, b, total_n};
+    for (int j = 0; j < 7; j++) {
+        out[j] = PyByteArray_FromStringAndSize(NULL, lens[j] * 8);
+        if (out[j] == NULL) goto done;
+    }
+    int64_t *nodes = (int64_t *)PyByteArray_AS_STRING(out[0]), *edges = (int64_t *)PyByteArray_AS_STRING(out[1]);
+    int64_t *versions = (int64_t *)PyByteArray_AS_STRING(out[4]), *last = (int64_t *)PyByteArray_AS_STRING(out[5]);
+    int64_t *rows = (int64_t *)PyByteArray_AS_STRING(out[6]);
+    if (b) {
+        memcpy(PyByteArray_AS_STRING(out[2]), sizes, (size_t)b * 8);
+        memcpy(PyByteArray_AS_STRING(out[3]), n_edges, (size_t)b * 8);
+    }
+    Py_ssize_t at_n = 0, at_e = 0;
+    for (Py_ssize_t i = 0; i < b; i++) {
+        PyObject *g = PyList_GET_ITEM(graphs, i);
+        Py_ssize_t n = sizes[i], ne = n_edges[i];
+        long long version, last_slot;
+        if (attr_int(g, s_state_version, &version) < 0 || attr_int(g, s_last_slot, &last_slot) < 0) goto done;
+        versions[i] = version;
+        last[i] = last_slot;
+        PyObject *nb = PyObject_GetAttr(g, s__nodes);
+        PyObject *eb = nb ? PyObject_GetAttr(g, s__edges) : NULL;
+        if (eb == NULL) {
+            Py_XDECREF(nb);
+            goto done;
+        }
+        Py_buffer nv, ev;
+        Py_ssize_t ns = 0, es = 0;
+        int rc = block_view(nb, N_NODE_ROWS, n, &nv, &ns);
+        if (rc == 1) {
+            rc = block_view(eb, 3, ne, &ev, &es);
+            if (rc != 1) PyBuffer_Release(&nv);
+        }
+        Py_DECREF(nb);
+        Py_DECREF(eb);
+        if (rc < 0) goto done;
+        if (rc == 0) {
+            result = Py_NewRef(Py_None); /* a block of another layout: the Python path */
+            goto done;
+        }
+        const int64_t *src_n = nv.buf, *src_e = ev.buf;
+        for (int r = 0; r < N_NODE_ROWS; r++)
+            if (n) memcpy(nodes + r * total_n + at_n, src_n + r * ns, (size_t)n * 8);
+        for (Py_ssize_t j = 0; j < ne; j++) {
+            edges[at_e + j] = src_e[j] + at_n;
+            edges[total_e + at_e + j] = src_e[es + j] + at_n;
+            edges[2 * total_e + at_e + j] = src_e[2 * es + j]; /* the weight's bits */
+        }
+        PyBuffer_Release(&nv);
+        PyBuffer_Release(&ev);
+        /* The item rows: the graph's memo when it is current for `owner` (UserGraph.slot_rows'
+         * common case, read here without the call), else what slot_rows refreshes. */
+        PyObject *memo = NULL, *memo_owner = PyObject_GetAttr(g, s__rows_owner);
+        PyObject *stale = memo_owner ? PyObject_GetAttr(g, s__stale_rows) : NULL;
+        if (stale == NULL) {
+            Py_XDECREF(memo_owner);
+            goto done;
+        }
+        if (memo_owner == owner && PyList_CheckExact(stale) && PyList_GET_SIZE(stale) == 0)
+            memo = PyObject_GetAttr(g, s__rows);
+        else
+            memo = PyObject_CallMethod(g, "slot_rows", "OO", owner, lookup);
+        Py_DECREF(memo_owner);
+        Py_DECREF(stale);
+        if (memo == NULL) goto done;
+        Py_buffer rv;
+        rc = PyObject_GetBuffer(memo, &rv, PyBUF_SIMPLE);
+        Py_DECREF(memo);
+        if (rc < 0) goto done;
+        if (rv.len != n * 8) {
+            PyBuffer_Release(&rv);
+            PyErr_SetString(PyExc_ValueError, "slot_rows returned another length than the graph's nodes");
+            goto done;
+        }
+        if (n) memcpy(rows + at_n, rv.buf, (size_t)n * 8);
+        PyBuffer_Release(&rv);
+        at_n += n;
+        at_e += ne;
+    }
+    result = PyTuple_New(7);
+    if (result != NULL)
+        for (int j = 0; j < 7; j++) {
+            PyTuple_SET_ITEM(result, j, out[j]);
+            out[j] = NULL;
+        }
+
+done:
+    for (int j = 0; j < 7; j++) Py_XDECREF(out[j]);
+    PyMem_Free(sizes);
+    PyMem_Free(n_edges);
+    return result;
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     PyObject *change_type;
     Py_ssize_t tail_limit;
@@ -1020,6 +1154,8 @@ static PyObject *setup(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
      "apply(graph, event, replay) -> GraphChange | None: UserGraph._apply in C; None: take the Python path."},
+    {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL,
+     "gather(graphs, owner, lookup) -> 7 bytearrays | None: user_graph.gather's columns; None: take the Python path."},
     {"event_key", event_key, METH_O, "event_key(event_id) -> int: the signed 64-bit BLAKE2b-64 digest."},
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(graph, cache, cache_key) -> bytes | None: codec.encode's version-2 record; None: take the Python path."},

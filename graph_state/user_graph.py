@@ -21,7 +21,7 @@ import numpy as np
 from graph_state.behavior import Behavior
 from graph_state.config import GraphConfig
 
-_NATIVE_API = 2
+_NATIVE_API = 3
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):
@@ -33,7 +33,7 @@ try:
 except ImportError:
     _native = None
 NATIVE = _native is not None
-"""Whether :meth:`UserGraph.apply`, :func:`event_key` and ``graph_state.codec.encode`` run in C
+"""Whether :meth:`UserGraph.apply`, :func:`event_key`, :func:`gather` and ``graph_state.codec.encode`` run in C
 (``graph_state/_native.c``, built by ``pip install``); without it (no C compiler, or
 ``RIPPLE_PURE_PYTHON=1``) the same code runs in Python, with the same results bit for bit."""
 
@@ -663,6 +663,68 @@ class UserGraph:
             keys = (self._edges[0, : self._ne] << 32) | self._edges[1, : self._ne]
             at = self._edge_at = dict(zip(keys.tolist(), range(self._ne), strict=True))
         return at
+
+
+class Gathered(NamedTuple):
+    """Many graphs' columns as one batch, graph after graph (:func:`gather`); all ``int64``."""
+
+    nodes: np.ndarray
+    """``[len(NODE_COLUMNS), N]``: every node column (floats and the mask as their bits)."""
+    edges: np.ndarray
+    """``[3, E]``: sources and destinations offset by their graph's first node, weights as bits."""
+    sizes: np.ndarray
+    """``[B]``: nodes per graph."""
+    n_edges: np.ndarray
+    versions: np.ndarray
+    """``[B]``: each graph's ``state_version``."""
+    last: np.ndarray
+    """``[B]``: each graph's ``last_slot`` (within the graph)."""
+    rows: np.ndarray
+    """``[N]``: ``lookup(item)`` of every node, through each graph's memo (:meth:`UserGraph.slot_rows`)."""
+
+
+def gather(graphs: Sequence[UserGraph], owner: object, lookup: Callable[[str], int]) -> Gathered:
+    """The columns a batch of ``graphs`` is built from, in one pass (in C when the native core is
+    built: ~0.5 instead of ~3 µs a graph; :func:`py_gather` otherwise, the same arrays)."""
+    if _native is not None and type(graphs) is list:
+        columns = _native.gather(graphs, owner, lookup)
+        if columns is not None:
+            nodes, edges, sizes, n_edges, versions, last, rows = (np.frombuffer(c, dtype=np.int64) for c in columns)
+            return Gathered(
+                nodes.reshape(len(NODE_COLUMNS), -1),
+                edges.reshape(len(EDGE_COLUMNS), -1),
+                sizes,
+                n_edges,
+                versions,
+                last,
+                rows,
+            )
+    return py_gather(graphs, owner, lookup)
+
+
+def py_gather(graphs: Sequence[UserGraph], owner: object, lookup: Callable[[str], int]) -> Gathered:
+    """:func:`gather` in Python: one numpy concatenation per block."""
+    views = [g.batch_view() for g in graphs]
+    node_blocks, edge_blocks, version_list, last_list = zip(*views, strict=True) if views else ((), (), (), ())
+    count = len(graphs)
+    sizes = np.fromiter((b.shape[1] for b in node_blocks), dtype=np.int64, count=count)
+    n_edges = np.fromiter((b.shape[1] for b in edge_blocks), dtype=np.int64, count=count)
+    nodes = np.concatenate(node_blocks, axis=1) if count else np.zeros((len(NODE_COLUMNS), 0), dtype=np.int64)
+    edges = np.concatenate(edge_blocks, axis=1) if count else np.zeros((len(EDGE_COLUMNS), 0), dtype=np.int64)
+    first = np.zeros(count, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=first[1:])
+    edges[:2] += np.repeat(first, n_edges)
+    # One join of the memos' bytes: per graph only the memo lookup (an array per graph cost ~0.7 µs each).
+    rows = np.frombuffer(b"".join([g.slot_rows(owner, lookup) for g in graphs]), dtype=np.int64).copy()
+    return Gathered(
+        nodes,
+        edges,
+        sizes,
+        n_edges,
+        np.fromiter(version_list, dtype=np.int64, count=count),
+        np.fromiter(last_list, dtype=np.int64, count=count),
+        rows,
+    )
 
 
 if _native is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from graph_state import UserGraph
+from graph_state import UserGraph, gather
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.item_index import ItemIndex
 
@@ -72,29 +72,22 @@ def item_rows(graphs: Sequence[UserGraph], index: ItemIndex) -> np.ndarray:
 
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
-    """Concatenate graphs' node and edge blocks, offsetting node ids: one numpy call per block."""
-    views = [g.batch_view() for g in graphs]
-    node_blocks, edge_blocks, version_list, last_list = zip(*views, strict=True) if views else ((), (), (), ())
-    sizes = np.fromiter((b.shape[1] for b in node_blocks), dtype=np.int64, count=len(graphs))
-    last = np.fromiter(last_list, dtype=np.int64, count=len(graphs))
-    if len(graphs) and (sizes.min() == 0 or last.min() < 0):
-        bad = int(np.flatnonzero((sizes == 0) | (last < 0))[0])
+    """Concatenate graphs' node and edge blocks, offsetting node ids (:func:`graph_state.gather`)."""
+    g = gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row)
+    if len(graphs) and (g.sizes.min() == 0 or g.last.min() < 0):
+        bad = int(np.flatnonzero((g.sizes == 0) | (g.last < 0))[0])
         raise ValueError(E_EMPTY_GRAPH.format(index=bad))
-    nodes = np.concatenate(node_blocks, axis=1)
-    edges = np.concatenate(edge_blocks, axis=1)
-    n_edges = np.fromiter((b.shape[1] for b in edge_blocks), dtype=np.int64, count=len(graphs))
     ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=ptr[1:])
-    edge_index = edges[:2] + np.repeat(ptr[:-1], n_edges)
-    versions = np.fromiter(version_list, dtype=np.int64, count=len(graphs))
+    np.cumsum(g.sizes, out=ptr[1:])
+    nodes = g.nodes
     return GraphBatch(
-        item_rows=torch.from_numpy(item_rows(graphs, index)),
+        item_rows=torch.from_numpy(g.rows),
         actions=torch.from_numpy(nodes[LAST_ACTION]),
         log_counts=torch.from_numpy(np.log1p(nodes[COUNTS].astype(np.float32))),
-        recency=torch.from_numpy(recency_buckets(np.repeat(versions, sizes) - nodes[LAST_SEQ])),
-        edge_index=torch.from_numpy(edge_index),
-        edge_weight=torch.from_numpy(edges[2].view(np.float64).astype(np.float32)),
-        batch=torch.from_numpy(np.repeat(np.arange(len(graphs), dtype=np.int64), sizes)),
-        last_node=torch.from_numpy(last + ptr[:-1]),
+        recency=torch.from_numpy(recency_buckets(np.repeat(g.versions, g.sizes) - nodes[LAST_SEQ])),
+        edge_index=torch.from_numpy(g.edges[:2]),
+        edge_weight=torch.from_numpy(g.edges[2].view(np.float64).astype(np.float32)),
+        batch=torch.from_numpy(np.repeat(np.arange(len(graphs), dtype=np.int64), g.sizes)),
+        last_node=torch.from_numpy(g.last + ptr[:-1]),
         ptr=torch.from_numpy(ptr),
     )

@@ -223,3 +223,35 @@ def test_the_ids_memo_follows_new_and_evicted_items_in_place():
         encode(g)  # (re)makes the memo when it was dropped
         assert isinstance(g.ids_memo, bytearray)
     assert g.n_nodes == 18 and g.state_version == 60
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=0, max_size=12),
+    decoded=st.lists(st.booleans(), min_size=12, max_size=12),
+    memo=st.sampled_from(["none", "current", "stale", "other owner"]),
+)
+def test_native_gather_equals_the_python_reference(sizes, decoded, memo):
+    """The batch columns of graphs of every kind — written, decoded (read-only views of their
+    record), with a current, stale, missing or foreign row memo — equal numpy's concatenation."""
+    cfg = GraphConfig(max_nodes=25)
+    graphs = []
+    for i, n_events in enumerate(sizes):
+        g = UserGraph(cfg)
+        for n in range(n_events):
+            g.apply(Ev(f"{i}-{n}", f"i{(n * 7 + i) % 40}", ts=BASE_TS + n, weight=n % 3 or None))
+        graphs.append(decode(encode(g), cfg) if decoded[i] else g)
+    owner, other = object(), object()
+    lookup = {f"i{k}": 1000 + k for k in range(40)}.__getitem__
+    for g in graphs:
+        if memo in ("current", "stale"):
+            g.slot_rows(owner, lookup)
+        if memo == "stale" and g.n_nodes < 25:
+            g.apply(Ev(f"{id(g)}-new", "i39", ts=BASE_TS + 10**4))  # a new slot: its row is stale
+        if memo == "other owner":
+            g.slot_rows(other, len)
+    native = ug.gather(graphs, owner, lookup)
+    python = ug.py_gather(graphs, owner, lookup)
+    for field, a, b in zip(ug.Gathered._fields, native, python, strict=True):
+        assert a.dtype == b.dtype == np.int64 and a.shape == b.shape and (a == b).all(), field
+    assert native.rows.tolist() == [lookup(item) for g in graphs for item in g.item_ids]
