@@ -19,9 +19,9 @@ multiplies it by the previous layer's states on ``U`` and transforms the sums â€
 ``A_L`` at each layer, with the cached states of the rest of ``U``. Readout terms are refreshed
 for ``A_L`` and for the few nodes whose log2 recency bucket moved; the readout then reads every
 graph's cache where it lies (one add, one ``tanh`` and two matrix-vector products per graph).
-Users without a valid cache, smaller than ``IncrementalPolicy.min_nodes``, or whose ``A_L``
-covers most of the graph take the batched full forward instead (measured rules, see
-docs/benchmarks.md).
+Users without a valid cache, smaller than ``IncrementalPolicy.min_nodes`` (or than
+``batched_min_nodes`` when too few of that size share the batch), or whose ``A_L`` covers most of
+the graph take the batched full forward instead (measured rules, see docs/benchmarks.md).
 
 Models with similarity edges (``EncoderConfig.similarity_k > 0``) always take the full
 forward: one new or evicted item can change the k nearest neighbours of every node of
@@ -67,8 +67,14 @@ class IncrementalPolicy:
     full_share: float = 0.5
     """Recompute a user fully when ``|A_L|`` exceeds this share of its nodes."""
     min_nodes: int = 64
-    """Graphs this small are recomputed fully: below ~64 nodes the batched full forward is
-    cheaper than the per-user bookkeeping of the incremental path (bench/history_length.py)."""
+    """Graphs at least this large are recomputed incrementally whenever their cache allows."""
+    batched_min_nodes: int = 32
+    """Graphs from this size up to ``min_nodes`` are recomputed incrementally only when at least
+    ``batched_min_graphs`` of them share the micro-batch. The incremental path costs a fixed ~0.6 ms
+    a batch and saves ~17 Âµs a 50-node graph: 8 such graphs a batch were 1.7x slower than the full
+    forward (``bench/history_length.py``), a full ml-100k batch of ~180 was 25 % faster (the file
+    runner, ``bench/throughput.py``); graphs under 32 nodes were slower at every batch size."""
+    batched_min_graphs: int = 32
 
 
 def cache_key(checkpoint: Checkpoint, state_version: int) -> str:
@@ -158,6 +164,12 @@ class IncrementalEncoder:
             else:
                 incr.append(i)
                 layers.append(cached)
+        p = self.policy
+        small = [j for j, i in enumerate(incr) if graphs[i].n_nodes < p.min_nodes]
+        if small and len(small) < p.batched_min_graphs:  # too few to pay the path's fixed cost
+            full.extend(incr[j] for j in small)
+            keep = sorted(set(range(len(incr))) - set(small))
+            incr, layers = [incr[j] for j in keep], [layers[j] for j in keep]
         batch = None
         while incr:
             # ``deltas[i]`` is set for every candidate (``_cached`` returned its layers).
@@ -186,7 +198,7 @@ class IncrementalEncoder:
         incrementally (its rows for new slots zero), else ``None``."""
         p = self.policy
         n = graph.n_nodes
-        if not (p.enabled and self.supported and delta is not None and n >= p.min_nodes):
+        if not (p.enabled and self.supported and delta is not None and n >= min(p.min_nodes, p.batched_min_nodes)):
             return None
         if graph.cache_key != f"{self._prefix}{delta.base_version}":
             return None
@@ -240,7 +252,8 @@ class IncrementalEncoder:
             states.append(h)
         projected = F.linear(h, enc.att_node.weight)
         user, _ = enc.readout_projected(h, projected, b)
-        keep_from = self.policy.min_nodes if self.policy.enabled and self.supported else None
+        p = self.policy
+        keep_from = min(p.min_nodes, p.batched_min_nodes) if p.enabled and self.supported else None
         stacked: np.ndarray | None = None
         ptr = b.ptr.tolist()
         for i, graph in enumerate(graphs):

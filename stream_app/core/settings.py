@@ -180,7 +180,17 @@ class Settings:
         0,
     )
     incremental: bool = _doc("Recompute only the L-hop neighbourhood of changed nodes when a cache allows.", True)
-    incremental_min_nodes: int = _doc("Graphs smaller than this are always recomputed fully (measured rule).", 64)
+    incremental_min_nodes: int = _doc(
+        "Graphs this large are recomputed incrementally when they can (measured rule).", 64
+    )
+    incremental_batched_min_nodes: int = _doc(
+        "Graphs from this size up to RIPPLE_INCREMENTAL_MIN_NODES are recomputed incrementally only when "
+        "RIPPLE_INCREMENTAL_BATCHED_MIN_GRAPHS of them share a micro-batch; smaller ones always fully (measured rule).",
+        32,
+    )
+    incremental_batched_min_graphs: int = _doc(
+        "How many graphs between the two sizes a micro-batch needs for their incremental recompute to pay.", 32
+    )
     incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)
     torch_threads: int = _doc("Torch threads for inference (1 is fastest for micro-batches; 0 = torch default).", 1)
     gc_threshold: int = _doc(
@@ -246,6 +256,17 @@ class Settings:
                 "must be 0 (never) or a positive number of versions",
             ),
             ("min_ts", self.min_ts < self.max_ts, "must be below max_ts"),
+            ("incremental_min_nodes", self.incremental_min_nodes >= 0, "must be 0 or a number of nodes"),
+            (
+                "incremental_batched_min_nodes",
+                self.incremental_batched_min_nodes >= 0,
+                "must be 0 or a number of nodes",
+            ),
+            (
+                "incremental_batched_min_graphs",
+                self.incremental_batched_min_graphs >= 0,
+                "must be 0 or a number of graphs",
+            ),
             (
                 "kafka_security_protocol",
                 self.kafka_security_protocol in SECURITY_PROTOCOLS,
@@ -358,7 +379,11 @@ class Settings:
         from operators import IncrementalPolicy  # torch: only where something embeds
 
         return IncrementalPolicy(
-            enabled=self.incremental, full_share=self.incremental_full_share, min_nodes=self.incremental_min_nodes
+            enabled=self.incremental,
+            full_share=self.incremental_full_share,
+            min_nodes=self.incremental_min_nodes,
+            batched_min_nodes=self.incremental_batched_min_nodes,
+            batched_min_graphs=self.incremental_batched_min_graphs,
         )
 
     def tune_gc(self) -> None:

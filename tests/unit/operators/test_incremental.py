@@ -75,6 +75,36 @@ def test_incremental_path_is_taken_and_recomputes_few_nodes():
     assert stats["recomputed_nodes"] < 0.2 * stats["total_nodes"]
 
 
+def test_mid_size_graphs_take_the_incremental_path_only_when_enough_share_the_batch():
+    """``batched_min_nodes`` <= n < ``min_nodes``: incremental when ``batched_min_graphs`` such graphs
+    are in the micro-batch (the path's fixed cost is shared), fully recomputed when fewer; the vectors
+    equal the full forward's either way."""
+    cfg = GraphConfig(max_nodes=40)
+    store = MemoryStore(cfg)
+    ckpt = Checkpoint.seeded(EncoderConfig(dim=16))
+    policy = IncrementalPolicy(min_nodes=64, batched_min_nodes=32, batched_min_graphs=12)
+    embedder = Embedder(ckpt, policy)
+    pipeline = Pipeline(store, embedder)
+    ts = 1_767_225_600.0
+
+    def batch(users: range, step: int, check: bool = False) -> None:
+        evs = [Ev(f"{u}-{step}", f"i{(step * 7 + u) % 90}", "view", ts + step, None, f"u{u}") for u in users]
+        result = pipeline.process([RawRecord(to_json(ev)) for ev in evs])
+        pipeline.commit(result)
+        for emb in result.embeddings if check else []:
+            graph = store.get_many([emb.user_id])[emb.user_id]
+            np.testing.assert_allclose(emb.embedding, full_layers(graph, ckpt)[0], atol=1e-5)
+
+    for step in range(45):  # every graph fills its 40-node window
+        batch(range(15), step)
+    before = dict(embedder.incremental.stats)
+    batch(range(15), 45, check=True)  # 15 mid-size graphs >= 12: incremental
+    assert embedder.incremental.stats["incremental"] - before["incremental"] == 15
+    batch(range(5), 46, check=True)  # 5 < 12: all fully recomputed
+    assert embedder.incremental.stats["incremental"] - before["incremental"] == 15
+    assert embedder.incremental.stats["full"] - before["full"] == 5
+
+
 def test_affected_sets_grow_by_one_hop_per_layer():
     g = UserGraph(GraphConfig())
     for n, item in enumerate("abcdef"):  # a path a→b→c→d→e→f
