@@ -121,8 +121,8 @@ def readout_ms(window: int, users: int, repeats: int = 200, clock: str = "cpu") 
         parts = []
         for _ in range(users):
             h = torch.randn(window, d)
-            parts.append((h, encoder.readout_terms(h, torch.randint(0, 16, (window,)))))
-        h_last = torch.stack([h[-1] for h, _ in parts])
+            parts.append((h.numpy(), encoder.readout_terms(h, torch.randint(0, 16, (window,))).numpy()))
+        h_last = torch.stack([torch.from_numpy(h[-1]) for h, _ in parts])
         for _ in range(5):
             encoder.readout_cached(h_last, parts)
         started = CLOCKS[clock]()

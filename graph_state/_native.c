@@ -14,7 +14,7 @@
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
 /* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
-#define NATIVE_API 3
+#define NATIVE_API 4
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1135,6 +1135,111 @@ done:
     return result;
 }
 
+
+/* ---- rows of many per-graph arrays (graph_state.rows: the incremental engine's layer caches) ---- */
+
+/* An int64 vector from any buffer; -1 with an exception when it is not one. */
+static int int64_view(PyObject *obj, Py_buffer *view, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (view->len % 8) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "%s must be int64", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* take (values == NULL: copy rows out into a new bytearray) or put (copy `values` in). */
+static PyObject *rows_op(PyObject *const *args, Py_ssize_t nargs, int put) {
+    if (nargs != (put ? 6 : 5) || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, put ? "put_rows(arrays: list, lo, hi, at, slots, values)"
+                                             : "take_rows(arrays: list, lo, hi, at, slots)");
+        return NULL;
+    }
+    PyObject *arrays = args[0];
+    Py_ssize_t lo = PyLong_AsSsize_t(args[1]), hi = PyLong_AsSsize_t(args[2]);
+    if ((lo == -1 || hi == -1) && PyErr_Occurred()) return NULL;
+    Py_ssize_t g_count = PyList_GET_SIZE(arrays);
+    Py_buffer at_v, slot_v, val_v = {.obj = NULL};
+    if (int64_view(args[3], &at_v, "at") < 0) return NULL;
+    if (int64_view(args[4], &slot_v, "slots") < 0) {
+        PyBuffer_Release(&at_v);
+        return NULL;
+    }
+    PyObject *result = NULL, *out = NULL;
+    const int64_t *at = at_v.buf, *slots = slot_v.buf;
+    Py_ssize_t k_total = slot_v.len / 8, layers = hi - lo, dim = -1;
+    char *dst = NULL;
+    if (at_v.len / 8 != g_count + 1 || at[0] != 0 || at[g_count] != k_total || layers < 0) {
+        PyErr_SetString(PyExc_ValueError, "`at` must hold len(arrays) + 1 offsets from 0 to len(slots), and lo <= hi");
+        goto done;
+    }
+    if (put && PyObject_GetBuffer(args[5], &val_v, PyBUF_C_CONTIGUOUS) < 0) goto done;
+    for (Py_ssize_t g = 0; g < g_count; g++) {
+        Py_buffer a;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(arrays, g), &a, put ? PyBUF_STRIDES | PyBUF_WRITABLE : PyBUF_STRIDES) < 0)
+            goto done;
+        int ok = a.itemsize == 4 && a.ndim == 3 && a.shape[0] >= hi && PyBuffer_IsContiguous(&a, 'C');
+        if (ok && dim < 0) {
+            dim = a.shape[2];
+            Py_ssize_t size = layers * k_total * dim * 4;
+            if (put && val_v.len != size) {
+                PyBuffer_Release(&a);
+                PyErr_SetString(PyExc_ValueError, "values must be [hi - lo, len(slots), d] float32");
+                goto done;
+            }
+            if (!put) {
+                out = PyByteArray_FromStringAndSize(NULL, size);
+                if (out == NULL) {
+                    PyBuffer_Release(&a);
+                    goto done;
+                }
+                dst = PyByteArray_AS_STRING(out);
+            }
+        }
+        if (!ok || a.shape[2] != dim) {
+            PyBuffer_Release(&a);
+            PyErr_SetString(PyExc_ValueError, "every array must be C-contiguous float32 [layers, nodes, d] of one d");
+            goto done;
+        }
+        Py_ssize_t n = a.shape[1], row = dim * 4;
+        char *base = a.buf;
+        for (Py_ssize_t k = at[g]; k < at[g + 1]; k++) {
+            if (slots[k] < 0 || slots[k] >= n) {
+                PyBuffer_Release(&a);
+                PyErr_SetString(PyExc_IndexError, "a slot is outside its array's nodes");
+                goto done;
+            }
+            for (Py_ssize_t l = 0; l < layers; l++) {
+                char *cell = base + ((lo + l) * n + slots[k]) * row;
+                char *flat = (put ? (char *)val_v.buf : dst) + (l * k_total + k) * row;
+                if (put)
+                    memcpy(cell, flat, (size_t)row);
+                else
+                    memcpy(flat, cell, (size_t)row);
+            }
+        }
+        PyBuffer_Release(&a);
+    }
+    if (put)
+        result = Py_NewRef(Py_None);
+    else {
+        if (out == NULL) out = PyByteArray_FromStringAndSize(NULL, 0); /* no arrays: no rows */
+        result = out;
+        out = NULL;
+    }
+
+done:
+    Py_XDECREF(out);
+    PyBuffer_Release(&at_v);
+    PyBuffer_Release(&slot_v);
+    if (val_v.obj) PyBuffer_Release(&val_v);
+    return result;
+}
+
+static PyObject *take_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return rows_op(args, nargs, 0); }
+static PyObject *put_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return rows_op(args, nargs, 1); }
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     PyObject *change_type;
     Py_ssize_t tail_limit;
@@ -1156,6 +1261,10 @@ static PyMethodDef methods[] = {
      "apply(graph, event, replay) -> GraphChange | None: UserGraph._apply in C; None: take the Python path."},
     {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL,
      "gather(graphs, owner, lookup) -> 7 bytearrays | None: user_graph.gather's columns; None: take the Python path."},
+    {"take_rows", (PyCFunction)(void (*)(void))take_rows, METH_FASTCALL,
+     "take_rows(arrays, lo, hi, at, slots) -> bytearray: graph_state.rows.take_rows' float32 rows."},
+    {"put_rows", (PyCFunction)(void (*)(void))put_rows, METH_FASTCALL,
+     "put_rows(arrays, lo, hi, at, slots, values): graph_state.rows.put_rows in C."},
     {"event_key", event_key, METH_O, "event_key(event_id) -> int: the signed 64-bit BLAKE2b-64 digest."},
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(graph, cache, cache_key) -> bytes | None: codec.encode's version-2 record; None: take the Python path."},

@@ -21,7 +21,7 @@ import numpy as np
 from graph_state.behavior import Behavior
 from graph_state.config import GraphConfig
 
-_NATIVE_API = 3
+_NATIVE_API = 4
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):

@@ -551,30 +551,34 @@ class GraphEncoder(nn.Module):
         projected = F.linear(h, self.att_node.weight) if projected is None else projected.clone()
         return projected.add_(F.embedding(recency, self.recency_emb.weight)).mul_(0.5)
 
-    def readout_cached(self, h_last: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def readout_cached(self, h_last: torch.Tensor, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
         """Serving readout of graphs whose node states live in separate arrays (no concatenation).
 
         ``h_last`` is ``[G, d]``, the newest node's state of each graph; ``parts[g]`` is
-        ``(h, terms)`` of graph ``g``: its node states ``[n, d]`` and :meth:`readout_terms` of them.
+        ``(h, terms)`` of graph ``g``: its node states ``[n, d]`` and :meth:`readout_terms` of them,
+        as float32 numpy arrays (the engine's per-graph caches).
         Equals :meth:`readout_projected` (to float rounding); used by the incremental engine, whose
         large graphs would otherwise be copied into one batch per event.
         """
-        q = self.att_q.weight[0]
-        sizes = [h.shape[0] for h, _ in parts]  # ``shape`` rather than ``len()``: a Python-level call per tensor
-        longest = max(sizes, default=0)
-        gate = torch.empty(longest, self.config.dim)  # reused by every graph
-        half_q_sum = torch.full((longest,), 0.5 * float(q.sum()))
-        summary = torch.empty(len(parts), self.config.dim)
-        views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # graphs of one size share their slices
-        queries = F.linear(h_last, self.att_last.weight, self.att_last.bias).mul_(0.5)
-        for query, row, (h, terms), n in zip(queries.unbind(0), summary.unbind(0), parts, sizes, strict=True):
-            if n not in views:
-                views[n] = gate[:n], half_q_sum[:n]
-            g, base = views[n]
-            # alpha = (q · tanh + sum(q)) / 2, the gate's affine part in the matrix-vector product's own.
-            alpha = torch.addmv(base, tanh_(torch.add(terms, query, out=g)), q, alpha=0.5)
-            torch.mv(h.t(), alpha, out=row)
-        return self._user(h_last, summary)
+        q = self.att_q.weight[0].detach().numpy()
+        half_q_sum = np.float32(0.5) * q.sum(dtype=np.float32)
+        half = np.float32(0.5)
+        longest = max((h.shape[0] for h, _ in parts), default=0)
+        gate = np.empty((longest, self.config.dim), dtype=np.float32)  # reused by every graph
+        summary = np.empty((len(parts), self.config.dim), dtype=np.float32)
+        queries = F.linear(h_last, self.att_last.weight, self.att_last.bias).mul_(0.5).numpy()
+        # numpy per graph, not torch: four calls of ~1 µs instead of ~2.5 µs each, and the loop runs
+        # once per graph of the batch (~180 of 50 nodes on ml-100k: the engine's largest share).
+        for query, row, (h, terms) in zip(queries, summary, parts, strict=True):
+            g = gate[: h.shape[0]]
+            np.add(terms, query, out=g)
+            np.tanh(g, out=g)
+            # alpha = (q · tanh + sum(q)) / 2: the sigmoid gate's weight per node
+            alpha = np.dot(g, q)
+            alpha *= half
+            alpha += half_q_sum
+            np.dot(alpha, h, out=row)
+        return self._user(h_last, torch.from_numpy(summary))
 
     def _query_table(self, h_last: torch.Tensor) -> torch.Tensor:
         """``[G, RECENCY_BUCKETS, d]``: half of the newest node's attention query plus each recency

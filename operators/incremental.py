@@ -42,6 +42,7 @@ import torch
 from torch.nn import functional as F
 
 from graph_state import UserGraph
+from graph_state.rows import put_rows, take_rows
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
 from operators.encoder import GraphLayer, sparse_csr, stable_order
@@ -305,12 +306,9 @@ class IncrementalEncoder:
             torch.from_numpy(nodes[LAST_ACTION, u_nodes]),
             torch.from_numpy(np.log1p(nodes[COUNTS, u_nodes].astype(np.float32))),
         )
-        # One pass over the users' caches: the previous layers' states on U, the moved nodes' last layer.
-        states, moved_h = [], []
-        for u, cache in enumerate(caches):
-            states.append(cache[: n_layers - 1, u_slots[u_at[u] : u_at[u + 1]]])
-            moved_h.append(cache[n_layers - 1, m_slots[m_at[u] : m_at[u + 1]]])
-        previous = torch.from_numpy(np.concatenate(states, axis=1))  # [L - 1, |U|, d]
+        # From the users' caches: the previous layers' states on U, the moved nodes' last layer.
+        previous = torch.from_numpy(take_rows(caches, 0, n_layers - 1, u_at, u_slots))  # [L - 1, |U|, d]
+        moved_h = take_rows(caches, n_layers - 1, n_layers, m_at, m_slots)[0]
         outputs = []
         for l_idx, (layer, transform) in enumerate(self._layer_transforms):
             out = layer.from_sums((matrix @ h).view(len(targets), 2 * h.shape[1]), h.index_select(0, own), transform)
@@ -319,14 +317,13 @@ class IncrementalEncoder:
                 h = previous[l_idx].index_copy_(0, own, out)
         # The readout terms of the targets (from their new last layer) and of the moved nodes.
         terms = enc.readout_terms(
-            torch.cat([outputs[-1], torch.from_numpy(np.concatenate(moved_h))]),
+            torch.cat([outputs[-1], torch.from_numpy(moved_h)]),
             torch.from_numpy(recency_buckets(ago[np.concatenate([targets, moved])])),
         )
         fresh = torch.stack([*outputs, terms[: len(targets)]]).numpy()  # [L + 1, |targets|, d]
         moved_terms = terms[len(targets) :].numpy()
-        for u, cache in enumerate(caches):
-            cache[:, t_slots[t_at[u] : t_at[u + 1]]] = fresh[:, t_at[u] : t_at[u + 1]]
-            cache[n_layers, m_slots[m_at[u] : m_at[u + 1]]] = moved_terms[m_at[u] : m_at[u + 1]]
+        put_rows(caches, 0, n_layers + 1, t_at, t_slots, fresh)
+        put_rows(caches, n_layers, n_layers + 1, m_at, m_slots, moved_terms[np.newaxis])
         # The newest node of a graph with a new event is in A_L: its state is a row of the last layer's output.
         newest = ptr[:-1] + np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs))
         at = np.minimum(np.searchsorted(targets, newest), max(len(targets) - 1, 0))
@@ -337,9 +334,7 @@ class IncrementalEncoder:
                 np.stack([c[n_layers - 1, g.last_slot] for g, c in zip(graphs, caches, strict=True)])
             )
         # The readout reads each graph's cache where it lies: no copy of a large graph per event.
-        user = enc.readout_cached(
-            h_last, [(torch.from_numpy(c[n_layers - 1]), torch.from_numpy(c[n_layers])) for c in caches]
-        )
+        user = enc.readout_cached(h_last, [(c[n_layers - 1], c[n_layers]) for c in caches])
         for graph, cache in zip(graphs, caches, strict=True):
             self._store(graph, cache)
         self.stats["recomputed_nodes"] += len(targets)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graph_state import GraphConfig, UserGraph, codec, decode, encode
+from graph_state import GraphConfig, UserGraph, codec, decode, encode, rows
 from graph_state import user_graph as ug
 from tests.conftest import BASE_TS, Ev
 
@@ -255,3 +255,33 @@ def test_native_gather_equals_the_python_reference(sizes, decoded, memo):
     for field, a, b in zip(ug.Gathered._fields, native, python, strict=True):
         assert a.dtype == b.dtype == np.int64 and a.shape == b.shape and (a == b).all(), field
     assert native.rows.tolist() == [lookup(item) for g in graphs for item in g.item_ids]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 9), st.integers(0, 5)), min_size=1, max_size=8),
+    layers=st.integers(1, 4),
+    lo=st.integers(0, 3),
+    width=st.integers(0, 3),
+    seed=st.integers(0, 1000),
+)
+def test_native_rows_equal_the_numpy_reference(shapes, layers, lo, width, seed):
+    """take_rows / put_rows over per-graph [layers, nodes, d] arrays: the same rows as numpy's
+    fancy indexing, repeated slots and graphs without rows included."""
+    rng = np.random.default_rng(seed)
+    lo = min(lo, layers)
+    hi = min(lo + width, layers)
+    arrays = [rng.standard_normal((layers, n, 3)).astype(np.float32) for n, _ in shapes]
+    slots = np.concatenate([rng.integers(0, n, k) for n, k in shapes]).astype(np.int64)
+    at = np.concatenate([[0], np.cumsum([k for _, k in shapes])]).astype(np.int64)
+    taken = rows.take_rows(arrays, lo, hi, at, slots)
+    assert taken.shape == (hi - lo, len(slots), 3)
+    np.testing.assert_array_equal(taken, rows.py_take_rows(arrays, lo, hi, at, slots))
+    values = rng.standard_normal(taken.shape).astype(np.float32)
+    copies = [a.copy() for a in arrays]
+    rows.put_rows(arrays, lo, hi, at, slots, values)
+    rows.py_put_rows(copies, lo, hi, at, slots, values)
+    for a, b in zip(arrays, copies, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(IndexError):  # one past the first array's last node
+        rows.take_rows(arrays, 0, 1, np.array([0, 1] + [1] * (len(arrays) - 1)), np.array([shapes[0][0]]))

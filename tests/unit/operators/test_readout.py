@@ -26,7 +26,7 @@ def test_serving_readouts_equal_the_training_readout():
         got, got_alpha = enc.readout_projected(h, projected, b)
         ptr = b.ptr.tolist()
         terms = enc.readout_terms(h, b.recency)
-        parts = [(h[ptr[g] : ptr[g + 1]], terms[ptr[g] : ptr[g + 1]]) for g in range(b.num_graphs)]
+        parts = [(h[ptr[g] : ptr[g + 1]].numpy(), terms[ptr[g] : ptr[g + 1]].numpy()) for g in range(b.num_graphs)]
         per_graph = enc.readout_cached(h[b.last_node], parts)
     assert torch.allclose(want.detach(), got, atol=1e-5)
     assert torch.allclose(want_alpha.detach(), got_alpha, atol=1e-5)
