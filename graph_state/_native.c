@@ -1,14 +1,19 @@
-/* graph_state._native: UserGraph.apply and event_key in C, over the graph's own Python objects.
+/* graph_state._native: Ripple's native core, over the graph's own Python objects and numpy blocks.
  *
- * The pure-Python `UserGraph._apply` stays the reference and the fallback: this module changes
- * no layout and no result. `apply` does exactly what `_apply` does for the common event (a
- * writable graph whose blocks have room, whose edge lookup is built), bit for bit: the same
- * float operations in the same order, the same slot on eviction (the first least recent), the
- * same edge order. Anything else (a graph decoded from a record and not yet written, a block
- * that must grow) returns None before changing anything, and the caller takes the Python path.
- * tests/unit/graph_state/test_native.py checks both paths against each other on random streams.
+ * Every function here has a Python reference beside it that stays the fallback (no compiler, or
+ * RIPPLE_PURE_PYTHON=1); this module changes no layout and no result, and
+ * tests/unit/graph_state/test_native.py holds each pair to the same bits on random inputs.
  *
- * encode writes graph_state.codec's version-2 record, byte for byte as the Python encoder.
+ * apply does what UserGraph._apply does, bit for bit: the same float operations in the same
+ * order, the same slot on eviction (the first least recent), the same edge order, the same ring.
+ * Before it writes it asks UserGraph._reserve for owned blocks with room and the edge lookup (as
+ * the Python path makes them on its way); anything it does not expect (a block of another layout,
+ * a subclass of list or dict) returns None before changing anything, and the caller takes the
+ * Python path. It keeps the item-id memo (a bytearray made by encode) up to date in place.
+ *
+ * encode writes graph_state.codec's version-2 record, byte for byte as msgspec and the Python
+ * encoder do. gather builds a batch's columns from many graphs (graph_state.user_graph.gather);
+ * take_rows / put_rows copy rows of many per-graph float32 arrays (graph_state.rows).
  *
  * event_key is BLAKE2b with an 8-byte digest (RFC 7693), read as a signed little-endian int64:
  * what `hashlib.blake2b(data, digest_size=8)` gives.

@@ -122,7 +122,7 @@ def py_event_key(event_id: str) -> int:
 
 
 event_key: Callable[[str], int] = _native.event_key if _native is not None else py_event_key
-""":func:`py_event_key`, in C when the native core is built (0.05 instead of 0.5 µs an event)."""
+""":func:`py_event_key`, in C when the native core is built (0.16 instead of 0.46 µs an id)."""
 
 
 class GraphChange(NamedTuple):
@@ -472,8 +472,8 @@ class UserGraph:
         ``replay``: the event was applied to this graph's history before (a store's tail, see
         :meth:`replay`): it is not refused as late, whatever ``max_lateness_s`` is now.
 
-        The native core applies the common event (a graph already written to, with room in its
-        blocks) in C, ~6x faster; the rest, and every event without it, takes :meth:`_apply`."""
+        The native core applies it in C (after :meth:`_reserve`; ml-100k's stream alone 6.2 -> 2.6 µs
+        an event); anything it does not expect, and every event without the core, takes :meth:`_apply`."""
         if _native is not None:
             change: GraphChange | None = _native.apply(self, event, replay)
             if change is not None:
