@@ -335,7 +335,7 @@ static int memo_update(PyObject *graph, Py_ssize_t slot, Py_ssize_t n_before, Py
     int kept = 0;
     Py_ssize_t size;
     /* A memo some msgspec.Raw still views (ob_exports) cannot change size: it is dropped instead. */
-    int usable = PyByteArray_CheckExact(memo) && ((PyByteArrayObject *)memo)->ob_exports == 0;
+    int usable = PyByteArray_CheckExact(memo) && ((PyByteArrayObject *)memo)->ob_exports == 0 && PyUnicode_Check(item_id);
     const char *utf8 = usable ? PyUnicode_AsUTF8AndSize(item_id, &size) : NULL;
     if (utf8 == NULL && PyErr_Occurred()) {
         Py_DECREF(memo);
@@ -917,9 +917,6 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "encode(graph, cache, cache_key)");
         return NULL;
     }
-#if PY_BIG_ENDIAN
-    Py_RETURN_NONE; /* the record is little-endian: the Python path byte-swaps */
-#endif
     PyObject *graph = args[0], *cache = args[1], *cache_key = args[2];
     PyObject *result = NULL, *ids = NULL, *nodes = NULL, *edges = NULL, *ring = NULL;
     Py_buffer ids_view = {.obj = NULL}, ring_view = {.obj = NULL}, cache_view = {.obj = NULL};
@@ -1280,6 +1277,11 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "graph_state._native", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
+#if PY_BIG_ENDIAN
+    /* Records and blocks are little-endian: a big-endian host takes the Python path, which swaps. */
+    PyErr_SetString(PyExc_ImportError, "graph_state._native supports little-endian hosts only");
+    return NULL;
+#endif
 #define INTERN(name)                                     \
     s_##name = PyUnicode_InternFromString(#name);        \
     if (s_##name == NULL) return NULL;

@@ -285,3 +285,14 @@ def test_native_rows_equal_the_numpy_reference(shapes, layers, lo, width, seed):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(IndexError):  # one past the first array's last node
         rows.take_rows(arrays, 0, 1, np.array([0, 1] + [1] * (len(arrays) - 1)), np.array([shapes[0][0]]))
+
+
+def test_an_item_id_that_is_not_a_string_drops_the_memo_instead_of_failing():
+    """Events are validated before they reach a graph, but ``apply`` itself does not require str
+    ids (the Python path never did): the C path keeps going and drops the ids memo, as Python does."""
+    g = UserGraph(GraphConfig(max_nodes=3))
+    g.apply(Ev("1", "a"))
+    encode(g)
+    assert isinstance(g.ids_memo, bytearray)
+    change = g.apply(Ev("2", 7, ts=BASE_TS + 1))  # type: ignore[arg-type]
+    assert change.nodes == {0, 1} and g.ids_memo is None and g.item_ids == ["a", 7]
