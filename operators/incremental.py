@@ -166,6 +166,9 @@ class IncrementalEncoder:
                 incr.append(i)
                 layers.append(cached)
         p = self.policy
+        # Mid-size graphs keep and use their caches only in batches with enough of them (a backlog):
+        # under light load their caches would hold memory (38 KB at 50 nodes) for nothing.
+        mid = sum(1 for g in graphs if p.batched_min_nodes <= g.n_nodes < p.min_nodes)
         small = [j for j, i in enumerate(incr) if graphs[i].n_nodes < p.min_nodes]
         if small and len(small) < p.batched_min_graphs:  # too few to pay the path's fixed cost
             full.extend(incr[j] for j in small)
@@ -187,7 +190,7 @@ class IncrementalEncoder:
         with torch.inference_mode():
             if full:
                 full.sort()
-                out[full] = self._full([graphs[i] for i in full])
+                out[full] = self._full([graphs[i] for i in full], keep_mid=mid >= p.batched_min_graphs)
             if batch is not None:
                 out[incr] = self._incremental(batch)
         self.stats["full"] += len(full)
@@ -241,7 +244,9 @@ class IncrementalEncoder:
 
     # ---- full forward ------------------------------------------------------------
 
-    def _full(self, graphs: Sequence[UserGraph]) -> np.ndarray:
+    def _full(self, graphs: Sequence[UserGraph], keep_mid: bool = True) -> np.ndarray:
+        """The batched full forward; refreshes the caches of graphs that may be recomputed
+        incrementally next time (``keep_mid``: mid-size ones too) and drops the others'."""
         enc = self.checkpoint.encoder
         b = graphs_to_batch(graphs, self.checkpoint.index)
         h = enc.node_inputs(b)
@@ -254,7 +259,11 @@ class IncrementalEncoder:
         projected = F.linear(h, enc.att_node.weight)
         user, _ = enc.readout_projected(h, projected, b)
         p = self.policy
-        keep_from = min(p.min_nodes, p.batched_min_nodes) if p.enabled and self.supported else None
+        keep_from = (
+            (min(p.min_nodes, p.batched_min_nodes) if keep_mid else p.min_nodes)
+            if p.enabled and self.supported
+            else None
+        )
         stacked: np.ndarray | None = None
         ptr = b.ptr.tolist()
         for i, graph in enumerate(graphs):
@@ -264,7 +273,7 @@ class IncrementalEncoder:
                     stacked = torch.stack([*states, terms]).numpy()  # [L + 1, N, d]
                 self._store(graph, stacked[:, ptr[i] : ptr[i + 1]].copy())
             elif graph.has_cache:
-                graph.cache_key, graph.cache = "", b""  # too small to ever be recomputed incrementally
+                graph.cache_key, graph.cache = "", b""  # not to be recomputed incrementally next time
         n_nodes = int(b.ptr[-1])
         self.stats["recomputed_nodes"] += n_nodes
         self.stats["total_nodes"] += n_nodes

@@ -103,6 +103,9 @@ def test_mid_size_graphs_take_the_incremental_path_only_when_enough_share_the_ba
     batch(range(5), 46, check=True)  # 5 < 12: all fully recomputed
     assert embedder.incremental.stats["incremental"] - before["incremental"] == 15
     assert embedder.incremental.stats["full"] - before["full"] == 5
+    # ... and under such light load their caches are dropped (memory), the others' kept.
+    cached = store.get_many([f"u{u}" for u in range(15)])
+    assert [cached[f"u{u}"].has_cache for u in range(15)] == [False] * 5 + [True] * 10
 
 
 def test_affected_sets_grow_by_one_hop_per_layer():
