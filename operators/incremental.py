@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from graph_state import UserGraph
+from graph_state import Gathered, UserGraph, gather
 from graph_state.rows import put_rows, take_rows
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
 from operators.encoder import GraphLayer, sparse_csr, stable_order
-from operators.tensors import graphs_to_batch, item_rows, recency_buckets, recency_moved
+from operators.tensors import graphs_to_batch, recency_buckets, recency_moved
 
 CACHE_LAYOUT = 3
 """1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block ``att_node(H^L)``;
@@ -132,6 +132,8 @@ class _Batch(NamedTuple):
     weight: np.ndarray
     sets: list[np.ndarray]
     """``A_1..A_L`` as masks over the batch's nodes."""
+    columns: Gathered
+    """The users' node columns, versions, newest slots and item rows (:func:`graph_state.gather`)."""
 
 
 class IncrementalEncoder:
@@ -226,13 +228,12 @@ class IncrementalEncoder:
         self, graphs: list[UserGraph], layers: list[np.ndarray], deltas: Sequence[UserDelta]
     ) -> tuple[_Batch, list[int]]:
         """The users as one :class:`_Batch`, and those whose ``A_L`` exceeds the policy's share."""
-        sizes = np.fromiter((g.n_nodes for g in graphs), dtype=np.int64, count=len(graphs))
+        index = self.checkpoint.index
+        columns = gather(graphs, index, index.row)
+        sizes = columns.sizes
         ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
         np.cumsum(sizes, out=ptr[1:])
-        n_edges = np.fromiter((g.n_edges for g in graphs), dtype=np.int64, count=len(graphs))
-        edges = np.concatenate([g.edge_block() for g in graphs], axis=1)
-        offset = np.repeat(ptr[:-1], n_edges)
-        src, dst = edges[0] + offset, edges[1] + offset
+        src, dst = columns.edges[0], columns.edges[1]
         counts = np.fromiter((len(d.slots) for d in deltas), dtype=np.int64, count=len(deltas))
         slots = np.fromiter(chain.from_iterable(d.slots for d in deltas), dtype=np.int64, count=int(counts.sum()))
         changed = slots + np.repeat(ptr[:-1], counts)
@@ -240,7 +241,7 @@ class IncrementalEncoder:
         reached = np.add.reduceat(sets[-1], ptr[:-1], dtype=np.int64)
         too_large = np.flatnonzero(reached > self.policy.full_share * sizes).tolist()
         base = np.fromiter((d.base_version for d in deltas), dtype=np.int64, count=len(deltas))
-        return _Batch(graphs, layers, base, ptr, src, dst, edges[2].view(np.float64), sets), too_large
+        return _Batch(graphs, layers, base, ptr, src, dst, columns.edges[2].view(np.float64), sets, columns), too_large
 
     # ---- full forward ------------------------------------------------------------
 
@@ -302,16 +303,15 @@ class IncrementalEncoder:
         # Readout terms change where a node's last layer or its recency bucket does: a bucket is
         # log2 of "events ago", so from one version to the next only a few nodes cross into the next.
         sizes = np.diff(ptr)
-        nodes = np.concatenate([g.node_block() for g in graphs], axis=1)  # every node column of the batch
+        nodes = batch.columns.nodes  # every node column of the batch
         seq = nodes[LAST_SEQ]
-        versions = np.fromiter((g.state_version for g in graphs), dtype=np.int64, count=len(graphs))
-        ago = np.repeat(versions, sizes) - seq
+        ago = np.repeat(batch.columns.versions, sizes) - seq
         moved = np.flatnonzero(recency_moved(np.repeat(batch.base, sizes) - seq, ago) & ~last)
         matrix, u_nodes, own = self._messages(batch, targets)
         # Each node set split by user, as slots of the user's own graph and cache.
         (u_at, u_slots), (m_at, m_slots), (t_at, t_slots) = (_by_user(a, ptr) for a in (u_nodes, moved, targets))
         h = enc.inputs_of(
-            torch.from_numpy(item_rows(graphs, self.checkpoint.index)[u_nodes]),
+            torch.from_numpy(batch.columns.rows[u_nodes]),
             torch.from_numpy(nodes[LAST_ACTION, u_nodes]),
             torch.from_numpy(np.log1p(nodes[COUNTS, u_nodes].astype(np.float32))),
         )
@@ -334,7 +334,7 @@ class IncrementalEncoder:
         put_rows(caches, 0, n_layers + 1, t_at, t_slots, fresh)
         put_rows(caches, n_layers, n_layers + 1, m_at, m_slots, moved_terms[np.newaxis])
         # The newest node of a graph with a new event is in A_L: its state is a row of the last layer's output.
-        newest = ptr[:-1] + np.fromiter((g.last_slot for g in graphs), dtype=np.int64, count=len(graphs))
+        newest = ptr[:-1] + batch.columns.last
         at = np.minimum(np.searchsorted(targets, newest), max(len(targets) - 1, 0))
         if len(targets) and (targets[at] == newest).all():
             h_last = outputs[-1][torch.from_numpy(at)]

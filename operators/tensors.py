@@ -63,14 +63,6 @@ def recency_moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return ((before ^ after) > before) & (before < 1 << (RECENCY_BUCKETS - 2))
 
 
-def item_rows(graphs: Sequence[UserGraph], index: ItemIndex) -> np.ndarray:
-    """The embedding row of every node of the graphs, concatenated (``int64``; memoised per graph)."""
-    row = index.row
-    # One join of the memos' bytes: per graph only the memo lookup (a micro-batch holds hundreds of
-    # small graphs; an array per graph cost ~0.7 µs each, the join ~0.03).
-    return np.frombuffer(b"".join([g.slot_rows(index, row) for g in graphs]), dtype=np.int64).copy()
-
-
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
     """Concatenate graphs' node and edge blocks, offsetting node ids (:func:`graph_state.gather`)."""
     g = gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row)
