@@ -73,13 +73,19 @@ def capture_batches(path: str, fmt: str, settings: Settings) -> tuple[list, int]
     return batches, n
 
 
-def compute_limit(batches: list, settings: Settings) -> float:
+def compute_limit(batches: list, settings: Settings, threads: int | None = None) -> float:
+    """Seconds of the forward alone; ``threads``: torch threads for it (default: the runner's)."""
     encoder = load_checkpoint(settings).encoder
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for b in batches:
-            encoder(b)
-    return time.perf_counter() - started
+    before = torch.get_num_threads()
+    set_threads(threads or settings.torch_threads)
+    try:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for b in batches:
+                encoder(b)
+        return time.perf_counter() - started
+    finally:
+        set_threads(before)
 
 
 def run_replay(path: str, fmt: str, settings: Settings) -> float:
@@ -193,7 +199,8 @@ def run_naive(path: str, fmt: str, settings: Settings, limit: int) -> tuple[floa
             if n > limit:  # header line + limit events for the csv-like formats
                 break
             dst.write(line)
-    seconds = run_replay(prefix, fmt, settings.with_overrides(batch_size=1, graph_cache_users=0, incremental=False))
+    naive = settings.with_overrides(batch_size=1, graph_cache_users=0, incremental=False, forward_process="off")
+    seconds = run_replay(prefix, fmt, naive)
     events = sum(1 for _ in read_events(prefix, fmt))
     return seconds, events
 
@@ -221,7 +228,11 @@ def same_state_comparison(path: str, fmt: str, settings: Settings, tail: int) ->
         shutil.copytree(warm, os.path.join(tmp, "naive"))
         runner = replay(tail_path, fmt, os.devnull, settings.with_overrides(state_dir=warm), progress=False)
         naive_settings = settings.with_overrides(
-            state_dir=os.path.join(tmp, "naive"), batch_size=1, graph_cache_users=0, incremental=False
+            state_dir=os.path.join(tmp, "naive"),
+            batch_size=1,
+            graph_cache_users=0,
+            incremental=False,
+            forward_process="off",
         )
         naive = replay(tail_path, fmt, os.devnull, naive_settings, progress=False)
     return runner.seconds, naive.seconds, n
@@ -252,13 +263,17 @@ def main() -> None:
 
     batches, n_events = capture_batches(path, fmt, settings)
     limit_s, runner_s, floor_s, formats_s, naive_s, tail_runner_s, tail_naive_s = [], [], [], [], [], [], []
+    limit2_s, one_process_s = [], []
     naive_n = tail_n = 0
+    in_process = settings.with_overrides(forward_process="off")
     for _ in range(args.repeats):
         limit_s.append(compute_limit(batches, settings))
+        limit2_s.append(compute_limit(batches, settings, threads=2))
         runner_s.append(run_replay(path, fmt, settings))
+        one_process_s.append(run_replay(path, fmt, in_process))
         with without_forward():
-            floor_s.append(run_replay(path, fmt, settings))
-        formats_s.append(formats_floor(path, fmt, settings))
+            floor_s.append(run_replay(path, fmt, in_process))
+        formats_s.append(formats_floor(path, fmt, in_process))
         seconds, naive_n = run_naive(path, fmt, settings, args.naive_events)
         naive_s.append(seconds)
         r_s, n_s, tail_n = same_state_comparison(path, fmt, settings, args.tail_events)
@@ -269,7 +284,11 @@ def main() -> None:
     naive_eps = [naive_n / s for s in naive_s]
     floor_eps = [n_events / s for s in floor_s]
     ratios = [r / lim for r, lim in zip(runner_eps, limit_eps, strict=True)]
+    one_eps = [n_events / s for s in one_process_s]
+    one_ratios = [r / lim for r, lim in zip(one_eps, limit_eps, strict=True)]
+    limit2_eps = [n_events / s for s in limit2_s]
     bounds = [lim / (lim + fl) for lim, fl in zip(limit_s, floor_s, strict=True)]
+    beside = [min(1.0, lim / fl) for lim, fl in zip(limit_s, floor_s, strict=True)]
     formats_eps = [n_events / s for s in formats_s]
     format_bounds = [lim / (lim + fl) for lim, fl in zip(limit_s, formats_s, strict=True)]
     speedups = [r / n for r, n in zip(runner_eps, naive_eps, strict=True)]
@@ -277,17 +296,31 @@ def main() -> None:
     rows = [
         ["pure-compute limit (forward only)", f"{median(limit_eps):,.0f}", spread(limit_eps), "1.00", ""],
         [
-            f"file runner (batch {args.batch_size}, incremental)",
+            "pure-compute limit, 2 torch threads (both cores)",
+            f"{median(limit2_eps):,.0f}",
+            spread(limit2_eps),
+            f"{median([a / b for a, b in zip(limit2_eps, limit_eps, strict=True)]):.2f}",
+            "",
+        ],
+        [
+            f"file runner (batch {args.batch_size}, incremental, forward process: {settings.forward_process})",
             f"{median(runner_eps):,.0f}",
             spread(runner_eps),
             f"{median(ratios):.2f}",
             f"{median(speedups):.1f}x",
         ],
         [
+            "file runner, forward in its own process (RIPPLE_FORWARD_PROCESS=off)",
+            f"{median(one_eps):,.0f}",
+            spread(one_eps),
+            f"{median(one_ratios):.2f}",
+            "",
+        ],
+        [
             "file runner without the GCN (state, I/O, bookkeeping only)",
             f"{median(floor_eps):,.0f}",
             spread(floor_eps),
-            f"≤ {median(bounds):.2f} with a full forward",
+            f"≤ {median(bounds):.2f} with a full forward in-process, ≤ {median(beside):.2f} beside it",
             "",
         ],
         [
@@ -324,8 +357,10 @@ def main() -> None:
     if not args.no_record:
         note = (
             f"{args.repeats} repeats, side by side; ratios are medians of per-repeat ratios. "
-            "'With a full forward' is limit / (limit + the runner without the GCN): the best 'vs limit' a "
-            "runner doing that same per-event work and the limit's full forward could show; the file runner "
+            "'With a full forward in-process' is limit / (limit + the runner without the GCN): the best "
+            "'vs limit' a runner doing that same per-event work and the limit's full forward one after the "
+            "other could show; 'beside it' is limit / the runner without the GCN, the best with the forward "
+            "in a second process (RIPPLE_FORWARD_PROCESS, on where 2+ CPUs are usable); the file runner "
             "passes it where its incremental engine recomputes fewer nodes than the full forward (graphs of "
             "32 nodes or more, docs/benchmarks.md). 'For any design' is limit / (limit + the formats "
             "and the store alone): reading and decoding the same input, writing the same state bytes and "

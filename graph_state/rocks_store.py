@@ -10,8 +10,9 @@ in between only its tail is, and a read replays the tail onto the record.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
@@ -162,6 +163,25 @@ class RocksStore:
         """One atomic batch: per graph its tail when this store holds its full record from fewer
         than ``snapshot_every`` events ago and that record had ``tail_min_nodes``, else its full
         record (and its old tail deleted). A graph object stands for one user."""
+        batch, mark = self._encode(graphs, meta)
+        self._db.write(batch, self._write_opts)
+        mark()
+
+    def prepare_many(
+        self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None
+    ) -> Callable[[], None]:
+        """:meth:`put_many` in two steps: the graphs encoded (and marked as stored) now, the returned
+        call writes them. Between the two the graphs may change (the next batch's events) and no
+        other writer may write; a failed write leaves marks this store does not hold, so a caller
+        whose write failed discards these graph objects (the pipeline drops its cache)."""
+        batch, mark = self._encode(graphs, meta)
+        mark()
+        return partial(self._db.write, batch, self._write_opts)
+
+    def _encode(
+        self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None
+    ) -> tuple[WriteBatch, Callable[[], None]]:
+        """The write batch of :meth:`put_many`, and what marks its graphs as stored once it is written."""
         batch = WriteBatch(raw_mode=True)
         every, snapshot = self.options.persist_cache_every, self.options.snapshot_every
         full, tails = [], []
@@ -183,11 +203,14 @@ class RocksStore:
                 full.append(graph)
         for name, value in (meta or {}).items():
             batch.put(_META + name.encode("utf-8"), value)
-        self._db.write(batch, self._write_opts)
-        for graph in full:
-            self._mark(graph)
-        for saved in tails:
-            saved.tail = True
+
+        def mark() -> None:
+            for graph in full:
+                self._mark(graph)
+            for held in tails:
+                held.tail = True
+
+        return batch, mark
 
     def _mark(self, graph: UserGraph) -> None:
         """Mark ``graph`` as held here in full, keeping its next events when tails will follow."""

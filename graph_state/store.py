@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from graph_state.codec import decode, encode
@@ -51,9 +51,20 @@ class MemoryStore:
         return found
 
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
+        self.prepare_many(graphs, meta)()
+
+    def prepare_many(
+        self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None
+    ) -> Callable[[], None]:
+        """The graphs encoded now; the returned call stores them (``RocksStore.prepare_many``)."""
         encoded = {uid: encode(g) for uid, g in graphs.items()}
-        self._graphs.update(encoded)
-        self._meta.update(meta or {})
+        meta = dict(meta or {})
+
+        def write() -> None:
+            self._graphs.update(encoded)
+            self._meta.update(meta)
+
+        return write
 
     def delete(self, user_id: str) -> bool:
         return self._graphs.pop(user_id, None) is not None
@@ -119,6 +130,15 @@ class CachedStore:
     def put_many(self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None) -> None:
         self.inner.put_many(graphs, meta)
         self._remember(graphs)
+
+    def prepare_many(
+        self, graphs: Mapping[str, UserGraph], meta: Mapping[str, bytes] | None = None
+    ) -> Callable[[], None]:
+        """The inner store's ``prepare_many``; the graphs are cached from now on (the next batch reads
+        them here before they are written)."""
+        write: Callable[[], None] = self.inner.prepare_many(graphs, meta)  # type: ignore[attr-defined]
+        self._remember(graphs)
+        return write
 
     def _remember(self, graphs: Mapping[str, UserGraph]) -> None:
         lru, sizes, budget = self._lru, self._sizes, self.max_bytes

@@ -2,6 +2,7 @@
 
 from operators.checkpoint import Checkpoint
 from operators.encoder import EncoderConfig, GraphEncoder
+from operators.forward_process import ForwardProcess
 from operators.incremental import IncrementalPolicy, UserDelta
 from operators.inference import Embedder, set_threads
 from operators.item_index import ItemIndex, stable_hash
@@ -11,6 +12,7 @@ __all__ = [
     "Checkpoint",
     "Embedder",
     "EncoderConfig",
+    "ForwardProcess",
     "GraphBatch",
     "GraphEncoder",
     "IncrementalPolicy",

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -45,8 +45,11 @@ from graph_state import Gathered, UserGraph, gather
 from graph_state.rows import put_rows, take_rows
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
-from operators.encoder import GraphLayer, sparse_csr, stable_order
-from operators.tensors import graphs_to_batch, recency_buckets, recency_moved
+from operators.encoder import GraphEncoder, GraphLayer, sparse_csr, stable_order
+from operators.tensors import GraphBatch, columns_to_batch, recency_buckets, recency_moved
+
+if TYPE_CHECKING:
+    from operators.forward_process import ForwardProcess, Pending
 
 CACHE_LAYOUT = 3
 """1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block ``att_node(H^L)``;
@@ -76,6 +79,72 @@ class IncrementalPolicy:
     forward (``bench/history_length.py``), a full ml-100k batch of ~180 was 25 % faster (the file
     runner, ``bench/throughput.py``); graphs under 32 nodes were slower at every batch size."""
     batched_min_graphs: int = 32
+
+
+def full_forward(enc: GraphEncoder, b: GraphBatch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The serving forward of a batch: every layer's node states, ``att_node`` of the last, and the
+    user vectors (``enc(b)``'s). The one definition the engine and the forward process both run,
+    so their vectors are the same bits."""
+    h = enc.node_inputs(b)
+    sim = enc.similarity_edges(b)
+    plan = enc.gcn_plan(b)
+    states = []
+    for layer in enc.layers:
+        h = layer(h, b.edge_index, b.edge_weight, sim, plan)
+        states.append(h)
+    projected = F.linear(h, enc.att_node.weight)
+    user, _ = enc.readout_projected(h, projected, b)
+    return states, projected, user
+
+
+def forward_with_caches(enc: GraphEncoder, b: GraphBatch, keep: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`full_forward`'s user vectors, and the layer cache ``[L + 1, n, d]`` of each graph in ``keep``."""
+    states, projected, user = full_forward(enc, b)
+    caches: list[np.ndarray] = []
+    if keep:
+        terms = enc.readout_terms(states[-1], b.recency, projected)
+        stacked = torch.stack([*states, terms]).numpy()  # [L + 1, N, d]
+        ptr = b.ptr.tolist()
+        caches = [stacked[:, ptr[i] : ptr[i + 1]].copy() for i in keep]
+    return user.numpy(), caches
+
+
+class _Remote:
+    """A full forward in the forward process: its answer, and the graphs to keep layer caches for,
+    with the versions they had when it was handed over (the caches are of those versions)."""
+
+    def __init__(self, engine: IncrementalEncoder, pending: Pending, kept: list[tuple[UserGraph, int]]) -> None:
+        self.engine, self.pending, self.kept = engine, pending, kept
+        self.kept_ids = {id(graph) for graph, _ in kept}
+        self._user: np.ndarray | None = None
+
+    def result(self) -> np.ndarray:
+        if self._user is None:
+            user, caches = self.pending.result()
+            for (graph, version), layers in zip(self.kept, caches, strict=True):
+                self.engine._store(graph, layers, version)
+            if self in self.engine._in_flight:
+                self.engine._in_flight.remove(self)
+            self._user = user
+        return self._user
+
+
+class Deferred:
+    """A batch's vectors, of which the full forward's rows may still be computing (:meth:`result`)."""
+
+    def __init__(self, out: np.ndarray, rows: list[int], remote: _Remote | None) -> None:
+        self._out, self._rows = out, rows
+        self._remote: _Remote | None = remote
+
+    @property
+    def waiting(self) -> bool:
+        return self._remote is not None
+
+    def result(self) -> np.ndarray:
+        if self._remote is not None:
+            self._out[self._rows] = self._remote.result()
+            self._remote = None
+        return self._out
 
 
 def cache_key(checkpoint: Checkpoint, state_version: int) -> str:
@@ -150,12 +219,31 @@ class IncrementalEncoder:
         graph_layers = [cast(GraphLayer, layer) for layer in enc.layers]
         self._layer_transforms = [(layer, layer.sums_transform()) for layer in graph_layers] if self.supported else []
         self.stats = {"full": 0, "incremental": 0, "recomputed_nodes": 0, "total_nodes": 0}
+        self._in_flight: list[_Remote] = []
+        """Forwards in the forward process that will give graphs their layer caches, oldest first."""
 
     # ---- entry point -----------------------------------------------------------
 
     def embed_many(self, graphs: Sequence[UserGraph], deltas: Sequence[UserDelta | None]) -> np.ndarray:
         """One vector per graph; refreshes every graph's cache as a side effect."""
+        return self.embed_deferred(graphs, deltas, None).result()
+
+    def embed_deferred(
+        self, graphs: Sequence[UserGraph], deltas: Sequence[UserDelta | None], forward: ForwardProcess | None
+    ) -> Deferred:
+        """:meth:`embed_many`, its full forward handed to ``forward`` when given (collect the vectors
+        with ``.result()``): the incremental part runs here, now. A graph the full forward keeps a
+        cache for gets it when the vectors are collected, if it did not change in between."""
         cfg = self.checkpoint.config
+        if self._in_flight:
+            # A graph of this batch waits for its layer cache from a forward still in the process
+            # (the batch before): collect that one first, so it can take the incremental path as it
+            # would have without a process (and its vector is the same bits).
+            ids = {id(g) for g in graphs}
+            needed = [i for i, flying in enumerate(self._in_flight) if not flying.kept_ids.isdisjoint(ids)]
+            if needed:
+                for flying in self._in_flight[: needed[-1] + 1]:  # in the order they were handed over
+                    flying.result()
         out = np.zeros((len(graphs), cfg.dim), dtype=np.float32)
         full: list[int] = []
         incr: list[int] = []
@@ -189,15 +277,20 @@ class IncrementalEncoder:
             full.extend(incr[j] for j in too_large)
             keep = sorted(set(range(len(incr))) - set(too_large))
             incr, layers, batch = [incr[j] for j in keep], [layers[j] for j in keep], None
+        remote: _Remote | None = None
         with torch.inference_mode():
             if full:
                 full.sort()
-                out[full] = self._full([graphs[i] for i in full], keep_mid=mid >= p.batched_min_graphs)
+                computed = self._full([graphs[i] for i in full], mid >= p.batched_min_graphs, forward)
+                if isinstance(computed, np.ndarray):
+                    out[full] = computed
+                else:
+                    remote = computed
             if batch is not None:
                 out[incr] = self._incremental(batch)
         self.stats["full"] += len(full)
         self.stats["incremental"] += len(incr)
-        return out
+        return Deferred(out, full, remote)
 
     def _cached(self, graph: UserGraph, delta: UserDelta | None) -> np.ndarray | None:
         """The graph's layer cache as a writable ``[L + 1, n_nodes, d]`` array when it can be refreshed
@@ -245,44 +338,45 @@ class IncrementalEncoder:
 
     # ---- full forward ------------------------------------------------------------
 
-    def _full(self, graphs: Sequence[UserGraph], keep_mid: bool = True) -> np.ndarray:
-        """The batched full forward; refreshes the caches of graphs that may be recomputed
-        incrementally next time (``keep_mid``: mid-size ones too) and drops the others'."""
-        enc = self.checkpoint.encoder
-        b = graphs_to_batch(graphs, self.checkpoint.index)
-        h = enc.node_inputs(b)
-        sim = enc.similarity_edges(b)
-        plan = enc.gcn_plan(b)
-        states = []
-        for layer in enc.layers:
-            h = layer(h, b.edge_index, b.edge_weight, sim, plan)
-            states.append(h)
-        projected = F.linear(h, enc.att_node.weight)
-        user, _ = enc.readout_projected(h, projected, b)
+    def _full(
+        self, graphs: Sequence[UserGraph], keep_mid: bool = True, forward: ForwardProcess | None = None
+    ) -> np.ndarray | _Remote:
+        """The batched full forward (by ``forward`` when given and alive); refreshes the caches of
+        graphs that may be recomputed incrementally next time (``keep_mid``: mid-size ones too) and
+        drops the others'."""
         p = self.policy
         keep_from = (
             (min(p.min_nodes, p.batched_min_nodes) if keep_mid else p.min_nodes)
             if p.enabled and self.supported
             else None
         )
-        stacked: np.ndarray | None = None
-        ptr = b.ptr.tolist()
+        keep: list[int] = []
+        n_nodes = 0
         for i, graph in enumerate(graphs):
+            n_nodes += graph.n_nodes
             if keep_from is not None and graph.n_nodes >= keep_from:
-                if stacked is None:
-                    terms = enc.readout_terms(h, b.recency, projected)
-                    stacked = torch.stack([*states, terms]).numpy()  # [L + 1, N, d]
-                self._store(graph, stacked[:, ptr[i] : ptr[i + 1]].copy())
+                keep.append(i)
             elif graph.has_cache:
                 graph.cache_key, graph.cache = "", b""  # not to be recomputed incrementally next time
-        n_nodes = int(b.ptr[-1])
         self.stats["recomputed_nodes"] += n_nodes
         self.stats["total_nodes"] += n_nodes
-        return user.numpy()
+        index = self.checkpoint.index
+        columns = gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row)
+        kept = [(graphs[i], graphs[i].state_version) for i in keep]
+        if forward is not None and forward.alive and forward.checkpoint is self.checkpoint:
+            remote = _Remote(self, forward.submit(columns, keep), kept)
+            if kept:
+                self._in_flight.append(remote)
+            return remote
+        user, caches = forward_with_caches(self.checkpoint.encoder, columns_to_batch(columns), keep)
+        for (graph, _), layers in zip(kept, caches, strict=True):
+            self._store(graph, layers)
+        return user
 
-    def _store(self, graph: UserGraph, layers: np.ndarray) -> None:
+    def _store(self, graph: UserGraph, layers: np.ndarray, version: int | None = None) -> None:
+        """Keep ``layers`` as the graph's cache of ``version`` (default: its current one)."""
         graph.cache = layers
-        graph.cache_key = f"{self._prefix}{graph.state_version}"
+        graph.cache_key = f"{self._prefix}{graph.state_version if version is None else version}"
 
     # ---- incremental forward -----------------------------------------------------
 

@@ -9,7 +9,8 @@ import torch
 
 from graph_state import UserGraph
 from operators.checkpoint import Checkpoint
-from operators.incremental import IncrementalEncoder, IncrementalPolicy, UserDelta
+from operators.forward_process import ForwardProcess
+from operators.incremental import Deferred, IncrementalEncoder, IncrementalPolicy, UserDelta
 from operators.tensors import graphs_to_batch
 
 
@@ -79,6 +80,13 @@ class Embedder:
         does not belong to ``delta.base_version`` of this model is recomputed fully.
         """
         return self.incremental.embed_many(graphs, deltas)
+
+    def embed_deferred(
+        self, graphs: Sequence[UserGraph], deltas: Sequence[UserDelta | None], forward: ForwardProcess
+    ) -> Deferred:
+        """:meth:`embed_changed` with its full forward computed by ``forward`` (a child process) while the
+        caller goes on; ``.result()`` waits for the vectors. The same vectors, bit for bit."""
+        return self.incremental.embed_deferred(graphs, deltas, forward)
 
     def embed_one(self, graph: UserGraph) -> np.ndarray:
         return self.embed_many([graph])[0]

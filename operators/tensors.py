@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from graph_state import UserGraph, gather
+from graph_state import Gathered, UserGraph, gather
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.item_index import ItemIndex
 
@@ -65,11 +65,17 @@ def recency_moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
     """Concatenate graphs' node and edge blocks, offsetting node ids (:func:`graph_state.gather`)."""
-    g = gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row)
-    if len(graphs) and (g.sizes.min() == 0 or g.last.min() < 0):
+    return columns_to_batch(gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row))
+
+
+def columns_to_batch(g: Gathered) -> GraphBatch:
+    """The batch tensors of gathered columns (what :func:`graphs_to_batch` builds; the forward
+    process gets the columns, not the graphs)."""
+    count = len(g.sizes)
+    if count and (g.sizes.min() == 0 or g.last.min() < 0):
         bad = int(np.flatnonzero((g.sizes == 0) | (g.last < 0))[0])
         raise ValueError(E_EMPTY_GRAPH.format(index=bad))
-    ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
+    ptr = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(g.sizes, out=ptr[1:])
     nodes = g.nodes
     return GraphBatch(
@@ -79,7 +85,7 @@ def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch
         recency=torch.from_numpy(recency_buckets(np.repeat(g.versions, g.sizes) - nodes[LAST_SEQ])),
         edge_index=torch.from_numpy(g.edges[:2]),
         edge_weight=torch.from_numpy(g.edges[2].view(np.float64).astype(np.float32)),
-        batch=torch.from_numpy(np.repeat(np.arange(len(graphs), dtype=np.int64), g.sizes)),
+        batch=torch.from_numpy(np.repeat(np.arange(count, dtype=np.int64), g.sizes)),
         last_node=torch.from_numpy(g.last + ptr[:-1]),
         ptr=torch.from_numpy(ptr),
     )

@@ -30,19 +30,22 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+import numpy as np
 
 from graph_state import CachedStore, GraphStore, UserGraph
-from operators import Checkpoint, Embedder, UserDelta
+from operators import Checkpoint, Embedder, ForwardProcess, UserDelta
 from operators.explain import explain
 from operators.heads import LabelHead
+from operators.incremental import Deferred
 from stream_app.core.events import LATE_EVENT, BehaviorEvent, EventLimits, Rejection, decode_event
 from stream_app.core.metrics import Metrics
 from stream_app.core.recommend import Recommender
-from stream_app.core.records import DeadLetter, Explained, RawRecord, UserEmbedding
+from stream_app.core.records import DeadLetter, Explained, RawRecord, Recommended, UserEmbedding
 
 APPLIED = "applied"
 DUPLICATE = "duplicate"
@@ -73,6 +76,36 @@ class BatchResult:
     new_users: int = 0
     earliest_ts: dict[str, float] = field(default_factory=dict)
     """Per published user: the earliest record timestamp behind its update (latency)."""
+
+
+class _Published(NamedTuple):
+    """A published user's state at the end of its batch: what its output record says."""
+
+    user_id: str
+    state_version: int
+    last_event_id: str
+    event_ts: float
+    n_nodes: int
+
+    @classmethod
+    def of(cls, user_id: str, graph: UserGraph) -> _Published:
+        return cls(user_id, graph.state_version, graph.last_event_id, graph.last_ts, graph.n_nodes)
+
+
+@dataclass
+class Staged:
+    """A batch through :meth:`Pipeline.stage`: its result, its vectors (or their pending forward), its write."""
+
+    result: BatchResult
+    published: list[_Published]
+    deferred: Deferred | None
+    """The batch's vectors, maybe still computing in the forward process (``None``: ``result.embeddings`` are made)."""
+    write: Callable[[], None]
+    graphs: dict[str, UserGraph]
+    """The batch's graphs to write: the next batch, staged before this one is written, reads its users here."""
+    n_records: int
+    started: float
+    embed_started: float
 
 
 class Sink(Protocol):
@@ -192,10 +225,28 @@ class Pipeline:
 
     def process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
+        result, to_publish, deltas = self._apply(records, started)
+        embed_started = time.perf_counter()
+        result.embeddings = self.embed(to_publish, deltas)
+        if self.metrics is not None:
+            self._observe(result, len(records), started, embed_started)
+        return result
+
+    def _apply(
+        self, records: Sequence[RawRecord], started: float, pending: Mapping[str, UserGraph] | None = None
+    ) -> tuple[BatchResult, dict[str, UserGraph], dict[str, UserDelta]]:
+        """Steps 1-2: the batch's result so far, the users to publish and their deltas.
+
+        ``pending``: graphs of a staged batch not yet written (:meth:`stage`): their users' live state.
+        """
         result = BatchResult()
         valid = self.decode(records, result)
         users = list(dict.fromkeys(event.user_id for _, event in valid))
-        graphs = self.store.get_many(users)
+        if pending:
+            graphs = {uid: pending[uid] for uid in users if uid in pending}
+            graphs.update(self.store.get_many([uid for uid in users if uid not in graphs]))
+        else:
+            graphs = self.store.get_many(users)
         config = self.store.config
         to_publish: dict[str, UserGraph] = {}
         base = {uid: g.state_version for uid, g in graphs.items()}
@@ -231,12 +282,8 @@ class Pipeline:
                 first = result.earliest_ts.get(event.user_id)
                 if first is None or record.timestamp < first:
                     result.earliest_ts[event.user_id] = record.timestamp
-        embed_started = time.perf_counter()
         deltas = {uid: UserDelta(base[uid], frozenset(changed[uid])) for uid in to_publish if uid in base}
-        result.embeddings = self.embed(to_publish, deltas)
-        if self.metrics is not None:
-            self._observe(result, len(records), started, embed_started)
-        return result
+        return result, to_publish, deltas
 
     def embed(
         self, graphs: Mapping[str, UserGraph], deltas: Mapping[str, UserDelta] | None = None
@@ -246,40 +293,105 @@ class Pipeline:
             return []
         deltas = deltas or {}
         vectors = self.embedder.embed_changed(list(graphs.values()), [deltas.get(uid) for uid in graphs])
+        return self._records([_Published.of(uid, g) for uid, g in graphs.items()], vectors, list(graphs.values()))
+
+    def _records(
+        self, published: Sequence[_Published], vectors: np.ndarray, graphs: Sequence[UserGraph] | None
+    ) -> list[UserEmbedding]:
+        """The batch's output records: ``published`` is each user's state as of the batch's end;
+        ``graphs`` their graphs for explanations and recommendations (``None``: they moved on since,
+        :meth:`stage` hands over only batches that need neither)."""
         now = time.time()
         version = self.embedder.model_version
+        n = len(published)
         # A head scores only the vectors of the encoder it was trained on (after a live swap to another: none).
         encoder = self.embedder.checkpoint.encoder_version
         head = self.head if self.head is not None and self.head.encoder_version == encoder else None
-        scores: list[float | None] = head.score_many(vectors).tolist() if head is not None else [None] * len(graphs)
+        scores: list[float | None] = head.score_many(vectors).tolist() if head is not None else [None] * n
         head_version = self.head_version if head is not None else None
-        explanations: list[list[Explained] | None] = [None] * len(graphs)
-        if self.explain_top > 0:
-            checkpoint = self.embedder.checkpoint
-            explanations = [
-                [Explained(p.item_id, p.action, round(p.share, 6)) for p in explain(checkpoint, g, self.explain_top)]
-                for g in graphs.values()
-            ]
-        recommended = self.recommender.top_many(self.embedder.checkpoint, vectors, graphs.values())
+        explanations: list[list[Explained] | None] = [None] * n
+        recommended: list[list[Recommended] | None] = [None] * n
+        if graphs is not None:
+            if self.explain_top > 0:
+                checkpoint = self.embedder.checkpoint
+                explanations = [
+                    [
+                        Explained(p.item_id, p.action, round(p.share, 6))
+                        for p in explain(checkpoint, g, self.explain_top)
+                    ]
+                    for g in graphs
+                ]
+            recommended = self.recommender.top_many(self.embedder.checkpoint, vectors, graphs)
         return [
             UserEmbedding(
-                user_id=uid,
+                user_id=p.user_id,
                 embedding=vec,
                 model_version=version,
-                state_version=g.state_version,
-                last_event_id=g.last_event_id,
-                event_ts=g.last_ts,
+                state_version=p.state_version,
+                last_event_id=p.last_event_id,
+                event_ts=p.event_ts,
                 computed_at=now,
-                n_nodes=g.n_nodes,
+                n_nodes=p.n_nodes,
                 head_score=score,
                 head_version=head_version,
                 explanation=why,
                 recommendations=recs,
             )
-            for (uid, g), vec, score, why, recs in zip(
-                graphs.items(), vectors.tolist(), scores, explanations, recommended, strict=True
+            for p, vec, score, why, recs in zip(
+                published, vectors.tolist(), scores, explanations, recommended, strict=True
             )
         ]
+
+    # ---- two batches at once: the file runner with a forward process ----------------
+
+    def can_stage(self) -> bool:
+        """Whether :meth:`stage` may hand forwards to a process: the store can encode a batch before
+        writing it, and no output reads a graph after its batch (explanations, recommendations)."""
+        store = self.store.inner if isinstance(self.store, CachedStore) else self.store
+        return hasattr(store, "prepare_many") and self.explain_top <= 0 and self.recommender.top <= 0
+
+    def stage(
+        self,
+        records: Sequence[RawRecord],
+        meta: Mapping[str, bytes] | None = None,
+        forward: ForwardProcess | None = None,
+        pending: Staged | None = None,
+    ) -> Staged:
+        """Steps 1-3 of a batch, its state encoded for the write: :meth:`finish` publishes and writes it.
+
+        With ``forward`` (and :meth:`can_stage`), a batch of graphs without layer caches is embedded
+        by the forward process while the caller stages the next batch (``pending``: the staged batch
+        not finished yet, whose users' graphs this one continues). Finish batches in order.
+        """
+        started = time.perf_counter()
+        live = pending.graphs if pending is not None else None
+        with self.dropping_cache_on_failure():
+            result, to_publish, deltas = self._apply(records, started, live)
+            embed_started = time.perf_counter()
+            deferred = None
+            published = [_Published.of(uid, g) for uid, g in to_publish.items()]
+            if forward is not None and to_publish and self.can_stage():
+                deferred = self.embedder.embed_deferred(
+                    list(to_publish.values()), [deltas.get(uid) for uid in to_publish], forward
+                )
+            else:
+                result.embeddings = self.embed(to_publish, deltas)
+            graphs = {**result.restore, **result.graphs} if result.restore else result.graphs
+            write = self.store.prepare_many(graphs, meta)  # type: ignore[attr-defined]  # can_stage
+        return Staged(result, published, deferred, write, graphs, len(records), started, embed_started)
+
+    def finish(self, staged: Staged, sink: Sink) -> BatchResult:
+        """The rest of :meth:`run` for a staged batch: its vectors, publish, then its state written."""
+        result = staged.result
+        with self.dropping_cache_on_failure():
+            if staged.deferred is not None:
+                result.embeddings = self._records(staged.published, staged.deferred.result(), None)
+            if self.metrics is not None:
+                self._observe(result, staged.n_records, staged.started, staged.embed_started)
+            sink.publish(result)
+            staged.write()
+        self.observe_published(result)
+        return result
 
     def run(self, records: Sequence[RawRecord], sink: Sink, meta: Mapping[str, bytes] | None = None) -> BatchResult:
         """One micro-batch through the whole protocol: process → publish → commit → observe.

@@ -193,6 +193,13 @@ class Settings:
     )
     incremental_full_share: float = _doc("Recompute fully when the affected share of a graph exceeds this.", 0.5)
     torch_threads: int = _doc("Torch threads for inference (1 is fastest for micro-batches; 0 = torch default).", 1)
+    forward_process: str = _doc(
+        "The file runner's batched GCN forward in a second process, beside the per-event work: auto (when the "
+        "process may use 2 CPUs or more and the file holds 8 micro-batches or more), on, or off. Vectors are the "
+        "same bits either way; batches whose graphs keep layer caches, and runs with explanations or "
+        "recommendations, compute in-process (docs/benchmarks.md).",
+        "auto",
+    )
     gc_threshold: int = _doc(
         "Allocations between two young-generation passes of Python's garbage collector (Python's default: 700). "
         "With thousands of cached user graphs alive every pass is long; 50,000 made the file runner 20-40 % "
@@ -280,6 +287,7 @@ class Settings:
             ("max_weight", 0 < self.max_weight <= 1e12, "must be in (0, 1e12]"),
             ("model_poll_s", 0 <= self.model_poll_s <= 86400, "must be in [0, 86400] seconds (0 = never)"),
             ("explain_top", 0 <= self.explain_top <= 1000, "must be between 0 (off) and 1000"),
+            ("forward_process", self.forward_process in ("auto", "on", "off"), "must be auto, on or off"),
             ("recommend_top", 0 <= self.recommend_top <= 1000, "must be between 0 (off) and 1000"),
             (
                 "redis_url",

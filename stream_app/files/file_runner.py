@@ -6,6 +6,11 @@ embeddings were flushed to the output. A run that stops anywhere can be
 started again with the same arguments and continues where it stopped; at worst
 the last batch's embeddings are written twice with the same state_version.
 
+Where two CPUs or more are usable (``RIPPLE_FORWARD_PROCESS``), the batched GCN forward runs in a
+second process (:class:`operators.ForwardProcess`) and two batches overlap: batch k+1 is decoded,
+applied and its state encoded while the process computes batch k's vectors; then batch k is
+published and only then its state written — the same order per batch, so the same resume.
+
 The output file holds what this run published (``stream_app/files/exports.py``): every record
 as JSON lines (default), as Parquet rows (``--out FILE.parquet``), or one final record per
 user (``--latest-only``); the last two are written whole, and renamed into place, when the
@@ -26,12 +31,13 @@ from typing import IO
 from tqdm import tqdm
 
 from graph_state import RocksStore
-from operators import set_threads
+from operators import ForwardProcess, set_threads
+from operators.forward_process import usable_cpus
 from stream_app.core.embedding_format import embedding_encoder
 from stream_app.core.metrics import Metrics
-from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, BatchResult
+from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, BatchResult, Staged
 from stream_app.core.records import RawRecord, json_encoder
-from stream_app.core.serving import build_pipeline, load_model
+from stream_app.core.serving import ServedModel, build_pipeline, load_model
 from stream_app.core.settings import Settings
 from stream_app.files.exports import EmbeddingSink, open_sink
 from stream_app.files.readers import count_lines, read_events
@@ -102,14 +108,17 @@ def replay(
     set_threads(settings.torch_threads)
     settings.tune_gc()
     model = load_model(settings)  # refused before the state directory is opened
-    store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
+    total = count_lines(events_path, fmt)
+    # Started before anything opens files or threads (it forks): the child needs only the model.
+    forward = forward_process(settings, model, total)
+    store = None
     try:
+        store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
         pipeline = build_pipeline(settings, store, metrics, model=model)
         progress_key = PROGRESS_PREFIX + file_identity(events_path)
         done = store.get_meta(progress_key)
         start_line = 0 if (from_start or done is None) else int(done)
         summary = ReplaySummary(skipped_lines=start_line, model_version=pipeline.embedder.model_version)
-        total = count_lines(events_path, fmt)
         encode = embedding_encoder(settings.embedding_encoding)
         mode = "ab" if append else "wb"
         started = time.perf_counter()
@@ -119,8 +128,8 @@ def replay(
             tqdm(total=total, initial=start_line, unit="ev", disable=None if progress is None else not progress) as bar,
         ):
             output = FileOutput(out, dlq)
-            for chunk in batched(read_events(events_path, fmt, start_line), settings.batch_size):
-                result = pipeline.run(chunk, output, {progress_key: str(chunk[-1].offset + 1).encode()})
+
+            def count(result: BatchResult, chunk: list[RawRecord]) -> None:
                 summary.users.update(emb.user_id for emb in result.embeddings)
                 summary.events += len(chunk)
                 summary.outcomes.update(result.outcomes)
@@ -128,11 +137,40 @@ def replay(
                 summary.unknown_actions += result.unknown_actions
                 summary.published += len(result.embeddings)
                 bar.update(chunk[-1].offset + 1 - bar.n)
+
+            # With a forward process, batch k+1 is staged (decoded, applied, its forward handed over)
+            # before batch k is finished (its vectors collected, published, its state written).
+            staged: tuple[Staged, list[RawRecord]] | None = None
+            for chunk in batched(read_events(events_path, fmt, start_line), settings.batch_size):
+                meta = {progress_key: str(chunk[-1].offset + 1).encode()}
+                if forward is None:
+                    count(pipeline.run(chunk, output, meta), chunk)
+                    continue
+                following = pipeline.stage(chunk, meta, forward, staged[0] if staged else None)
+                if staged is not None:
+                    count(pipeline.finish(staged[0], output), staged[1])
+                staged = (following, chunk)
+            if staged is not None:
+                count(pipeline.finish(staged[0], output), staged[1])
             out.finish()
         summary.seconds = time.perf_counter() - started
         return summary
     finally:
-        store.close()
+        if forward is not None:
+            forward.close()
+        if store is not None:
+            store.close()
+
+
+def forward_process(settings: Settings, model: ServedModel, lines: int) -> ForwardProcess | None:
+    """The file runner's forward process, when ``RIPPLE_FORWARD_PROCESS`` asks for one (``auto``: 2+
+    usable CPUs and 8+ micro-batches in the file) and the run's output lets batches overlap."""
+    wanted = settings.forward_process
+    if wanted == "off" or settings.explain_top > 0 or settings.recommend_top > 0:
+        return None
+    if wanted == "auto" and (usable_cpus() < 2 or lines < 8 * settings.batch_size):
+        return None
+    return ForwardProcess(model.checkpoint, settings.torch_threads)
 
 
 def summary_rows(summary: ReplaySummary) -> list[tuple[str, str]]:

@@ -1,0 +1,168 @@
+"""The file runner with its forward in a second process: the same output, the same state, no loss."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import numpy as np
+import pytest
+import torch
+
+from graph_state import GraphConfig, RocksStore, UserGraph, encode, gather
+from operators import Checkpoint, ForwardProcess
+from operators.forward_process import usable_cpus
+from operators.incremental import forward_with_caches
+from operators.tensors import columns_to_batch
+from stream_app.core.serving import load_model
+from stream_app.core.settings import Settings
+from stream_app.files.file_runner import forward_process, replay
+from stream_app.files.generate import GeneratorSpec, generate_events
+from tests.conftest import Ev, write_jsonl
+
+
+def outputs(path) -> list[dict]:
+    """The output records in order, without ``computed_at`` (the one field a rerun changes)."""
+    with open(path, "rb") as f:
+        records = [msgspec.json.decode(line) for line in f]
+    for record in records:
+        del record["computed_at"]
+    return records
+
+
+def states(path, config: GraphConfig, users: list[str]) -> dict[str, bytes]:
+    store = RocksStore(path, config)
+    try:
+        return {uid: encode(g, include_cache=False) for uid, g in store.get_many(users).items()}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("cache_users", [4096, 0])
+def test_the_runner_with_a_forward_process_writes_what_it_writes_without(tmp_path, cache_users):
+    """Every record (vector bits included), every dead letter and every stored graph equal, over
+    batches of small graphs (to the process), graphs large enough for layer caches and the
+    incremental path (here), users in consecutive batches (the next batch is staged before the
+    previous one is written: with no graph cache it reads them from the staged batch), duplicates
+    and malformed lines; then a second file continues both states the same way."""
+    data = list(generate_events(GeneratorSpec(users=60, items=150, events=4000, seed=5, malformed=0.03)))
+    first = write_jsonl(tmp_path / "first.jsonl", data[:3000] + data[:40])  # 40 duplicates at the end
+    second = write_jsonl(tmp_path / "second.jsonl", data[3000:])
+    runs = {}
+    for mode in ("off", "on"):
+        s = Settings.from_env(
+            {},
+            state_dir=str(tmp_path / mode),
+            batch_size=37,
+            forward_process=mode,
+            graph_cache_users=cache_users,
+            incremental_min_nodes=16,  # graphs from 16 nodes keep layer caches (default 32-64; these reach 50)
+            incremental_batched_min_nodes=16,
+        )
+        a = replay(first, "jsonl", str(tmp_path / f"{mode}1.out"), s, str(tmp_path / f"{mode}1.dlq"), progress=False)
+        b = replay(second, "jsonl", str(tmp_path / f"{mode}2.out"), s, progress=False)
+        runs[mode] = (a, b, s)
+    for n in (1, 2):
+        off, on = outputs(tmp_path / f"off{n}.out"), outputs(tmp_path / f"on{n}.out")
+        assert len(off) > 500
+        if cache_users:
+            assert off == on
+        else:  # the staged batch's live graphs keep their layer caches: incremental ≡ full, to rounding
+            vectors = [np.array([r.pop("embedding") for r in records]) for records in (off, on)]
+            assert off == on
+            np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "off1.dlq").read_bytes() == (tmp_path / "on1.dlq").read_bytes() != b""
+    assert runs["off"][0].outcomes == runs["on"][0].outcomes and runs["on"][0].outcomes["duplicate"] >= 30
+    users = sorted({r["user_id"] for r in outputs(tmp_path / "off2.out")})
+    sizes = [r["n_nodes"] for r in outputs(tmp_path / "off1.out")]
+    assert max(sizes) >= 40 and min(sizes) < 16  # both paths were in play
+    config = runs["off"][2].graph_config()
+    assert states(tmp_path / "off", config, users) == states(tmp_path / "on", config, users)
+
+
+def graphs(n: int, seed: int) -> list[UserGraph]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in range(n):
+        g = UserGraph(GraphConfig())
+        for e in range(int(rng.integers(1, 80))):
+            g.apply(Ev(f"{u}-{e}", f"i{rng.integers(120)}", "view", float(e)))
+        out.append(g)
+    return out
+
+
+def test_the_process_answers_in_order_with_the_bits_computed_here():
+    checkpoint = Checkpoint.seeded(seed=1)
+    index, enc = checkpoint.index, checkpoint.encoder
+    batches = [graphs(12, seed) for seed in range(4)]
+    keeps = [[0, 3], [], [11], list(range(12))]
+    with ForwardProcess(checkpoint) as forward:
+        pending = [forward.submit(gather(b, index, index.row), k) for b, k in zip(batches, keeps, strict=True)]
+        answers = [p.result() for p in pending]
+    for b, keep, (user, caches) in zip(batches, keeps, answers, strict=True):
+        with torch.inference_mode():
+            here, here_caches = forward_with_caches(enc.eval(), columns_to_batch(gather(b, index, index.row)), keep)
+        assert user.tobytes() == here.tobytes()
+        assert [c.tobytes() for c in caches] == [c.tobytes() for c in here_caches]
+        assert [c.shape[1] for c in caches] == [b[i].n_nodes for i in keep]
+
+
+def test_a_dead_process_costs_nothing_but_a_warning(caplog):
+    checkpoint = Checkpoint.seeded(seed=2)
+    index = checkpoint.index
+    batch = graphs(8, seed=9)
+    with torch.inference_mode():
+        expected, _ = forward_with_caches(
+            checkpoint.encoder.eval(), columns_to_batch(gather(batch, index, index.row)), []
+        )
+    with ForwardProcess(checkpoint) as forward:
+        assert forward.submit(gather(batch, index, index.row), []).result()[0].tobytes() == expected.tobytes()
+        forward._process.kill()
+        forward._process.join()
+        with caplog.at_level(logging.WARNING, logger="ripple.forward"):
+            first = forward.submit(gather(batch, index, index.row), [])
+            second = forward.submit(gather(batch, index, index.row), [])
+            assert first.result()[0].tobytes() == expected.tobytes() == second.result()[0].tobytes()
+        assert not forward.alive
+        assert sum("forward process stopped" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_answers_are_collected_in_order():
+    checkpoint = Checkpoint.seeded(seed=3)
+    index = checkpoint.index
+    with ForwardProcess(checkpoint) as forward:
+        a = forward.submit(gather(graphs(2, 1), index, index.row), [])
+        b = forward.submit(gather(graphs(2, 2), index, index.row), [])
+        with pytest.raises(RuntimeError, match="order"):
+            b.result()
+        a.result(), b.result()
+
+
+def test_when_the_runner_starts_a_forward_process(tmp_path):
+    model = load_model(Settings.from_env({}))
+    batch = Settings.from_env({}).batch_size
+
+    def started(lines: int, **kw) -> bool:
+        found = forward_process(Settings.from_env({}, **kw), model, lines)
+        if found is not None:
+            found.close()
+        return found is not None
+
+    assert started(8 * batch) == (usable_cpus() >= 2) and not started(8 * batch - 1)  # auto
+    assert started(10, forward_process="on") and not started(10**6, forward_process="off")
+    assert not started(10**6, explain_top=3) and not started(10**6, recommend_top=5, forward_process="on")
+    with pytest.raises(ValueError, match="forward_process"):
+        Settings.from_env({"RIPPLE_FORWARD_PROCESS": "sometimes"})
+
+
+def test_the_child_stops_by_itself_when_closed():
+    """Closed, the child ends on its own (exit code 0), not killed after a timeout; so does one
+    forked while another process's pipe was open (it holds a copy of that pipe's ends)."""
+    checkpoint = Checkpoint.seeded(seed=4)
+    index = checkpoint.index
+    first = ForwardProcess(checkpoint)
+    second = ForwardProcess(checkpoint)
+    second.submit(gather(graphs(3, 1), index, index.row), []).result()
+    first.close()
+    second.close()
+    assert first._process.exitcode == 0 and second._process.exitcode == 0
