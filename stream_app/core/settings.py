@@ -196,8 +196,8 @@ class Settings:
     forward_process: str = _doc(
         "The file runner's batched GCN forward in a second process, beside the per-event work: auto (when the "
         "process may use 2 CPUs or more and the file holds 8 micro-batches or more), on, or off. Vectors are the "
-        "same bits either way; batches whose graphs keep layer caches, and runs with explanations or "
-        "recommendations, compute in-process (docs/benchmarks.md).",
+        "same bits either way; the incremental engine's part stays in the runner, and runs with explanations or "
+        "recommendations compute in one process (docs/architecture.md).",
         "auto",
     )
     gc_threshold: int = _doc(
