@@ -5,12 +5,13 @@ state, output) as GCN forward; on one core the two take turns. With :class:`Forw
 runner hands each such batch's gathered columns (:func:`graph_state.gather`, ~150 KB for 256
 events) to a child process and goes on with the next batch while the child computes; it
 collects the vectors before it publishes the batch (``Pipeline.stage`` / ``Pipeline.finish``).
-The child runs :func:`operators.incremental.full_forward` on the same model and thread count,
+The child runs :func:`operators.incremental.forward_with_caches` on the same model and thread count,
 so its vectors are the bits the runner would compute itself.
 
-Only batches whose vectors are a function of the columns alone go there
-(:meth:`IncrementalEncoder.plain`: no layer cache to read or keep). If the child dies, the
-runner logs it once and computes in-process from then on: nothing is lost.
+What goes there is the incremental engine's *full* forward of each batch (its incremental part
+needs the graphs' layer caches and stays in the runner); the layer caches the engine keeps from a
+full forward come back with the vectors. If the child dies, the runner logs it once and computes
+in-process from then on: nothing is lost.
 
 >>> from graph_state import GraphConfig, UserGraph, gather
 >>> from types import SimpleNamespace as Ev
@@ -109,7 +110,6 @@ class ForwardProcess:
 
     def __init__(self, checkpoint: Checkpoint, threads: int = 1) -> None:
         self.checkpoint = checkpoint
-        self.model_version = checkpoint.model_version
         self.alive = True
         # fork: the child has the model already (no copy through a pipe, no second torch import).
         ctx: ForkContext | SpawnContext

@@ -10,6 +10,10 @@ in this order:
 5. :meth:`Pipeline.commit` stores the new state, only after its output left;
 6. the latency and published counters are observed.
 
+The file runner with a forward process (``operators.ForwardProcess``) runs the same steps through
+:meth:`Pipeline.stage` (1-3, the full forward handed to the process, the state encoded) and
+:meth:`Pipeline.finish` (the vectors collected, 4-6), staging batch k+1 before finishing batch k.
+
 A failure anywhere in 1-5 drops the cached graphs (the batch changed them in place) and
 propagates: nothing of the batch is stored, and the runner redelivers it. Deleting users
 (:meth:`Pipeline.forget`) goes through the same store and cache.
@@ -225,7 +229,7 @@ class Pipeline:
 
     def process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
-        result, to_publish, deltas = self._apply(records, started)
+        result, to_publish, deltas = self._apply(records)
         embed_started = time.perf_counter()
         result.embeddings = self.embed(to_publish, deltas)
         if self.metrics is not None:
@@ -233,7 +237,7 @@ class Pipeline:
         return result
 
     def _apply(
-        self, records: Sequence[RawRecord], started: float, pending: Mapping[str, UserGraph] | None = None
+        self, records: Sequence[RawRecord], pending: Mapping[str, UserGraph] | None = None
     ) -> tuple[BatchResult, dict[str, UserGraph], dict[str, UserDelta]]:
         """Steps 1-2: the batch's result so far, the users to publish and their deltas.
 
@@ -366,7 +370,7 @@ class Pipeline:
         started = time.perf_counter()
         live = pending.graphs if pending is not None else None
         with self.dropping_cache_on_failure():
-            result, to_publish, deltas = self._apply(records, started, live)
+            result, to_publish, deltas = self._apply(records, live)
             embed_started = time.perf_counter()
             deferred = None
             published = [_Published.of(uid, g) for uid, g in to_publish.items()]
