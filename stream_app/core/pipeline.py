@@ -108,8 +108,9 @@ class Staged:
     graphs: dict[str, UserGraph]
     """The batch's graphs to write: the next batch, staged before this one is written, reads its users here."""
     n_records: int
-    started: float
-    embed_started: float
+    seconds: float
+    """Time :meth:`Pipeline.stage` took, and of it the forward's part here (metrics)."""
+    embed_seconds: float
 
 
 class Sink(Protocol):
@@ -233,7 +234,8 @@ class Pipeline:
         embed_started = time.perf_counter()
         result.embeddings = self.embed(to_publish, deltas)
         if self.metrics is not None:
-            self._observe(result, len(records), started, embed_started)
+            now = time.perf_counter()
+            self._observe(result, len(records), now - started, now - embed_started)
         return result
 
     def _apply(
@@ -382,16 +384,20 @@ class Pipeline:
                 result.embeddings = self.embed(to_publish, deltas)
             graphs = {**result.restore, **result.graphs} if result.restore else result.graphs
             write = self.store.prepare_many(graphs, meta)  # type: ignore[attr-defined]  # can_stage
-        return Staged(result, published, deferred, write, graphs, len(records), started, embed_started)
+        done = time.perf_counter()
+        return Staged(result, published, deferred, write, graphs, len(records), done - started, done - embed_started)
 
     def finish(self, staged: Staged, sink: Sink) -> BatchResult:
         """The rest of :meth:`run` for a staged batch: its vectors, publish, then its state written."""
         result = staged.result
         with self.dropping_cache_on_failure():
+            started = time.perf_counter()
             if staged.deferred is not None:
                 result.embeddings = self._records(staged.published, staged.deferred.result(), None)
             if self.metrics is not None:
-                self._observe(result, staged.n_records, staged.started, staged.embed_started)
+                # The batch's own time: its staging, then waiting for its vectors (not the next batch's staging).
+                waited = time.perf_counter() - started
+                self._observe(result, staged.n_records, staged.seconds + waited, staged.embed_seconds + waited)
             sink.publish(result)
             staged.write()
         self.observe_published(result)
@@ -463,7 +469,7 @@ class Pipeline:
             self.metrics.latency.observe(max(0.0, now - ts))
         self.metrics.published.inc(len(result.embeddings))
 
-    def _observe(self, result: BatchResult, n: int, started: float, embed_started: float) -> None:
+    def _observe(self, result: BatchResult, n: int, batch_seconds: float, embed_seconds: float) -> None:
         m = self.metrics
         assert m is not None
         m.batch_size.observe(n)
@@ -475,9 +481,8 @@ class Pipeline:
             m.unknown_actions.inc(result.unknown_actions)
         if result.new_users:
             m.users.inc(result.new_users)
-        now = time.perf_counter()
-        m.embed_seconds.observe(now - embed_started)
-        m.batch_seconds.observe(now - started)
+        m.embed_seconds.observe(embed_seconds)
+        m.batch_seconds.observe(batch_seconds)
 
 
 def forget_users(store: GraphStore, users: Sequence[str]) -> dict[str, bool]:

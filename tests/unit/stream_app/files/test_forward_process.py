@@ -166,3 +166,23 @@ def test_the_child_stops_by_itself_when_closed():
     first.close()
     second.close()
     assert first._process.exitcode == 0 and second._process.exitcode == 0
+
+
+def test_metrics_see_each_batch_once_and_only_its_own_time(tmp_path):
+    """Staged batches overlap; each is observed once, with its own staging and waiting time (the
+    next batch's staging in between is not counted), and the counters match a one-process run."""
+    from stream_app.core.metrics import Metrics
+
+    path = write_jsonl(tmp_path / "ev.jsonl", list(generate_events(GeneratorSpec(users=30, items=80, events=1200))))
+    seen = {}
+    for mode in ("off", "on"):
+        metrics = Metrics()
+        s = Settings.from_env({}, state_dir=str(tmp_path / mode), batch_size=50, forward_process=mode)
+        summary = replay(path, "jsonl", str(tmp_path / f"{mode}.out"), s, progress=False, metrics=metrics)
+        value = metrics.registry.get_sample_value
+        batches = value("ripple_batch_seconds_count")
+        assert batches == 24 == value("ripple_embed_seconds_count")
+        assert value("ripple_batch_seconds_sum") < summary.seconds
+        assert value("ripple_embed_seconds_sum") <= value("ripple_batch_seconds_sum")
+        seen[mode] = (value("ripple_events_processed_total", {"outcome": "applied"}), value("ripple_embeddings_published_total"))
+    assert seen["off"] == seen["on"] and seen["on"][0] > 1000
