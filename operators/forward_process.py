@@ -84,9 +84,13 @@ def _serve(conn: Connection, parent_end: Connection, encoder: GraphEncoder, thre
             return
         columns, keep = message
         try:
-            conn.send(("ok", _forward(encoder, columns, keep)))
+            answer: tuple[str, object] = ("ok", _forward(encoder, columns, keep))
         except Exception:
-            conn.send(("error", traceback.format_exc()))
+            answer = ("error", traceback.format_exc())
+        try:
+            conn.send(answer)
+        except OSError:  # the parent is gone
+            return
 
 
 class Pending:
@@ -167,6 +171,14 @@ class ForwardProcess:
     def close(self) -> None:
         if self.alive:
             self._outbox.put(ForkingPickler.dumps(None))  # after every batch handed over: the child stops
+            # Answers nobody will collect (a run that stopped early) are read and dropped: the child
+            # would otherwise block sending one and never read the stop.
+            for _ in self._queue:
+                try:
+                    self._conn.recv()
+                except Exception:  # EOF, or a read an interrupt cut short: the join below decides
+                    break
+            self._queue.clear()
         self.alive = False
         self._outbox.put(None)  # the sender thread stops
         self._sender.join(timeout=5)

@@ -184,5 +184,20 @@ def test_metrics_see_each_batch_once_and_only_its_own_time(tmp_path):
         assert batches == 24 == value("ripple_embed_seconds_count")
         assert value("ripple_batch_seconds_sum") < summary.seconds
         assert value("ripple_embed_seconds_sum") <= value("ripple_batch_seconds_sum")
-        seen[mode] = (value("ripple_events_processed_total", {"outcome": "applied"}), value("ripple_embeddings_published_total"))
+        seen[mode] = (
+            value("ripple_events_processed_total", {"outcome": "applied"}),
+            value("ripple_embeddings_published_total"),
+        )
     assert seen["off"] == seen["on"] and seen["on"][0] > 1000
+
+
+def test_closing_with_answers_nobody_collected_still_ends_the_child():
+    """A run that stops early (an error, Ctrl-C) closes the process with batches in flight whose
+    answers, with their layer caches, are larger than the pipe holds."""
+    checkpoint = Checkpoint.seeded(seed=5)
+    index = checkpoint.index
+    batch = graphs(40, seed=11)
+    with ForwardProcess(checkpoint) as forward:
+        for _ in range(4):
+            forward.submit(gather(batch, index, index.row), list(range(40)))
+    assert forward._process.exitcode == 0
