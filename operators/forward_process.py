@@ -53,12 +53,37 @@ log = logging.getLogger("ripple.forward")
 W_DIED = "the forward process stopped (%s); computing the forward in this process from now on"
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, not the machine's count)."""
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def usable_cpus(cpu_max: str = CGROUP_CPU_MAX) -> int:
+    """Whole CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container
+    limited to 1.5 CPUs on a 16-core host has 1, not 16)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        with open(cpu_max) as f:
+            quota = quota_cpus(f.read())
+    except OSError:
+        quota = None
+    return cpus if quota is None else min(cpus, quota)
+
+
+def quota_cpus(cpu_max: str) -> int | None:
+    """Whole CPUs of a cgroup v2 ``cpu.max`` (``"<quota> <period>"``, or ``"max …"`` for none).
+
+    >>> quota_cpus("max 100000"), quota_cpus("150000 100000"), quota_cpus("50000 100000"), quota_cpus("junk")
+    (None, 1, 1, None)
+    """
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        return max(1, int(parts[0]) // int(parts[1]))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def _forward(encoder: GraphEncoder, columns: Gathered, keep: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:

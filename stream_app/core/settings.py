@@ -195,9 +195,9 @@ class Settings:
     torch_threads: int = _doc("Torch threads for inference (1 is fastest for micro-batches; 0 = torch default).", 1)
     forward_process: str = _doc(
         "The file runner's batched GCN forward in a second process, beside the per-event work: auto (when the "
-        "process may use 2 CPUs or more and the file holds 8 micro-batches or more), on, or off. Vectors are the "
-        "same bits either way; the incremental engine's part stays in the runner, and runs with explanations or "
-        "recommendations compute in one process (docs/architecture.md).",
+        "process may use 2 whole CPUs or more, by its affinity and cgroup quota, and the file holds 8 micro-batches "
+        "or more), on, or off. Vectors are the same bits either way; the incremental engine's part stays in the "
+        "runner, and runs with explanations or recommendations compute in one process (docs/architecture.md).",
         "auto",
     )
     gc_threshold: int = _doc(

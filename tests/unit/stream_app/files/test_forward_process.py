@@ -201,3 +201,11 @@ def test_closing_with_answers_nobody_collected_still_ends_the_child():
         for _ in range(4):
             forward.submit(gather(batch, index, index.row), list(range(40)))
     assert forward._process.exitcode == 0
+
+
+def test_a_cgroup_quota_caps_the_cpus_auto_counts(tmp_path):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert usable_cpus(str(quota)) == 1  # 1.5 CPUs of quota: one whole CPU, so no forward process
+    quota.write_text("max 100000\n")
+    assert usable_cpus(str(quota)) == usable_cpus(str(tmp_path / "absent")) >= 1
