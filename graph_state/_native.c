@@ -19,7 +19,7 @@
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
 /* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
-#define NATIVE_API 4
+#define NATIVE_API 5
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1019,12 +1019,69 @@ static int block_view(PyObject *array, Py_ssize_t rows, Py_ssize_t used, Py_buff
     return 1;
 }
 
+/* UserGraph.slot_rows' refresh of stale slots, in C: each stale slot's row from `known` (a dict
+ * item id -> row, the lookup's own memo) or else `lookup(item)`, written into the `_rows` array;
+ * then the stale list emptied. 1: done; 0: not the expected types (the caller calls slot_rows);
+ * -1: error. */
+static int refresh_stale(PyObject *g, PyObject *stale, PyObject *known, PyObject *lookup) {
+    PyObject *memo = PyObject_GetAttr(g, s__rows);
+    PyObject *items = memo ? PyObject_GetAttr(g, s_item_ids) : NULL;
+    if (items == NULL) {
+        Py_XDECREF(memo);
+        return -1;
+    }
+    int rc = 0;
+    Py_buffer rv;
+    if (!PyList_CheckExact(items) || PyObject_GetBuffer(memo, &rv, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        goto out;
+    }
+    if (rv.itemsize != 8 || rv.format == NULL || strcmp(rv.format, "q") != 0) goto release;
+    Py_ssize_t n_rows = rv.len / 8, n_items = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stale); i++) {
+        PyObject *slot_obj = PyList_GET_ITEM(stale, i);
+        Py_ssize_t slot = PyLong_AsSsize_t(slot_obj);
+        if (slot == -1 && PyErr_Occurred()) {
+            rc = -1;
+            goto release;
+        }
+        if (slot < 0 || slot >= n_rows || slot >= n_items) {
+            PyErr_SetString(PyExc_IndexError, "a stale row slot is outside the graph");
+            rc = -1;
+            goto release;
+        }
+        PyObject *item = PyList_GET_ITEM(items, slot);
+        PyObject *row = PyDict_GetItemWithError(known, item); /* borrowed */
+        if (row != NULL) Py_INCREF(row);
+        else if (PyErr_Occurred() || (row = PyObject_CallOneArg(lookup, item)) == NULL) {
+            rc = -1;
+            goto release;
+        }
+        long long value = PyLong_AsLongLong(row);
+        Py_DECREF(row);
+        if (value == -1 && PyErr_Occurred()) {
+            rc = -1;
+            goto release;
+        }
+        ((int64_t *)rv.buf)[slot] = value;
+    }
+    rc = PyList_SetSlice(stale, 0, PyList_GET_SIZE(stale), NULL) < 0 ? -1 : 1;
+release:
+    PyBuffer_Release(&rv);
+out:
+    Py_DECREF(memo);
+    Py_DECREF(items);
+    return rc;
+}
+
 static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyList_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "gather(graphs: list, owner, lookup)");
+    if ((nargs != 3 && nargs != 4) || !PyList_CheckExact(args[0]) ||
+        (nargs == 4 && args[3] != Py_None && !PyDict_CheckExact(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "gather(graphs: list, owner, lookup, known: dict | None = None)");
         return NULL;
     }
     PyObject *graphs = args[0], *owner = args[1], *lookup = args[2];
+    PyObject *known = nargs == 4 && args[3] != Py_None ? args[3] : NULL;
     Py_ssize_t b = PyList_GET_SIZE(graphs), total_n = 0, total_e = 0;
     PyObject *out[7] = {NULL}; /* nodes, edges, sizes, n_edges, versions, last, rows */
     PyObject *result = NULL;
@@ -1102,7 +1159,17 @@ static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(memo_owner);
             goto done;
         }
-        if (memo_owner == owner && PyList_CheckExact(stale) && PyList_GET_SIZE(stale) == 0)
+        int fresh = memo_owner == owner && PyList_CheckExact(stale) && PyList_GET_SIZE(stale) == 0;
+        if (!fresh && known != NULL && memo_owner == owner && PyList_CheckExact(stale)) {
+            int refreshed = refresh_stale(g, stale, known, lookup);
+            if (refreshed < 0) {
+                Py_DECREF(memo_owner);
+                Py_DECREF(stale);
+                goto done;
+            }
+            fresh = refreshed;
+        }
+        if (fresh)
             memo = PyObject_GetAttr(g, s__rows);
         else
             memo = PyObject_CallMethod(g, "slot_rows", "OO", owner, lookup);

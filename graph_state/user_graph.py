@@ -21,7 +21,7 @@ import numpy as np
 from graph_state.behavior import Behavior
 from graph_state.config import GraphConfig
 
-_NATIVE_API = 4
+_NATIVE_API = 5
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):
@@ -683,11 +683,16 @@ class Gathered(NamedTuple):
     """``[N]``: ``lookup(item)`` of every node, through each graph's memo (:meth:`UserGraph.slot_rows`)."""
 
 
-def gather(graphs: Sequence[UserGraph], owner: object, lookup: Callable[[str], int]) -> Gathered:
+def gather(
+    graphs: Sequence[UserGraph], owner: object, lookup: Callable[[str], int], known: dict[str, int] | None = None
+) -> Gathered:
     """The columns a batch of ``graphs`` is built from, in one pass (in C when the native core is
-    built: ~0.5 instead of ~3 µs a graph; :func:`py_gather` otherwise, the same arrays)."""
+    built: ~0.5 instead of ~3 µs a graph; :func:`py_gather` otherwise, the same arrays).
+
+    ``known``: rows ``lookup`` has resolved before (item id -> row; ``ItemIndex.resolved``): the
+    native core reads a graph's new items' rows there and calls ``lookup`` only for the others."""
     if _native is not None and type(graphs) is list:
-        columns = _native.gather(graphs, owner, lookup)
+        columns = _native.gather(graphs, owner, lookup, known if type(known) is dict else None)
         if columns is not None:
             nodes, edges, sizes, n_edges, versions, last, rows = (np.frombuffer(c, dtype=np.int64) for c in columns)
             return Gathered(

@@ -322,7 +322,7 @@ class IncrementalEncoder:
     ) -> tuple[_Batch, list[int]]:
         """The users as one :class:`_Batch`, and those whose ``A_L`` exceeds the policy's share."""
         index = self.checkpoint.index
-        columns = gather(graphs, index, index.row)
+        columns = gather(graphs, index, index.row, index.resolved)
         sizes = columns.sizes
         ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
         np.cumsum(sizes, out=ptr[1:])
@@ -361,7 +361,7 @@ class IncrementalEncoder:
         self.stats["recomputed_nodes"] += n_nodes
         self.stats["total_nodes"] += n_nodes
         index = self.checkpoint.index
-        columns = gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row)
+        columns = gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row, index.resolved)
         kept = [(graphs[i], graphs[i].state_version) for i in keep]
         if forward is not None and forward.alive and forward.checkpoint is self.checkpoint:
             remote = _Remote(self, forward.submit(columns, keep), kept)

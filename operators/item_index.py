@@ -38,6 +38,12 @@ class ItemIndex:
         """Every row resolved so far, vocabulary first; hashed rows are added on first use."""
 
     @property
+    def resolved(self) -> dict[str, int]:
+        """Every row :meth:`row` has resolved so far (read-only: ``graph_state.gather`` reads new
+        items' rows here without a call per item)."""
+        return self._cache
+
+    @property
     def n_rows(self) -> int:
         return len(self.vocab) + self.hash_buckets
 

@@ -65,7 +65,8 @@ def recency_moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
     """Concatenate graphs' node and edge blocks, offsetting node ids (:func:`graph_state.gather`)."""
-    return columns_to_batch(gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row))
+    listed = graphs if isinstance(graphs, list) else list(graphs)
+    return columns_to_batch(gather(listed, index, index.row, index.resolved))
 
 
 def columns_to_batch(g: Gathered) -> GraphBatch:

@@ -230,10 +230,12 @@ def test_the_ids_memo_follows_new_and_evicted_items_in_place():
     sizes=st.lists(st.integers(1, 60), min_size=0, max_size=12),
     decoded=st.lists(st.booleans(), min_size=12, max_size=12),
     memo=st.sampled_from(["none", "current", "stale", "other owner"]),
+    known=st.sampled_from(["none", "some", "all"]),
 )
-def test_native_gather_equals_the_python_reference(sizes, decoded, memo):
+def test_native_gather_equals_the_python_reference(sizes, decoded, memo, known):
     """The batch columns of graphs of every kind — written, decoded (read-only views of their
-    record), with a current, stale, missing or foreign row memo — equal numpy's concatenation."""
+    record), with a current, stale, missing or foreign row memo, new items' rows known beforehand
+    or looked up — equal numpy's concatenation, and leave the same row memo behind."""
     cfg = GraphConfig(max_nodes=25)
     graphs = []
     for i, n_events in enumerate(sizes):
@@ -242,15 +244,21 @@ def test_native_gather_equals_the_python_reference(sizes, decoded, memo):
             g.apply(Ev(f"{i}-{n}", f"i{(n * 7 + i) % 40}", ts=BASE_TS + n, weight=n % 3 or None))
         graphs.append(decode(encode(g), cfg) if decoded[i] else g)
     owner, other = object(), object()
-    lookup = {f"i{k}": 1000 + k for k in range(40)}.__getitem__
+    rows = {f"i{k}": 1000 + k for k in range(40)} | {"fresh": 2000, "fresh2": 2001}
+    lookup = rows.__getitem__
     for g in graphs:
         if memo in ("current", "stale"):
             g.slot_rows(owner, lookup)
-        if memo == "stale" and g.n_nodes < 25:
-            g.apply(Ev(f"{id(g)}-new", "i39", ts=BASE_TS + 10**4))  # a new slot: its row is stale
+        if memo == "stale":  # new slots (or evictions' reused ones): their rows are stale
+            g.apply(Ev(f"{id(g)}-new", "fresh", ts=BASE_TS + 10**4))
+            g.apply(Ev(f"{id(g)}-new2", "fresh2", ts=BASE_TS + 10**4 + 1))
         if memo == "other owner":
             g.slot_rows(other, len)
-    native = ug.gather(graphs, owner, lookup)
+    resolved = {"none": None, "some": {k: v for k, v in rows.items() if v % 2}, "all": rows}[known]
+    native = ug.gather(graphs, owner, lookup, resolved)
+    for g in graphs:  # the memo each graph keeps is current, as slot_rows leaves it
+        if g._rows_owner is owner:
+            assert g._stale_rows == [] and list(g._rows) == [lookup(item) for item in g.item_ids]
     python = ug.py_gather(graphs, owner, lookup)
     for field, a, b in zip(ug.Gathered._fields, native, python, strict=True):
         assert a.dtype == b.dtype == np.int64 and a.shape == b.shape and (a == b).all(), field
