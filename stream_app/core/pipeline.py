@@ -353,8 +353,11 @@ class Pipeline:
     def can_stage(self) -> bool:
         """Whether :meth:`stage` may hand forwards to a process: the store can encode a batch before
         writing it, and no output reads a graph after its batch (explanations, recommendations)."""
+        return self._can_prepare() and self.explain_top <= 0 and self.recommender.top <= 0
+
+    def _can_prepare(self) -> bool:
         store = self.store.inner if isinstance(self.store, CachedStore) else self.store
-        return hasattr(store, "prepare_many") and self.explain_top <= 0 and self.recommender.top <= 0
+        return hasattr(store, "prepare_many")
 
     def stage(
         self,
@@ -365,10 +368,13 @@ class Pipeline:
     ) -> Staged:
         """Steps 1-3 of a batch, its state encoded for the write: :meth:`finish` publishes and writes it.
 
-        With ``forward`` (and :meth:`can_stage`), a batch of graphs without layer caches is embedded
-        by the forward process while the caller stages the next batch (``pending``: the staged batch
-        not finished yet, whose users' graphs this one continues). Finish batches in order.
+        With ``forward`` (and :meth:`can_stage`), the batch's full forward runs in the forward process
+        (the incremental engine's part here) while the caller stages the next batch (``pending``: the
+        staged batch not finished yet, whose users' graphs this one continues). Finish batches in
+        order. The store must encode before it writes (``prepare_many``: RocksDB, memory).
         """
+        if not self._can_prepare():
+            raise TypeError(f"{type(self.store).__name__} cannot encode a batch before writing it; use run()")
         started = time.perf_counter()
         live = pending.graphs if pending is not None else None
         with self.dropping_cache_on_failure():
@@ -383,7 +389,7 @@ class Pipeline:
             else:
                 result.embeddings = self.embed(to_publish, deltas)
             graphs = {**result.restore, **result.graphs} if result.restore else result.graphs
-            write = self.store.prepare_many(graphs, meta)  # type: ignore[attr-defined]  # can_stage
+            write = self.store.prepare_many(graphs, meta)  # type: ignore[attr-defined]  # _can_prepare
         done = time.perf_counter()
         return Staged(result, published, deferred, write, graphs, len(records), done - started, done - embed_started)
 

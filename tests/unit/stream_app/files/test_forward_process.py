@@ -209,3 +209,30 @@ def test_a_cgroup_quota_caps_the_cpus_auto_counts(tmp_path):
     assert usable_cpus(str(quota)) == 1  # 1.5 CPUs of quota: one whole CPU, so no forward process
     quota.write_text("max 100000\n")
     assert usable_cpus(str(quota)) == usable_cpus(str(tmp_path / "absent")) >= 1
+
+
+def test_stage_refuses_a_store_that_cannot_encode_before_writing():
+    """Staging encodes a batch before the next one changes its graphs: a store that can only encode
+    while it writes (the worker's table) would store the next batch's state under this one's offsets."""
+    from graph_state import MemoryStore
+    from operators import Embedder
+    from stream_app.core.pipeline import Pipeline
+    from stream_app.core.records import RawRecord
+
+    class WritesOnly:
+        def __init__(self) -> None:
+            self.inner = MemoryStore(GraphConfig())
+            self.config = self.inner.config
+
+        def get_many(self, users):
+            return self.inner.get_many(users)
+
+        def put_many(self, graphs, meta=None):
+            self.inner.put_many(graphs, meta)
+
+    pipeline = Pipeline(WritesOnly(), Embedder(Checkpoint.seeded(seed=6)))  # type: ignore[arg-type]
+    record = RawRecord(b'{"event_id":"e","user_id":"u","item_id":"i","action":"view","ts":1767225600}')
+    assert not pipeline.can_stage()
+    with pytest.raises(TypeError, match="cannot encode a batch before writing"):
+        pipeline.stage([record])
+    assert pipeline.run([record], type("Quiet", (), {"publish": lambda self, result: None})()).graphs
