@@ -6,8 +6,10 @@ Measured side by side in one run, each repeated ``--repeats`` times (medians):
    graphs of the users each micro-batch touched, with all tensors prebuilt — no
    decoding, no state, no I/O, no tensor building. No engine that recomputes the
    touched users from their graphs can beat it.
+   The same forward on 2 torch threads is shown beside it: what both cores give the forward alone.
 2. the file runner (``ripple replay``: JSON decode, RocksDB state, incremental
-   recompute, JSONL output) on the same events;
+   recompute, JSONL output) on the same events, as configured (its forward in a second process
+   where 2+ CPUs are usable, ``RIPPLE_FORWARD_PROCESS``), and again in one process;
 3. the formats and the store alone (:func:`formats_floor`): the same input decoded, the same
    state bytes written, the same output records encoded, and nothing else;
 4. naive: one event at a time, no micro-batching, full recompute, no graph cache
