@@ -81,10 +81,10 @@ class IncrementalPolicy:
     batched_min_graphs: int = 32
 
 
-def full_forward(enc: GraphEncoder, b: GraphBatch) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The serving forward of a batch: every layer's node states, ``att_node`` of the last, and the
-    user vectors (``enc(b)``'s). The one definition the engine and the forward process both run,
-    so their vectors are the same bits."""
+def forward_with_caches(enc: GraphEncoder, b: GraphBatch, keep: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The serving forward of a batch (``enc(b)``'s user vectors), and the layer cache
+    ``[L + 1, n, d]`` of each graph in ``keep``. The one definition the engine and the forward
+    process both run, so their vectors are the same bits."""
     h = enc.node_inputs(b)
     sim = enc.similarity_edges(b)
     plan = enc.gcn_plan(b)
@@ -94,15 +94,9 @@ def full_forward(enc: GraphEncoder, b: GraphBatch) -> tuple[list[torch.Tensor], 
         states.append(h)
     projected = F.linear(h, enc.att_node.weight)
     user, _ = enc.readout_projected(h, projected, b)
-    return states, projected, user
-
-
-def forward_with_caches(enc: GraphEncoder, b: GraphBatch, keep: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """:func:`full_forward`'s user vectors, and the layer cache ``[L + 1, n, d]`` of each graph in ``keep``."""
-    states, projected, user = full_forward(enc, b)
     caches: list[np.ndarray] = []
     if keep:
-        terms = enc.readout_terms(states[-1], b.recency, projected)
+        terms = enc.readout_terms(h, b.recency, projected)
         stacked = torch.stack([*states, terms]).numpy()  # [L + 1, N, d]
         ptr = b.ptr.tolist()
         caches = [stacked[:, ptr[i] : ptr[i + 1]].copy() for i in keep]
@@ -135,10 +129,6 @@ class Deferred:
     def __init__(self, out: np.ndarray, rows: list[int], remote: _Remote | None) -> None:
         self._out, self._rows = out, rows
         self._remote: _Remote | None = remote
-
-    @property
-    def waiting(self) -> bool:
-        return self._remote is not None
 
     def result(self) -> np.ndarray:
         if self._remote is not None:

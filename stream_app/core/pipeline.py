@@ -82,6 +82,11 @@ class BatchResult:
     """Per published user: the earliest record timestamp behind its update (latency)."""
 
 
+def _to_store(result: BatchResult) -> dict[str, UserGraph]:
+    """The graphs a batch stores: the changed ones, and the republished ones again."""
+    return {**result.restore, **result.graphs} if result.restore else result.graphs
+
+
 class _Published(NamedTuple):
     """A published user's state at the end of its batch: what its output record says."""
 
@@ -380,15 +385,16 @@ class Pipeline:
         with self.dropping_cache_on_failure():
             result, to_publish, deltas = self._apply(records, live)
             embed_started = time.perf_counter()
-            deferred = None
-            published = [_Published.of(uid, g) for uid, g in to_publish.items()]
+            deferred, published = None, []
             if forward is not None and to_publish and self.can_stage():
+                # Each user's state now: its graph may move on (the next batch) before the vectors come.
+                published = [_Published.of(uid, g) for uid, g in to_publish.items()]
                 deferred = self.embedder.embed_deferred(
                     list(to_publish.values()), [deltas.get(uid) for uid in to_publish], forward
                 )
             else:
                 result.embeddings = self.embed(to_publish, deltas)
-            graphs = {**result.restore, **result.graphs} if result.restore else result.graphs
+            graphs = _to_store(result)
             write = self.store.prepare_many(graphs, meta)  # type: ignore[attr-defined]  # _can_prepare
         done = time.perf_counter()
         return Staged(result, published, deferred, write, graphs, len(records), done - started, done - embed_started)
@@ -462,7 +468,7 @@ class Pipeline:
 
     def commit(self, result: BatchResult, meta: Mapping[str, bytes] | None = None) -> None:
         """Store the batch's changed graphs, the republished ones again (and runner metadata) atomically."""
-        graphs = {**result.restore, **result.graphs} if result.restore else result.graphs
+        graphs = _to_store(result)
         if graphs or meta:
             self.store.put_many(graphs, meta)
 
