@@ -21,13 +21,14 @@ in-process from then on: nothing is lost.
 >>> checkpoint = Checkpoint.seeded(seed=0)
 >>> with ForwardProcess(checkpoint) as forward:
 ...     pending = forward.submit(gather([g], checkpoint.index, checkpoint.index.row), keep=[])
-...     vectors, _ = pending.result()
+...     vectors = pending.result().vectors
 >>> bool((vectors == Embedder(checkpoint).embed_many([g])).all())
 True
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -35,10 +36,12 @@ import queue
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.reduction import ForkingPickler
 from types import TracebackType
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -54,6 +57,7 @@ W_DIED = "the forward process stopped (%s); computing the forward in this proces
 
 
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+PIPE_BYTES = 1 << 20
 
 
 def usable_cpus(cpu_max: str = CGROUP_CPU_MAX) -> int:
@@ -86,47 +90,105 @@ def quota_cpus(cpu_max: str) -> int | None:
         return None
 
 
+Post = Callable[[np.ndarray, Any], Any]
+"""What the process does with a batch's whole vector matrix and the ``extra`` it came with (the file
+runner: its output lines, so that the runner's own core does not format them)."""
+
+
+class Answer(NamedTuple):
+    """A batch's vectors (its ``out`` with the forward's rows filled in), the layer caches of the graphs
+    ``keep`` named, and what the process's ``post`` made of them (``None`` without one)."""
+
+    vectors: np.ndarray
+    caches: list[np.ndarray]
+    posted: Any = None
+
+
+class _Job(NamedTuple):
+    columns: Gathered | None
+    """The full forward's graphs (``None``: none; the job only posts ``out``)."""
+    keep: list[int]
+    out: np.ndarray | None
+    """The batch's vectors computed elsewhere, the forward's ``rows`` zero (``None``: only the forward's)."""
+    rows: list[int]
+    extra: Any
+
+
 def _forward(encoder: GraphEncoder, columns: Gathered, keep: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
     with torch.inference_mode():
         return forward_with_caches(encoder, columns_to_batch(columns), keep)
 
 
-def _serve(conn: Connection, parent_end: Connection, encoder: GraphEncoder, threads: int) -> None:
-    """The child: columns in, vectors out, until the parent says stop or its end closes."""
-    # A forked child holds a copy of the parent's end: closed, so the parent's exit (even kill -9)
+def _answer(encoder: GraphEncoder, post: Post | None, job: _Job) -> Answer:
+    """One job, in the child or (it died) in the parent: the same function either way."""
+    caches: list[np.ndarray] = []
+    vectors = job.out
+    if job.columns is not None:
+        user, caches = _forward(encoder, job.columns, job.keep)
+        if vectors is None:
+            vectors = user
+        else:
+            vectors[job.rows] = user
+    if vectors is None:
+        raise ValueError("a forward job needs columns or out")
+    posted = post(vectors, job.extra) if post is not None and job.extra is not None else None
+    return Answer(vectors, caches, posted)
+
+
+def _serve(
+    jobs: Connection,
+    answers: Connection,
+    parent_ends: tuple[Connection, ...],
+    encoder: GraphEncoder,
+    threads: int,
+    post: Post | None,
+) -> None:
+    """The child: jobs in, answers out, until the parent says stop or its end closes."""
+    # A forked child holds copies of the parent's ends: closed, so the parent's exit (even kill -9)
     # is an EOF here rather than a child waiting forever.
-    parent_end.close()
+    for end in parent_ends:
+        end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if threads >= 1:
         torch.set_num_threads(threads)
     encoder.eval()
     while True:
         try:
-            message = conn.recv()
+            message = jobs.recv()
         except EOFError:
             return
         if message is None:
             return
-        columns, keep = message
         try:
-            answer: tuple[str, object] = ("ok", _forward(encoder, columns, keep))
+            answer: tuple[str, object] = ("ok", _answer(encoder, post, message))
         except Exception:
             answer = ("error", traceback.format_exc())
         try:
-            conn.send(answer)
+            answers.send(answer)
         except OSError:  # the parent is gone
             return
 
 
+def _widen(*ends: Connection) -> None:
+    """Pipe buffers of up to 1 MiB (Linux; the default is 64 KiB): a batch's job, and most answers,
+    then pass in one write, without waiting for the other side's thread to be scheduled."""
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            size = min(int(f.read()), PIPE_BYTES)
+        for end in ends:
+            fcntl.fcntl(end.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+    except (OSError, ValueError):
+        pass  # another OS, or a smaller limit: the default buffer works, only slower
+
+
 class Pending:
-    """One submitted batch: :meth:`result` waits for its vectors."""
+    """One submitted batch: :meth:`result` waits for its :class:`Answer`."""
 
-    def __init__(self, owner: ForwardProcess, columns: Gathered, keep: list[int]) -> None:
+    def __init__(self, owner: ForwardProcess, job: _Job) -> None:
         self._owner = owner
-        self.columns, self.keep = columns, keep
+        self.job = job
 
-    def result(self) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The user vectors, and the layer caches of the graphs ``keep`` named."""
+    def result(self) -> Answer:
         return self._owner._receive(self)
 
 
@@ -137,8 +199,10 @@ class ForwardProcess:
     :meth:`Pending.result` in that order. Close it (or use it as a context manager) to end the child.
     """
 
-    def __init__(self, checkpoint: Checkpoint, threads: int = 1) -> None:
+    def __init__(self, checkpoint: Checkpoint, threads: int = 1, post: Post | None = None) -> None:
         self.checkpoint = checkpoint
+        self.post = post
+        """Run on each batch's vectors that came with an ``extra`` (see :data:`Post`); forked with the process."""
         self.alive = True
         # fork: the child has the model already (no copy through a pipe, no second torch import).
         ctx: ForkContext | SpawnContext
@@ -146,72 +210,92 @@ class ForwardProcess:
             ctx = multiprocessing.get_context("fork")
         else:
             ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
+        # Two one-way pipes (not a socket pair): their buffers can be widened.
+        child_jobs, self._jobs = ctx.Pipe(duplex=False)
+        self._answers, child_answers = ctx.Pipe(duplex=False)
+        _widen(self._jobs, child_answers)
         self._process = ctx.Process(
-            target=_serve, args=(child, self._conn, checkpoint.encoder, threads), name="ripple-forward", daemon=True
+            target=_serve,
+            args=(child_jobs, child_answers, (self._jobs, self._answers), checkpoint.encoder, threads, post),
+            name="ripple-forward",
+            daemon=True,
         )
         self._process.start()
-        child.close()
+        child_jobs.close()
+        child_answers.close()
         self._queue: list[Pending] = []
-        self._outbox: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
-        self._sender = threading.Thread(target=self._send, name="ripple-forward-send", daemon=True)
-        self._sender.start()
+        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        # Answers are read as they come: the child never waits to send one, so it always reads the
+        # next job, and this process's sends never wait long (no deadlock with big answers).
+        self._reader = threading.Thread(target=self._read, name="ripple-forward-read", daemon=True)
+        self._reader.start()
 
-    def submit(self, columns: Gathered, keep: list[int]) -> Pending:
-        """Hand over a batch's columns; ``keep``: the graphs (positions) whose layer caches to return."""
-        pending = Pending(self, columns, keep)
+    def submit(
+        self,
+        columns: Gathered | None,
+        keep: list[int],
+        out: np.ndarray | None = None,
+        rows: list[int] | None = None,
+        extra: Any = None,
+    ) -> Pending:
+        """Hand over a batch's full forward: its gathered ``columns`` (``None``: nothing to compute) and
+        ``keep``, the graphs (positions) whose layer caches to return. With ``out``, the answer's
+        vectors are ``out`` with the forward's vectors at ``rows``; with ``extra`` too, the process's
+        :attr:`post` runs on them there."""
+        job = _Job(columns, keep, out, rows if rows is not None else [], extra)
+        pending = Pending(self, job)
         if self.alive:
-            # Sent by a thread: the child may be blocked sending the previous answer (larger than the
-            # pipe's buffer) until :meth:`_receive` reads it, and would never read this one meanwhile.
-            self._outbox.put(ForkingPickler.dumps((columns, keep)))
+            self._send(job)
         self._queue.append(pending)
         return pending
 
-    def _send(self) -> None:
-        while (data := self._outbox.get()) is not None:
-            try:
-                self._conn.send_bytes(data)
-            except OSError:
-                return  # the child is gone: _receive finds out and computes here
+    def _send(self, job: _Job | None) -> None:
+        try:
+            self._jobs.send_bytes(ForkingPickler.dumps(job))
+        except OSError:
+            pass  # the child is gone: the reader has its EOF, _receive finds out and computes here
 
-    def _receive(self, pending: Pending) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _read(self) -> None:
+        while True:
+            try:
+                answer = self._answers.recv()
+            except (EOFError, OSError) as exc:
+                self._inbox.put(("gone", exc))
+                return
+            self._inbox.put(answer)
+
+    def _receive(self, pending: Pending) -> Answer:
         if not self._queue or self._queue[0] is not pending:
             raise RuntimeError("forward results must be collected in the order the batches were submitted")
         self._queue.pop(0)
         if self.alive:
-            try:
-                status, value = self._conn.recv()
-            except (EOFError, OSError) as exc:
-                self._died(exc)
+            status, value = self._inbox.get()
+            if status == "ok":
+                return cast(Answer, value)
+            if status == "gone":
+                self._died(cast(BaseException, value))
             else:
-                if status == "ok":
-                    return value
                 log.warning("the forward process failed on a batch; computing it here:\n%s", value)
-        return _forward(self.checkpoint.encoder, pending.columns, pending.keep)
+        return _answer(self.checkpoint.encoder, self.post, pending.job)
 
     def _died(self, exc: BaseException) -> None:
         log.warning(W_DIED, exc or type(exc).__name__)
         self.alive = False
 
     def close(self) -> None:
+        """End the child once it has answered every batch handed over (answers nobody collects, of a
+        run that stopped early, are dropped), and the reader."""
         if self.alive:
-            self._outbox.put(ForkingPickler.dumps(None))  # after every batch handed over: the child stops
-            # Answers nobody will collect (a run that stopped early) are read and dropped: the child
-            # would otherwise block sending one and never read the stop.
-            for _ in self._queue:
-                try:
-                    self._conn.recv()
-                except Exception:  # EOF, or a read an interrupt cut short: the join below decides
-                    break
-            self._queue.clear()
+            self._send(None)  # after every batch handed over: the child stops
         self.alive = False
-        self._outbox.put(None)  # the sender thread stops
-        self._sender.join(timeout=5)
-        self._conn.close()
+        self._queue.clear()
+        self._jobs.close()  # and if the child did not get the stop, it gets an EOF
         self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
+        self._reader.join(timeout=5)  # the child's end is closed: the reader has its EOF
+        self._answers.close()
 
     def __enter__(self) -> ForwardProcess:
         return self

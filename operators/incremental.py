@@ -49,7 +49,7 @@ from operators.encoder import GraphEncoder, GraphLayer, sparse_csr, stable_order
 from operators.tensors import GraphBatch, columns_to_batch, recency_buckets, recency_moved
 
 if TYPE_CHECKING:
-    from operators.forward_process import ForwardProcess, Pending
+    from operators.forward_process import Answer, ForwardProcess, Pending
 
 CACHE_LAYOUT = 3
 """1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block ``att_node(H^L)``;
@@ -110,29 +110,32 @@ class _Remote:
     def __init__(self, engine: IncrementalEncoder, pending: Pending, kept: list[tuple[UserGraph, int]]) -> None:
         self.engine, self.pending, self.kept = engine, pending, kept
         self.kept_ids = {id(graph) for graph, _ in kept}
-        self._user: np.ndarray | None = None
+        self.answer: Answer | None = None
 
-    def result(self) -> np.ndarray:
-        if self._user is None:
-            user, caches = self.pending.result()
-            for (graph, version), layers in zip(self.kept, caches, strict=True):
+    def result(self) -> Answer:
+        if self.answer is None:
+            answer = self.pending.result()
+            for (graph, version), layers in zip(self.kept, answer.caches, strict=True):
                 self.engine._store(graph, layers, version)
             if self in self.engine._in_flight:
                 self.engine._in_flight.remove(self)
-            self._user = user
-        return self._user
+            self.answer = answer
+        return self.answer
 
 
 class Deferred:
-    """A batch's vectors, of which the full forward's rows may still be computing (:meth:`result`)."""
+    """A batch's vectors, which may still be computing in the forward process (:meth:`result`)."""
 
-    def __init__(self, out: np.ndarray, rows: list[int], remote: _Remote | None) -> None:
-        self._out, self._rows = out, rows
+    def __init__(self, out: np.ndarray, remote: _Remote | None) -> None:
+        self._out = out
         self._remote: _Remote | None = remote
+        self.posted: object = None
+        """What the forward process's ``post`` made of the vectors (after :meth:`result`; ``None``: nothing)."""
 
     def result(self) -> np.ndarray:
         if self._remote is not None:
-            self._out[self._rows] = self._remote.result()
+            answer = self._remote.result()
+            self._out, self.posted = answer.vectors, answer.posted
             self._remote = None
         return self._out
 
@@ -219,11 +222,17 @@ class IncrementalEncoder:
         return self.embed_deferred(graphs, deltas, None).result()
 
     def embed_deferred(
-        self, graphs: Sequence[UserGraph], deltas: Sequence[UserDelta | None], forward: ForwardProcess | None
+        self,
+        graphs: Sequence[UserGraph],
+        deltas: Sequence[UserDelta | None],
+        forward: ForwardProcess | None,
+        extra: object = None,
     ) -> Deferred:
         """:meth:`embed_many`, its full forward handed to ``forward`` when given (collect the vectors
         with ``.result()``): the incremental part runs here, now. A graph the full forward keeps a
-        cache for gets it when the vectors are collected, if it did not change in between."""
+        cache for gets it when the vectors are collected, if it did not change in between. With an
+        ``extra``, every batch goes to ``forward`` (even one without a full forward) and its ``post``
+        runs there on the batch's vectors and ``extra`` (``Deferred.posted``)."""
         cfg = self.checkpoint.config
         if self._in_flight:
             # A graph of this batch waits for its layer cache from a forward still in the process
@@ -268,19 +277,20 @@ class IncrementalEncoder:
             keep = sorted(set(range(len(incr))) - set(too_large))
             incr, layers, batch = [incr[j] for j in keep], [layers[j] for j in keep], None
         remote: _Remote | None = None
+        posting = extra is not None and forward is not None and self._hands_to(forward)
         with torch.inference_mode():
-            if full:
+            if batch is not None:
+                out[incr] = self._incremental(batch)
+            if full or posting:
                 full.sort()
-                computed = self._full([graphs[i] for i in full], mid >= p.batched_min_graphs, forward)
+                computed = self._full([graphs[i] for i in full], mid >= p.batched_min_graphs, forward, out, full, extra)
                 if isinstance(computed, np.ndarray):
                     out[full] = computed
                 else:
                     remote = computed
-            if batch is not None:
-                out[incr] = self._incremental(batch)
         self.stats["full"] += len(full)
         self.stats["incremental"] += len(incr)
-        return Deferred(out, full, remote)
+        return Deferred(out, remote)
 
     def _cached(self, graph: UserGraph, delta: UserDelta | None) -> np.ndarray | None:
         """The graph's layer cache as a writable ``[L + 1, n_nodes, d]`` array when it can be refreshed
@@ -329,11 +339,18 @@ class IncrementalEncoder:
     # ---- full forward ------------------------------------------------------------
 
     def _full(
-        self, graphs: Sequence[UserGraph], keep_mid: bool = True, forward: ForwardProcess | None = None
+        self,
+        graphs: Sequence[UserGraph],
+        keep_mid: bool = True,
+        forward: ForwardProcess | None = None,
+        out: np.ndarray | None = None,
+        rows: list[int] | None = None,
+        extra: object = None,
     ) -> np.ndarray | _Remote:
-        """The batched full forward (by ``forward`` when given and alive); refreshes the caches of
-        graphs that may be recomputed incrementally next time (``keep_mid``: mid-size ones too) and
-        drops the others'."""
+        """The batched full forward (by ``forward`` when given and alive: the batch's ``out`` and the
+        ``rows`` of these graphs in it go along, see :meth:`ForwardProcess.submit`); refreshes the
+        caches of graphs that may be recomputed incrementally next time (``keep_mid``: mid-size ones
+        too) and drops the others'."""
         p = self.policy
         keep_from = (
             (min(p.min_nodes, p.batched_min_nodes) if keep_mid else p.min_nodes)
@@ -351,17 +368,23 @@ class IncrementalEncoder:
         self.stats["recomputed_nodes"] += n_nodes
         self.stats["total_nodes"] += n_nodes
         index = self.checkpoint.index
-        columns = gather(graphs if isinstance(graphs, list) else list(graphs), index, index.row, index.resolved)
+        listed = graphs if isinstance(graphs, list) else list(graphs)
+        columns = gather(listed, index, index.row, index.resolved) if listed else None
         kept = [(graphs[i], graphs[i].state_version) for i in keep]
-        if forward is not None and forward.alive and forward.checkpoint is self.checkpoint:
-            remote = _Remote(self, forward.submit(columns, keep), kept)
+        if forward is not None and self._hands_to(forward):
+            remote = _Remote(self, forward.submit(columns, keep, out, rows, extra), kept)
             if kept:
                 self._in_flight.append(remote)
             return remote
+        assert columns is not None  # only a job that posts comes without graphs, and it goes to the process
         user, caches = forward_with_caches(self.checkpoint.encoder, columns_to_batch(columns), keep)
         for (graph, _), layers in zip(kept, caches, strict=True):
             self._store(graph, layers)
         return user
+
+    def _hands_to(self, forward: ForwardProcess) -> bool:
+        """Whether ``forward`` computes this engine's full forwards (alive, on the same model)."""
+        return forward.alive and forward.checkpoint is self.checkpoint
 
     def _store(self, graph: UserGraph, layers: np.ndarray, version: int | None = None) -> None:
         """Keep ``layers`` as the graph's cache of ``version`` (default: its current one)."""

@@ -82,11 +82,16 @@ class Embedder:
         return self.incremental.embed_many(graphs, deltas)
 
     def embed_deferred(
-        self, graphs: Sequence[UserGraph], deltas: Sequence[UserDelta | None], forward: ForwardProcess
+        self,
+        graphs: Sequence[UserGraph],
+        deltas: Sequence[UserDelta | None],
+        forward: ForwardProcess,
+        extra: object = None,
     ) -> Deferred:
         """:meth:`embed_changed` with its full forward computed by ``forward`` (a child process) while the
-        caller goes on; ``.result()`` waits for the vectors. The same vectors, bit for bit."""
-        return self.incremental.embed_deferred(graphs, deltas, forward)
+        caller goes on; ``.result()`` waits for the vectors. The same vectors, bit for bit. With an
+        ``extra``, ``forward.post`` runs on them and it in the process (``Deferred.posted``)."""
+        return self.incremental.embed_deferred(graphs, deltas, forward, extra)
 
     def embed_one(self, graph: UserGraph) -> np.ndarray:
         return self.embed_many([graph])[0]

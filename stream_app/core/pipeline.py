@@ -80,6 +80,16 @@ class BatchResult:
     new_users: int = 0
     earliest_ts: dict[str, float] = field(default_factory=dict)
     """Per published user: the earliest record timestamp behind its update (latency)."""
+    encoded: bytes | None = None
+    """The batch's embeddings already as its sink's bytes, made by the forward process's ``post``
+    (the file runner's JSON lines, :meth:`Pipeline.stage`); ``embeddings`` is then empty."""
+    encoded_users: list[str] = field(default_factory=list)
+    """With ``encoded``: the users it publishes, in its order."""
+
+    @property
+    def published_users(self) -> list[str]:
+        """The users this batch publishes, in order, whichever form its embeddings took."""
+        return self.encoded_users if self.encoded is not None else [e.user_id for e in self.embeddings]
 
 
 def _to_store(result: BatchResult) -> dict[str, UserGraph]:
@@ -87,18 +97,75 @@ def _to_store(result: BatchResult) -> dict[str, UserGraph]:
     return {**result.restore, **result.graphs} if result.restore else result.graphs
 
 
-class _Published(NamedTuple):
-    """A published user's state at the end of its batch: what its output record says."""
+class Published(NamedTuple):
+    """Published users' states at the end of their batch, as columns: what their output records say
+    (columns: the forward process gets them with each batch, and lists pickle fast)."""
 
-    user_id: str
-    state_version: int
-    last_event_id: str
-    event_ts: float
-    n_nodes: int
+    user_ids: list[str]
+    state_versions: list[int]
+    last_event_ids: list[str]
+    event_ts: list[float]
+    n_nodes: list[int]
 
     @classmethod
-    def of(cls, user_id: str, graph: UserGraph) -> _Published:
-        return cls(user_id, graph.state_version, graph.last_event_id, graph.last_ts, graph.n_nodes)
+    def of(cls, graphs: Mapping[str, UserGraph]) -> Published:
+        values = graphs.values()
+        return cls(
+            list(graphs),
+            [g.state_version for g in values],
+            [g.last_event_id for g in values],
+            [g.last_ts for g in values],
+            [g.n_nodes for g in values],
+        )
+
+
+class OutputRecords:
+    """A batch's vectors as its published records: the serving model's version and its label head's
+    score (a head scores only vectors of the encoder it was trained on). :meth:`Pipeline.stage`'s
+    forward process makes them with its copy of this (see ``stream_app.files.file_runner``)."""
+
+    def __init__(self, checkpoint: Checkpoint, head: LabelHead | None) -> None:
+        self.model_version = checkpoint.model_version
+        matches = head is not None and head.encoder_version == checkpoint.encoder_version
+        self.head = head if matches else None
+        self.head_version = head.head_version if self.head is not None and head is not None else None
+
+    def make(
+        self,
+        published: Published,
+        vectors: np.ndarray,
+        explanations: Sequence[list[Explained] | None] | None = None,
+        recommended: Sequence[list[Recommended] | None] | None = None,
+    ) -> list[UserEmbedding]:
+        now = time.time()
+        n = len(published.user_ids)
+        head = self.head
+        scores: list[float | None] = head.score_many(vectors).tolist() if head is not None else [None] * n
+        model_version, head_version = self.model_version, self.head_version
+        return [
+            UserEmbedding(
+                user_id=user_id,
+                embedding=vec,
+                model_version=model_version,
+                state_version=state_version,
+                last_event_id=last_event_id,
+                event_ts=event_ts,
+                computed_at=now,
+                n_nodes=n_nodes,
+                head_score=score,
+                head_version=head_version,
+                explanation=why,
+                recommendations=recs,
+            )
+            for user_id, state_version, last_event_id, event_ts, n_nodes, vec, score, why, recs in zip(
+                *published,
+                vectors.tolist(),
+                scores,
+                explanations or [None] * n,
+                recommended or [None] * n,
+                strict=True,
+            )
+        ]
 
 
 @dataclass
@@ -106,7 +173,7 @@ class Staged:
     """A batch through :meth:`Pipeline.stage`: its result, its vectors (or their pending forward), its write."""
 
     result: BatchResult
-    published: list[_Published]
+    published: Published | None
     deferred: Deferred | None
     """The batch's vectors, maybe still computing in the forward process (``None``: ``result.embeddings`` are made)."""
     write: Callable[[], None]
@@ -186,6 +253,7 @@ class Pipeline:
         if head is not None:
             head.check_encoder(embedder.checkpoint)
         self.head = head
+        self.output = OutputRecords(embedder.checkpoint, head)
         self.explain_top = explain_top
         self.recommender = recommender or Recommender()
         """``RIPPLE_RECOMMEND_TOP``: the top items of each published vector (see :meth:`embed`)."""
@@ -211,6 +279,7 @@ class Pipeline:
         self.check_actions(embedder.checkpoint, self.store.config.actions)
         old = self.embedder.model_version
         self.embedder = embedder
+        self.output = OutputRecords(embedder.checkpoint, self.head)
         if self.head is not None and self.head.encoder_version != embedder.checkpoint.encoder_version:
             log.warning(W_HEAD_STALE, self.head_version, self.head.encoder_version, embedder.checkpoint.encoder_version)
         if self.metrics is not None:
@@ -304,24 +373,16 @@ class Pipeline:
             return []
         deltas = deltas or {}
         vectors = self.embedder.embed_changed(list(graphs.values()), [deltas.get(uid) for uid in graphs])
-        return self._records([_Published.of(uid, g) for uid, g in graphs.items()], vectors, list(graphs.values()))
+        return self._records(Published.of(graphs), vectors, list(graphs.values()))
 
     def _records(
-        self, published: Sequence[_Published], vectors: np.ndarray, graphs: Sequence[UserGraph] | None
+        self, published: Published, vectors: np.ndarray, graphs: Sequence[UserGraph] | None
     ) -> list[UserEmbedding]:
         """The batch's output records: ``published`` is each user's state as of the batch's end;
         ``graphs`` their graphs for explanations and recommendations (``None``: they moved on since,
         :meth:`stage` hands over only batches that need neither)."""
-        now = time.time()
-        version = self.embedder.model_version
-        n = len(published)
-        # A head scores only the vectors of the encoder it was trained on (after a live swap to another: none).
-        encoder = self.embedder.checkpoint.encoder_version
-        head = self.head if self.head is not None and self.head.encoder_version == encoder else None
-        scores: list[float | None] = head.score_many(vectors).tolist() if head is not None else [None] * n
-        head_version = self.head_version if head is not None else None
-        explanations: list[list[Explained] | None] = [None] * n
-        recommended: list[list[Recommended] | None] = [None] * n
+        explanations: list[list[Explained] | None] | None = None
+        recommended: list[list[Recommended] | None] | None = None
         if graphs is not None:
             if self.explain_top > 0:
                 checkpoint = self.embedder.checkpoint
@@ -333,25 +394,7 @@ class Pipeline:
                     for g in graphs
                 ]
             recommended = self.recommender.top_many(self.embedder.checkpoint, vectors, graphs)
-        return [
-            UserEmbedding(
-                user_id=p.user_id,
-                embedding=vec,
-                model_version=version,
-                state_version=p.state_version,
-                last_event_id=p.last_event_id,
-                event_ts=p.event_ts,
-                computed_at=now,
-                n_nodes=p.n_nodes,
-                head_score=score,
-                head_version=head_version,
-                explanation=why,
-                recommendations=recs,
-            )
-            for p, vec, score, why, recs in zip(
-                published, vectors.tolist(), scores, explanations, recommended, strict=True
-            )
-        ]
+        return self.output.make(published, vectors, explanations, recommended)
 
     # ---- two batches at once: the file runner with a forward process ----------------
 
@@ -377,6 +420,10 @@ class Pipeline:
         (the incremental engine's part here) while the caller stages the next batch (``pending``: the
         staged batch not finished yet, whose users' graphs this one continues). Finish batches in
         order. The store must encode before it writes (``prepare_many``: RocksDB, memory).
+
+        A forward process with a ``post`` (the file runner's) gets each batch's published states with
+        its vectors and returns its output as the sink's bytes (``BatchResult.encoded``): the records
+        are made and formatted on the process's core, not this one.
         """
         if not self._can_prepare():
             raise TypeError(f"{type(self.store).__name__} cannot encode a batch before writing it; use run()")
@@ -385,12 +432,16 @@ class Pipeline:
         with self.dropping_cache_on_failure():
             result, to_publish, deltas = self._apply(records, live)
             embed_started = time.perf_counter()
-            deferred, published = None, []
+            deferred: Deferred | None = None
+            published: Published | None = None
             if forward is not None and to_publish and self.can_stage():
                 # Each user's state now: its graph may move on (the next batch) before the vectors come.
-                published = [_Published.of(uid, g) for uid, g in to_publish.items()]
+                published = Published.of(to_publish)
                 deferred = self.embedder.embed_deferred(
-                    list(to_publish.values()), [deltas.get(uid) for uid in to_publish], forward
+                    list(to_publish.values()),
+                    [deltas.get(uid) for uid in to_publish],
+                    forward,
+                    published if forward.post is not None else None,
                 )
             else:
                 result.embeddings = self.embed(to_publish, deltas)
@@ -404,8 +455,13 @@ class Pipeline:
         result = staged.result
         with self.dropping_cache_on_failure():
             started = time.perf_counter()
-            if staged.deferred is not None:
-                result.embeddings = self._records(staged.published, staged.deferred.result(), None)
+            if staged.deferred is not None and staged.published is not None:
+                vectors = staged.deferred.result()
+                if isinstance(staged.deferred.posted, bytes):
+                    result.encoded = staged.deferred.posted
+                    result.encoded_users = staged.published.user_ids
+                else:
+                    result.embeddings = self._records(staged.published, vectors, None)
             if self.metrics is not None:
                 # The batch's own time: its staging, then waiting for its vectors (not the next batch's staging).
                 waited = time.perf_counter() - started
@@ -479,7 +535,7 @@ class Pipeline:
         now = time.time() if now is None else now
         for ts in result.earliest_ts.values():
             self.metrics.latency.observe(max(0.0, now - ts))
-        self.metrics.published.inc(len(result.embeddings))
+        self.metrics.published.inc(len(result.encoded_users) if result.encoded is not None else len(result.embeddings))
 
     def _observe(self, result: BatchResult, n: int, batch_seconds: float, embed_seconds: float) -> None:
         m = self.metrics

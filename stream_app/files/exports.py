@@ -78,12 +78,27 @@ def to_table(records: Sequence[UserEmbedding]) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=parquet_schema())
 
 
+def jsonl_lines(records: Sequence[UserEmbedding], encode: Encode = json_encoder.encode) -> bytes:
+    """Records as the JSON lines :class:`JsonlSink` writes (the file runner's forward process makes
+    them with this too)."""
+    if encode == json_encoder.encode:
+        return json_encoder.encode_lines(records)  # one call: the same lines, no join
+    return b"".join([encode(emb) + b"\n" for emb in records])
+
+
 class EmbeddingSink:
     """Where one run's records go; a context manager that :meth:`close` s on exit."""
+
+    lines: bool = False
+    """Whether :meth:`write_lines` takes the records as :func:`jsonl_lines` already made them."""
 
     def write(self, records: Sequence[UserEmbedding]) -> None:
         """Take one micro-batch's records; they are durable (or buffered for :meth:`finish`) on return."""
         raise NotImplementedError
+
+    def write_lines(self, data: bytes) -> None:
+        """:meth:`write` for records already encoded by :func:`jsonl_lines` (sinks with :attr:`lines`)."""
+        raise TypeError(f"{type(self).__name__} writes records, not lines")
 
     def finish(self) -> None:
         """The run ended normally: complete the file."""
@@ -101,16 +116,17 @@ class EmbeddingSink:
 class JsonlSink(EmbeddingSink):
     """Every record as a JSON line, flushed per micro-batch (``append``: after what the file holds)."""
 
+    lines = True
+
     def __init__(self, path: str, append: bool = False, encode: Encode = json_encoder.encode) -> None:
         self.file: IO[bytes] = open(path, "ab" if append else "wb")
         self.encode = encode
 
     def write(self, records: Sequence[UserEmbedding]) -> None:
-        if self.encode == json_encoder.encode:
-            self.file.write(json_encoder.encode_lines(records))  # one call: the same lines, no join
-        else:
-            encode = self.encode
-            self.file.write(b"".join([encode(emb) + b"\n" for emb in records]))
+        self.write_lines(jsonl_lines(records, self.encode))
+
+    def write_lines(self, data: bytes) -> None:
+        self.file.write(data)
         self.file.flush()
 
     def finish(self) -> None:

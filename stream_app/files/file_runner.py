@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO
 
+import numpy as np
 from tqdm import tqdm
 
 from graph_state import RocksStore
@@ -35,11 +36,11 @@ from operators import ForwardProcess, set_threads
 from operators.forward_process import usable_cpus
 from stream_app.core.embedding_format import embedding_encoder
 from stream_app.core.metrics import Metrics
-from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, BatchResult, Staged
+from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, BatchResult, OutputRecords, Published, Staged
 from stream_app.core.records import RawRecord, json_encoder
 from stream_app.core.serving import ServedModel, build_pipeline, load_model
 from stream_app.core.settings import Settings
-from stream_app.files.exports import EmbeddingSink, open_sink
+from stream_app.files.exports import EmbeddingSink, is_parquet, jsonl_lines, open_sink
 from stream_app.files.readers import count_lines, read_events
 
 PROGRESS_PREFIX = "file-progress:"
@@ -72,7 +73,10 @@ class FileOutput:
     dead_letters: IO[bytes]
 
     def publish(self, result: BatchResult) -> None:
-        self.embeddings.write(result.embeddings)
+        if result.encoded is not None:
+            self.embeddings.write_lines(result.encoded)
+        else:
+            self.embeddings.write(result.embeddings)
         for dead in result.dead_letters:
             self.dead_letters.write(json_encoder.encode(dead) + b"\n")
         self.dead_letters.flush()
@@ -110,7 +114,7 @@ def replay(
     model = load_model(settings)  # refused before the state directory is opened
     total = count_lines(events_path, fmt)
     # Started before anything opens files or threads (it forks): the child needs only the model.
-    forward = forward_process(settings, model, total)
+    forward = forward_process(settings, model, total, jsonl=not (latest_only or is_parquet(out_path)))
     store = None
     try:
         store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
@@ -130,12 +134,13 @@ def replay(
             output = FileOutput(out, dlq)
 
             def count(result: BatchResult, chunk: list[RawRecord]) -> None:
-                summary.users.update(emb.user_id for emb in result.embeddings)
+                published = result.published_users
+                summary.users.update(published)
                 summary.events += len(chunk)
                 summary.outcomes.update(result.outcomes)
                 summary.rejected.update(result.rejected)
                 summary.unknown_actions += result.unknown_actions
-                summary.published += len(result.embeddings)
+                summary.published += len(published)
                 bar.update(chunk[-1].offset + 1 - bar.n)
 
             # With a forward process, batch k+1 is staged (decoded, applied, its forward handed over)
@@ -162,15 +167,29 @@ def replay(
             store.close()
 
 
-def forward_process(settings: Settings, model: ServedModel, lines: int) -> ForwardProcess | None:
+def forward_process(settings: Settings, model: ServedModel, lines: int, jsonl: bool = False) -> ForwardProcess | None:
     """The file runner's forward process, when ``RIPPLE_FORWARD_PROCESS`` asks for one (``auto``: 2+
-    usable CPUs and 8+ micro-batches in the file) and the run's output lets batches overlap."""
+    usable CPUs and 8+ micro-batches in the file) and the run's output lets batches overlap.
+    ``jsonl``: the output is JSON lines of every record, which the process then makes itself."""
     wanted = settings.forward_process
     if wanted == "off" or settings.explain_top > 0 or settings.recommend_top > 0:
         return None
     if wanted == "auto" and (usable_cpus() < 2 or lines < 8 * settings.batch_size):
         return None
-    return ForwardProcess(model.checkpoint, settings.torch_threads)
+    post = OutputLines(OutputRecords(model.checkpoint, model.head), settings.embedding_encoding) if jsonl else None
+    return ForwardProcess(model.checkpoint, settings.torch_threads, post)
+
+
+class OutputLines:
+    """The forward process's ``post``: a batch's vectors and published states → its JSON lines, as
+    :class:`~stream_app.files.exports.JsonlSink` would write them (formatting them is as much work as
+    the forward of a batch of small graphs: it is done on the process's core, not the runner's)."""
+
+    def __init__(self, output: OutputRecords, encoding: str) -> None:
+        self.output, self.encoding = output, encoding
+
+    def __call__(self, vectors: np.ndarray, published: Published) -> bytes:
+        return jsonl_lines(self.output.make(published, vectors), embedding_encoder(self.encoding))
 
 
 def summary_rows(summary: ReplaySummary) -> list[tuple[str, str]]:

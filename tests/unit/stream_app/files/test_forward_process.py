@@ -99,7 +99,8 @@ def test_the_process_answers_in_order_with_the_bits_computed_here():
     with ForwardProcess(checkpoint) as forward:
         pending = [forward.submit(gather(b, index, index.row), k) for b, k in zip(batches, keeps, strict=True)]
         answers = [p.result() for p in pending]
-    for b, keep, (user, caches) in zip(batches, keeps, answers, strict=True):
+    for b, keep, (user, caches, posted) in zip(batches, keeps, answers, strict=True):
+        assert posted is None  # no post function
         with torch.inference_mode():
             here, here_caches = forward_with_caches(enc.eval(), columns_to_batch(gather(b, index, index.row)), keep)
         assert user.tobytes() == here.tobytes()
