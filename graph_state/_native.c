@@ -142,6 +142,7 @@ enum { COUNTS, LAST_SEEN, LAST_SEQ, LAST_ACTION, ACTION_MASK, WEIGHT_SUM, N_NODE
 static PyObject *GraphChange;    /* graph_state.user_graph.GraphChange */
 static PyObject *DUPLICATE;      /* GraphChange(duplicate=True) */
 static PyObject *EMPTY_FROZEN;   /* frozenset() */
+static PyObject *ZERO_FLOAT;     /* 0.0 */
 static Py_ssize_t TAIL_LIMIT = 0;
 
 #define NAMES(X)                                                                                  \
@@ -435,10 +436,49 @@ static int ring_remember(PyObject *graph, int64_t k, PyObject *key, Py_ssize_t s
     return r < 0 ? -1 : 0;
 }
 
-/* A fresh frozenset of a set's items. */
-static PyObject *frozen(PyObject *set) {
-    if (PySet_GET_SIZE(set) == 0) return Py_NewRef(EMPTY_FROZEN);
-    return PyFrozenSet_New(set);
+/* GraphChange(nodes, edges, evicted) made as its tuple directly (setup() checked the fields'
+ * order): what the NamedTuple's __new__ would make, without a Python call per event. */
+static PyObject *make_change(PyObject *nodes, PyObject *edges, PyObject *evicted) {
+    PyTypeObject *tp = (PyTypeObject *)GraphChange;
+    PyObject *t = tp->tp_alloc(tp, 5);
+    if (t == NULL) return NULL;
+    PyTuple_SET_ITEM(t, 0, Py_NewRef(nodes));
+    PyTuple_SET_ITEM(t, 1, Py_NewRef(PySet_GET_SIZE(edges) ? edges : EMPTY_FROZEN));
+    PyTuple_SET_ITEM(t, 2, Py_NewRef(evicted));
+    PyTuple_SET_ITEM(t, 3, Py_NewRef(Py_False));
+    PyTuple_SET_ITEM(t, 4, Py_NewRef(ZERO_FLOAT));
+    return t;
+}
+
+/* The last GraphConfig's values (a frozen dataclass; every graph of a run shares one): read once,
+ * not six attribute lookups per event. Holding a reference keeps its address from being reused. */
+static struct {
+    PyObject *cfg, *index, *weights;
+    double lateness, decay;
+    Py_ssize_t max_nodes, ring_size;
+} CFG = {NULL, NULL, NULL, 0.0, 0.0, 0, 0};
+
+static int config_values(PyObject *cfg) {
+    if (cfg == CFG.cfg) return 0;
+    double lateness = attr_double(cfg, s_max_lateness_s);
+    if (lateness == -1.0 && PyErr_Occurred()) return -1;
+    double decay = attr_double(cfg, s_decay_seconds);
+    if (decay == -1.0 && PyErr_Occurred()) return -1;
+    Py_ssize_t max_nodes = attr_ssize(cfg, s_max_nodes);
+    if (max_nodes == -1 && PyErr_Occurred()) return -1;
+    Py_ssize_t ring_size = attr_ssize(cfg, s_dedupe_ring);
+    if (ring_size == -1 && PyErr_Occurred()) return -1;
+    PyObject *index = PyObject_GetAttr(cfg, s__index);
+    PyObject *weights = index ? PyObject_GetAttr(cfg, s__weights) : NULL;
+    if (weights == NULL) {
+        Py_XDECREF(index);
+        return -1;
+    }
+    Py_XSETREF(CFG.index, index);
+    Py_XSETREF(CFG.weights, weights);
+    Py_XSETREF(CFG.cfg, Py_NewRef(cfg));
+    CFG.lateness = lateness, CFG.decay = decay, CFG.max_nodes = max_nodes, CFG.ring_size = ring_size;
+    return 0;
 }
 
 static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -483,7 +523,7 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         goto done;
     }
     cfg = PyObject_GetAttr(graph, s_config);
-    if (cfg == NULL) goto done;
+    if (cfg == NULL || config_values(cfg) < 0) goto done;
     PyObject *ts_obj = PyObject_GetAttr(event, s_ts);
     PyObject *ts_float = ts_obj ? PyNumber_Float(ts_obj) : NULL; /* float(event.ts) */
     Py_XDECREF(ts_obj);
@@ -494,8 +534,7 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (version == -1 && PyErr_Occurred()) goto done;
     double last_ts = attr_double(graph, s_last_ts);
     if (last_ts == -1.0 && PyErr_Occurred()) goto done;
-    double lateness = attr_double(cfg, s_max_lateness_s);
-    if (lateness == -1.0 && PyErr_Occurred()) goto done;
+    double lateness = CFG.lateness;
     if (version && ts < last_ts - lateness && !replay) {
         PyObject *kwargs = Py_BuildValue("{s:d}", "late_by", last_ts - ts);
         if (kwargs == NULL) goto done;
@@ -509,8 +548,7 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     /* From here on the graph changes; first make sure this path can do all of it. */
     Py_ssize_t n = attr_ssize(graph, s__n), ne = attr_ssize(graph, s__ne);
     if ((n == -1 || ne == -1) && PyErr_Occurred()) goto done;
-    Py_ssize_t max_nodes = attr_ssize(cfg, s_max_nodes);
-    if (max_nodes == -1 && PyErr_Occurred()) goto done;
+    Py_ssize_t max_nodes = CFG.max_nodes;
     item_id = PyObject_GetAttr(event, s_item_id);
     slot_of = item_id ? PyObject_GetAttr(graph, s__slot_of) : NULL;
     if (slot_of == NULL) goto done;
@@ -558,9 +596,9 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     }
 
     /* The action's index and weight (GraphConfig.action_index / action_weight). */
-    index = PyObject_GetAttr(cfg, s__index);
-    weights = index ? PyObject_GetAttr(cfg, s__weights) : NULL;
-    action_name = weights ? PyObject_GetAttr(event, s_action) : NULL;
+    index = Py_NewRef(CFG.index);
+    weights = Py_NewRef(CFG.weights);
+    action_name = PyObject_GetAttr(event, s_action);
     if (action_name == NULL) goto done;
     if (!PyDict_CheckExact(index) || !PyList_CheckExact(weights)) {
         result = Py_NewRef(Py_None);
@@ -593,10 +631,8 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     } else {
         weight = weight * 1.0;
     }
-    double decay = attr_double(cfg, s_decay_seconds);
-    if (decay == -1.0 && PyErr_Occurred()) goto done;
-    Py_ssize_t ring_size = attr_ssize(cfg, s_dedupe_ring);
-    if (ring_size == -1 && PyErr_Occurred()) goto done;
+    double decay = CFG.decay;
+    Py_ssize_t ring_size = CFG.ring_size;
     Py_ssize_t last_slot = attr_ssize(graph, s_last_slot);
     if (last_slot == -1 && PyErr_Occurred()) goto done;
     item_ids = PyObject_GetAttr(graph, s_item_ids);
@@ -606,8 +642,9 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         result = Py_NewRef(Py_None);
         goto done;
     }
-    nodes = PySet_New(NULL);
-    edges = nodes ? PySet_New(NULL) : NULL;
+    /* Filled while brand new (PySet_Add allows it for a frozenset no one else holds yet). */
+    nodes = PyFrozenSet_New(NULL);
+    edges = nodes ? PyFrozenSet_New(NULL) : NULL;
     if (edges == NULL) goto done;
 
     int64_t *nd = nb.data;
@@ -763,10 +800,7 @@ static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     Py_DECREF(saved);
     if (r < 0) goto done;
 
-    PyObject *fn = frozen(nodes), *fe = fn ? frozen(edges) : NULL;
-    if (fe != NULL) result = PyObject_CallFunctionObjArgs(GraphChange, fn, fe, evicted ? evicted : Py_None, NULL);
-    Py_XDECREF(fn);
-    Py_XDECREF(fe);
+    result = make_change(nodes, edges, evicted ? evicted : Py_None);
 
 done:
     block_release(&nb);
@@ -1319,6 +1353,17 @@ static PyObject *setup(PyObject *self, PyObject *args) {
     Py_XDECREF(empty);
     Py_XDECREF(kwargs);
     if (dup == NULL) return NULL;
+    /* make_change() fills the tuple by position: the fields must be these, in this order. */
+    PyObject *fields = PyObject_GetAttrString(change_type, "_fields");
+    PyObject *expected = Py_BuildValue("(sssss)", "nodes", "edges", "evicted", "duplicate", "late_by");
+    int same = fields && expected ? PyObject_RichCompareBool(fields, expected, Py_EQ) : -1;
+    Py_XDECREF(fields);
+    Py_XDECREF(expected);
+    if (same <= 0 || !PyType_Check(change_type) || !PyType_IsSubtype((PyTypeObject *)change_type, &PyTuple_Type)) {
+        Py_DECREF(dup);
+        if (same >= 0) PyErr_SetString(PyExc_TypeError, "setup() needs GraphChange(nodes, edges, evicted, duplicate, late_by)");
+        return NULL;
+    }
     Py_XSETREF(GraphChange, Py_NewRef(change_type));
     Py_XSETREF(DUPLICATE, dup);
     TAIL_LIMIT = tail_limit;
@@ -1356,6 +1401,8 @@ PyMODINIT_FUNC PyInit__native(void) {
 #undef INTERN
     EMPTY_FROZEN = PyFrozenSet_New(NULL);
     if (EMPTY_FROZEN == NULL) return NULL;
+    ZERO_FLOAT = PyFloat_FromDouble(0.0);
+    if (ZERO_FLOAT == NULL) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "API", NATIVE_API) < 0) Py_CLEAR(m);
     return m;
