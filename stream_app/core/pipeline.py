@@ -328,13 +328,17 @@ class Pipeline:
         else:
             graphs = self.store.get_many(users)
         config = self.store.config
+        known = frozenset(config.actions)  # an unknown action counts as "other"
         to_publish: dict[str, UserGraph] = {}
         base = {uid: g.state_version for uid, g in graphs.items()}
-        changed: dict[str, set[int]] = {}
+        changed: dict[str, frozenset[int]] = {}
+        applied = unknown = 0
+        earliest = result.earliest_ts
         for record, event in valid:
-            graph = graphs.get(event.user_id)
+            uid = event.user_id
+            graph = graphs.get(uid)
             if graph is None:
-                graph = graphs[event.user_id] = UserGraph(config)
+                graph = graphs[uid] = UserGraph(config)
                 result.new_users += 1
             change = graph.apply(event)
             if change.late_by:
@@ -346,23 +350,27 @@ class Pipeline:
                     f"previous one; RIPPLE_MAX_LATENESS_S allows {config.max_lateness_s:.0f} s",
                 )
                 continue
-            changed.setdefault(event.user_id, set()).update(change.nodes)
+            before = changed.get(uid)
+            changed[uid] = change.nodes if before is None else before | change.nodes
             if change.duplicate:
                 result.outcomes[DUPLICATE] += 1
                 if event.event_id == graph.last_event_id:
-                    to_publish[event.user_id] = graph
-                    result.restore[event.user_id] = graph
+                    to_publish[uid] = graph
+                    result.restore[uid] = graph
                 continue
-            result.outcomes[APPLIED] += 1
-            if event.action not in config.actions:
-                result.unknown_actions += 1
-            result.graphs[event.user_id] = graph
-            to_publish[event.user_id] = graph
+            applied += 1
+            if event.action not in known:
+                unknown += 1
+            result.graphs[uid] = graph
+            to_publish[uid] = graph
             if record.timestamp is not None:
-                first = result.earliest_ts.get(event.user_id)
+                first = earliest.get(uid)
                 if first is None or record.timestamp < first:
-                    result.earliest_ts[event.user_id] = record.timestamp
-        deltas = {uid: UserDelta(base[uid], frozenset(changed[uid])) for uid in to_publish if uid in base}
+                    earliest[uid] = record.timestamp
+        if applied:
+            result.outcomes[APPLIED] += applied
+        result.unknown_actions += unknown
+        deltas = {uid: UserDelta(base[uid], changed[uid]) for uid in to_publish if uid in base}
         return result, to_publish, deltas
 
     def embed(
