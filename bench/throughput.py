@@ -8,8 +8,9 @@ Measured side by side in one run, each repeated ``--repeats`` times (medians):
    touched users from their graphs can beat it.
    The same forward on 2 torch threads is shown beside it: what both cores give the forward alone.
 2. the file runner (``ripple replay``: JSON decode, RocksDB state, incremental
-   recompute, JSONL output) on the same events, as configured (its forward in a second process
-   where 2+ CPUs are usable, ``RIPPLE_FORWARD_PROCESS``), and again in one process;
+   recompute, JSONL output) on the same events, as configured (its forward, and the records and
+   JSON lines of its output, in a second process where 2+ CPUs are usable,
+   ``RIPPLE_FORWARD_PROCESS``), and again in one process;
 3. the formats and the store alone (:func:`formats_floor`): the same input decoded, the same
    state bytes written, the same output records encoded, and nothing else;
 4. naive: one event at a time, no micro-batching, full recompute, no graph cache
@@ -362,9 +363,10 @@ def main() -> None:
             "'With a full forward in-process' is limit / (limit + the runner without the GCN): the best "
             "'vs limit' a runner doing that same per-event work and the limit's full forward one after the "
             "other could show; 'beside it' is limit / the runner without the GCN, the best with the forward "
-            "in a second process (RIPPLE_FORWARD_PROCESS, on where 2+ CPUs are usable); the file runner "
-            "passes it where its incremental engine recomputes fewer nodes than the full forward (graphs of "
-            "32 nodes or more, docs/benchmarks.md). 'For any design' is limit / (limit + the formats "
+            "in a second process (RIPPLE_FORWARD_PROCESS, on where 2+ CPUs are usable) if the runner kept "
+            "all that work; the file runner passes it where its incremental engine recomputes fewer nodes "
+            "than the full forward (graphs of 32 nodes or more), or as the second process also makes its "
+            "JSON lines (docs/benchmarks.md). 'For any design' is limit / (limit + the formats "
             "and the store alone): reading and decoding the same input, writing the same state bytes and "
             "encoding the same output records, with no logic between them — what the frameworks leave. "
             f"{sum(b.num_graphs for b in batches):,} user recomputes in {len(batches):,} micro-batches."

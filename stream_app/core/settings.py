@@ -197,7 +197,8 @@ class Settings:
         "The file runner's batched GCN forward in a second process, beside the per-event work: auto (when the "
         "process may use 2 whole CPUs or more, by its affinity and cgroup quota, and the file holds 8 micro-batches "
         "or more), on, or off. Vectors are the same bits either way; the incremental engine's part stays in the "
-        "runner, and runs with explanations or recommendations compute in one process (docs/architecture.md).",
+        "runner, the process also makes JSON-lines output, and runs with explanations or recommendations compute "
+        "in one process (docs/architecture.md).",
         "auto",
     )
     gc_threshold: int = _doc(
