@@ -19,7 +19,7 @@
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
 /* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
-#define NATIVE_API 5
+#define NATIVE_API 6
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -150,7 +150,7 @@ static Py_ssize_t TAIL_LIMIT = 0;
     X(_edges) X(_ne) X(item_ids) X(ids_memo) X(_rows_owner) X(_rows) X(_stale_rows) X(_edge_at)  \
     X(last_slot) X(last_event_id) X(ring) X(ring_pos) X(saved) X(unsaved) X(max_lateness_s)      \
     X(_index) X(_weights) X(max_nodes) X(decay_seconds) X(dedupe_ring) X(event_id) X(item_id)    \
-    X(action) X(ts) X(weight) X(other) X(append) X(discard) X(late_by)
+    X(action) X(ts) X(weight) X(other) X(append) X(discard) X(late_by) X(user_id) X(_apply) X(timestamp)
 
 #define DECLARE(name) static PyObject *s_##name;
 NAMES(DECLARE)
@@ -481,18 +481,9 @@ static int config_values(PyObject *cfg) {
     return 0;
 }
 
-static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "apply(graph, event, replay)");
-        return NULL;
-    }
-    if (GraphChange == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "graph_state._native.setup() was not called");
-        return NULL;
-    }
-    PyObject *graph = args[0], *event = args[1];
-    int replay = PyObject_IsTrue(args[2]);
-    if (replay < 0) return NULL;
+/* UserGraph._apply for one event: a new GraphChange, None (the caller takes the Python path), or
+ * NULL with an exception. */
+static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
 
     /* Everything fetched here is released at `done`. */
     PyObject *result = NULL, *event_id = NULL, *ring_set = NULL, *key = NULL, *cfg = NULL;
@@ -825,6 +816,132 @@ done:
     Py_XDECREF(index);
     Py_XDECREF(weights);
     return result;
+}
+
+static int ready(void) {
+    if (GraphChange != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "graph_state._native.setup() was not called");
+    return 0;
+}
+
+static PyObject *apply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "apply(graph, event, replay)");
+        return NULL;
+    }
+    int replay = PyObject_IsTrue(args[2]);
+    if (replay < 0 || !ready()) return NULL;
+    return apply_one(args[0], args[1], replay);
+}
+
+/* graph_state.user_graph.py_apply_events in C: the same dicts filled in the same order, the same
+ * counts; each event through apply_one (UserGraph._apply where that declines). */
+static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "apply_events(pairs, graphs, factory, known, publish, applied, restore, changed, earliest)");
+        return NULL;
+    }
+    if (!ready()) return NULL;
+    PyObject *pairs = args[0], *graphs = args[1], *factory = args[2], *known = args[3], *publish = args[4];
+    PyObject *applied = args[5], *restore = args[6], *changed = args[7], *earliest = args[8];
+    if (!PyList_CheckExact(pairs) || !PyDict_CheckExact(graphs) || !PyDict_CheckExact(publish) ||
+        !PyDict_CheckExact(applied) || !PyDict_CheckExact(restore) || !PyDict_CheckExact(changed) ||
+        !PyDict_CheckExact(earliest)) {
+        PyErr_SetString(PyExc_TypeError, "apply_events takes a list of (record, event) and dicts");
+        return NULL;
+    }
+    PyObject *late = PyList_New(0);
+    if (late == NULL) return NULL;
+    Py_ssize_t n_applied = 0, n_duplicate = 0, n_unknown = 0, n_new = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "apply_events takes a list of (record, event) pairs");
+            goto fail;
+        }
+        PyObject *record = PyTuple_GET_ITEM(pair, 0), *event = PyTuple_GET_ITEM(pair, 1);
+        PyObject *uid = PyObject_GetAttr(event, s_user_id);
+        if (uid == NULL) goto fail;
+        PyObject *graph = PyDict_GetItemWithError(graphs, uid); /* borrowed */
+        if (graph == NULL) {
+            if (PyErr_Occurred() || (graph = PyObject_CallNoArgs(factory)) == NULL) {
+                Py_DECREF(uid);
+                goto fail;
+            }
+            int r = PyDict_SetItem(graphs, uid, graph);
+            Py_DECREF(graph); /* the dict holds it */
+            if (r < 0) {
+                Py_DECREF(uid);
+                goto fail;
+            }
+            n_new++;
+        }
+        Py_INCREF(graph);
+        PyObject *change = apply_one(graph, event, 0);
+        if (change == Py_None) {
+            Py_DECREF(change);
+            change = PyObject_CallMethodObjArgs(graph, s__apply, event, Py_False, NULL);
+        }
+        int rc = -1;
+        if (change != NULL && (!PyTuple_Check(change) || PyTuple_GET_SIZE(change) != 5)) {
+            PyErr_SetString(PyExc_TypeError, "UserGraph.apply must return a GraphChange");
+        } else if (change != NULL) {
+            int is_late = PyObject_IsTrue(PyTuple_GET_ITEM(change, 4));
+            int duplicate = is_late ? 0 : PyObject_IsTrue(PyTuple_GET_ITEM(change, 3));
+            if (is_late > 0) {
+                PyObject *entry = Py_BuildValue("(nO)", i, PyTuple_GET_ITEM(change, 4));
+                rc = entry ? PyList_Append(late, entry) : -1;
+                Py_XDECREF(entry);
+            } else if (is_late == 0 && duplicate >= 0) {
+                PyObject *nodes = PyTuple_GET_ITEM(change, 0);
+                PyObject *before = PyDict_GetItemWithError(changed, uid); /* borrowed */
+                if (before == NULL) {
+                    rc = PyErr_Occurred() ? -1 : PyDict_SetItem(changed, uid, nodes);
+                } else {
+                    PyObject *merged = PyNumber_Or(before, nodes);
+                    rc = merged ? PyDict_SetItem(changed, uid, merged) : -1;
+                    Py_XDECREF(merged);
+                }
+                if (rc == 0 && duplicate) {
+                    n_duplicate++;
+                    PyObject *event_id = PyObject_GetAttr(event, s_event_id);
+                    PyObject *last = event_id ? PyObject_GetAttr(graph, s_last_event_id) : NULL;
+                    int same = last ? PyObject_RichCompareBool(event_id, last, Py_EQ) : -1;
+                    Py_XDECREF(event_id);
+                    Py_XDECREF(last);
+                    rc = same < 0 ? -1 : 0;
+                    if (same > 0 && (PyDict_SetItem(publish, uid, graph) < 0 || PyDict_SetItem(restore, uid, graph) < 0))
+                        rc = -1;
+                } else if (rc == 0) {
+                    n_applied++;
+                    PyObject *action = PyObject_GetAttr(event, s_action);
+                    int is_known = action ? PySequence_Contains(known, action) : -1;
+                    Py_XDECREF(action);
+                    if (is_known == 0) n_unknown++;
+                    if (is_known < 0 || PyDict_SetItem(applied, uid, graph) < 0 || PyDict_SetItem(publish, uid, graph) < 0)
+                        rc = -1;
+                    PyObject *ts = rc == 0 ? PyObject_GetAttr(record, s_timestamp) : NULL;
+                    if (ts == NULL) {
+                        rc = -1;
+                    } else if (ts != Py_None) {
+                        PyObject *first = PyDict_GetItemWithError(earliest, uid); /* borrowed */
+                        int earlier = first == NULL ? (PyErr_Occurred() ? -1 : 1) : PyObject_RichCompareBool(ts, first, Py_LT);
+                        if (earlier < 0 || (earlier > 0 && PyDict_SetItem(earliest, uid, ts) < 0)) rc = -1;
+                    }
+                    Py_XDECREF(ts);
+                }
+            }
+        }
+        Py_XDECREF(change);
+        Py_DECREF(graph);
+        Py_DECREF(uid);
+        if (rc < 0) goto fail;
+    }
+    return Py_BuildValue("(nnnnN)", n_applied, n_duplicate, n_unknown, n_new, late);
+fail:
+    Py_DECREF(late);
+    return NULL;
 }
 
 /* ---- encode: a graph's version-2 record (graph_state.codec.encode) ------------------------- */
@@ -1373,6 +1490,9 @@ static PyObject *setup(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"apply", (PyCFunction)(void (*)(void))apply, METH_FASTCALL,
      "apply(graph, event, replay) -> GraphChange | None: UserGraph._apply in C; None: take the Python path."},
+    {"apply_events", (PyCFunction)(void (*)(void))apply_events, METH_FASTCALL,
+     "apply_events(pairs, graphs, factory, known, publish, applied, restore, changed, earliest) -> "
+     "(applied, duplicates, unknown, new, late): user_graph.py_apply_events in C."},
     {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL,
      "gather(graphs, owner, lookup) -> 7 bytearrays | None: user_graph.gather's columns; None: take the Python path."},
     {"take_rows", (PyCFunction)(void (*)(void))take_rows, METH_FASTCALL,

@@ -1,6 +1,17 @@
 from typing import Any
 
 def apply(graph: Any, event: Any, replay: bool) -> Any: ...
+def apply_events(
+    pairs: list[Any],
+    graphs: Any,
+    factory: Any,
+    known: Any,
+    publish: Any,
+    applied: Any,
+    restore: Any,
+    changed: Any,
+    earliest: Any,
+) -> tuple[int, int, int, int, list[tuple[int, float]]]: ...
 def encode(graph: Any, cache: bytes, cache_key: str) -> bytes | None: ...
 def event_key(event_id: str) -> int: ...
 def setup(change_type: type, tail_limit: int) -> None: ...

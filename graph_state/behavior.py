@@ -21,3 +21,10 @@ class Behavior(Protocol):
     def ts(self) -> float: ...
     @property
     def weight(self) -> float | None: ...
+
+
+class UserBehavior(Behavior, Protocol):
+    """A behaviour and whose it is: what :func:`graph_state.apply_events` routes to each user's graph."""
+
+    @property
+    def user_id(self) -> str: ...

@@ -13,15 +13,15 @@ import hashlib
 import math
 import os
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from graph_state.behavior import Behavior
+from graph_state.behavior import Behavior, UserBehavior
 from graph_state.config import GraphConfig
 
-_NATIVE_API = 5
+_NATIVE_API = 6
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):
@@ -730,6 +730,85 @@ def py_gather(graphs: Sequence[UserGraph], owner: object, lookup: Callable[[str]
         np.fromiter(last_list, dtype=np.int64, count=count),
         rows,
     )
+
+
+class AppliedEvents(NamedTuple):
+    """Counts of :func:`apply_events`; ``late`` are the refused events' positions and how late each was."""
+
+    applied: int
+    duplicates: int
+    unknown_actions: int
+    new_graphs: int
+    late: list[tuple[int, float]]
+
+
+def py_apply_events(
+    pairs: Sequence[tuple[Any, UserBehavior]],
+    graphs: dict[str, UserGraph],
+    factory: Callable[[], UserGraph],
+    known: Container[str],
+    publish: dict[str, UserGraph],
+    applied: dict[str, UserGraph],
+    restore: dict[str, UserGraph],
+    changed: dict[str, frozenset[int]],
+    earliest: dict[str, float],
+) -> tuple[int, int, int, int, list[tuple[int, float]]]:
+    """A micro-batch's events applied in order to their users' graphs (:func:`apply_events`); the
+    reference ``graph_state/_native.c`` matches. ``pairs`` are (record, event): a record with a
+    ``timestamp`` sets ``earliest``. Per user, into the given dicts, in first-seen order:
+    ``graphs`` (a new user gets ``factory()``), ``changed`` (the slots its applied and duplicate
+    events changed), ``applied`` (users with an applied event), ``restore`` (users whose duplicate is
+    their latest applied event: a redelivery) and ``publish`` (either)."""
+    n_applied = n_duplicate = n_unknown = n_new = 0
+    late: list[tuple[int, float]] = []
+    for i, (record, event) in enumerate(pairs):
+        uid = event.user_id
+        graph = graphs.get(uid)
+        if graph is None:
+            graph = graphs[uid] = factory()
+            n_new += 1
+        change = graph.apply(event)
+        if change.late_by:
+            late.append((i, change.late_by))
+            continue
+        before = changed.get(uid)
+        changed[uid] = change.nodes if before is None else before | change.nodes
+        if change.duplicate:
+            n_duplicate += 1
+            if event.event_id == graph.last_event_id:
+                publish[uid] = graph
+                restore[uid] = graph
+            continue
+        n_applied += 1
+        if event.action not in known:
+            n_unknown += 1
+        applied[uid] = graph
+        publish[uid] = graph
+        ts = record.timestamp
+        if ts is not None:
+            first = earliest.get(uid)
+            if first is None or ts < first:
+                earliest[uid] = ts
+    return n_applied, n_duplicate, n_unknown, n_new, late
+
+
+def apply_events(
+    pairs: Sequence[tuple[Any, UserBehavior]],
+    graphs: dict[str, UserGraph],
+    factory: Callable[[], UserGraph],
+    known: Container[str],
+    publish: dict[str, UserGraph],
+    applied: dict[str, UserGraph],
+    restore: dict[str, UserGraph],
+    changed: dict[str, frozenset[int]],
+    earliest: dict[str, float],
+) -> AppliedEvents:
+    """:func:`py_apply_events` in one C call per micro-batch when the native core is built (the
+    per-event Python loop of the pipeline cost about as much as ``apply`` itself)."""
+    args = (pairs, graphs, factory, known, publish, applied, restore, changed, earliest)
+    if _native is not None and type(pairs) is list:  # the C loop indexes a list
+        return AppliedEvents(*_native.apply_events(*args))
+    return AppliedEvents(*py_apply_events(*args))
 
 
 if _native is not None:

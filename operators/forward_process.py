@@ -187,16 +187,21 @@ class Pending:
     def __init__(self, owner: ForwardProcess, job: _Job) -> None:
         self._owner = owner
         self.job = job
+        self.answer: Answer | None = None
 
     def result(self) -> Answer:
-        return self._owner._receive(self)
+        """Its answer (the answers of batches submitted before it are read first and kept for them)."""
+        if self.answer is None:
+            self._owner._receive(self)
+        assert self.answer is not None
+        return self.answer
 
 
 class ForwardProcess:
     """A child process that runs a checkpoint's full forward on gathered columns (see the module docstring).
 
     Batches are answered in the order they were submitted; the caller collects each with
-    :meth:`Pending.result` in that order. Close it (or use it as a context manager) to end the child.
+    :meth:`Pending.result`, in any order. Close it (or use it as a context manager) to end the child.
     """
 
     def __init__(self, checkpoint: Checkpoint, threads: int = 1, post: Post | None = None) -> None:
@@ -264,10 +269,17 @@ class ForwardProcess:
                 return
             self._inbox.put(answer)
 
-    def _receive(self, pending: Pending) -> Answer:
-        if not self._queue or self._queue[0] is not pending:
-            raise RuntimeError("forward results must be collected in the order the batches were submitted")
-        self._queue.pop(0)
+    def _receive(self, pending: Pending) -> None:
+        """Read answers, in the order their batches were submitted, up to ``pending``'s."""
+        if pending not in self._queue:
+            raise RuntimeError("this batch was not submitted to this forward process, or it was closed")
+        while self._queue:
+            first = self._queue.pop(0)
+            first.answer = self._next(first)
+            if first is pending:
+                return
+
+    def _next(self, pending: Pending) -> Answer:
         if self.alive:
             status, value = self._inbox.get()
             if status == "ok":

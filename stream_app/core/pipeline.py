@@ -37,11 +37,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from graph_state import CachedStore, GraphStore, UserGraph
+from graph_state import CachedStore, GraphStore, UserGraph, apply_events
 from operators import Checkpoint, Embedder, ForwardProcess, UserDelta
 from operators.explain import explain
 from operators.heads import LabelHead
@@ -328,48 +329,34 @@ class Pipeline:
         else:
             graphs = self.store.get_many(users)
         config = self.store.config
-        known = frozenset(config.actions)  # an unknown action counts as "other"
         to_publish: dict[str, UserGraph] = {}
         base = {uid: g.state_version for uid, g in graphs.items()}
         changed: dict[str, frozenset[int]] = {}
-        applied = unknown = 0
-        earliest = result.earliest_ts
-        for record, event in valid:
-            uid = event.user_id
-            graph = graphs.get(uid)
-            if graph is None:
-                graph = graphs[uid] = UserGraph(config)
-                result.new_users += 1
-            change = graph.apply(event)
-            if change.late_by:
-                self._reject(
-                    result,
-                    record,
-                    LATE_EVENT,
-                    f"event is {change.late_by:.0f} s older than the user's "
-                    f"previous one; RIPPLE_MAX_LATENESS_S allows {config.max_lateness_s:.0f} s",
-                )
-                continue
-            before = changed.get(uid)
-            changed[uid] = change.nodes if before is None else before | change.nodes
-            if change.duplicate:
-                result.outcomes[DUPLICATE] += 1
-                if event.event_id == graph.last_event_id:
-                    to_publish[uid] = graph
-                    result.restore[uid] = graph
-                continue
-            applied += 1
-            if event.action not in known:
-                unknown += 1
-            result.graphs[uid] = graph
-            to_publish[uid] = graph
-            if record.timestamp is not None:
-                first = earliest.get(uid)
-                if first is None or record.timestamp < first:
-                    earliest[uid] = record.timestamp
-        if applied:
-            result.outcomes[APPLIED] += applied
-        result.unknown_actions += unknown
+        done = apply_events(
+            valid,
+            graphs,
+            partial(UserGraph, config),
+            frozenset(config.actions),  # an action outside them counts as "other"
+            to_publish,
+            result.graphs,
+            result.restore,
+            changed,
+            result.earliest_ts,
+        )
+        for i, late_by in done.late:
+            self._reject(
+                result,
+                valid[i][0],
+                LATE_EVENT,
+                f"event is {late_by:.0f} s older than the user's "
+                f"previous one; RIPPLE_MAX_LATENESS_S allows {config.max_lateness_s:.0f} s",
+            )
+        if done.duplicates:
+            result.outcomes[DUPLICATE] += done.duplicates
+        if done.applied:
+            result.outcomes[APPLIED] += done.applied
+        result.unknown_actions += done.unknown_actions
+        result.new_users += done.new_graphs
         deltas = {uid: UserDelta(base[uid], changed[uid]) for uid in to_publish if uid in base}
         return result, to_publish, deltas
 
@@ -420,14 +407,14 @@ class Pipeline:
         records: Sequence[RawRecord],
         meta: Mapping[str, bytes] | None = None,
         forward: ForwardProcess | None = None,
-        pending: Staged | None = None,
+        pending: Sequence[Staged] = (),
     ) -> Staged:
         """Steps 1-3 of a batch, its state encoded for the write: :meth:`finish` publishes and writes it.
 
         With ``forward`` (and :meth:`can_stage`), the batch's full forward runs in the forward process
-        (the incremental engine's part here) while the caller stages the next batch (``pending``: the
-        staged batch not finished yet, whose users' graphs this one continues). Finish batches in
-        order. The store must encode before it writes (``prepare_many``: RocksDB, memory).
+        (the incremental engine's part here) while the caller stages the next batches (``pending``: the
+        staged batches not finished yet, oldest first, whose users' graphs this one continues). Finish
+        batches in order. The store must encode before it writes (``prepare_many``: RocksDB, memory).
 
         A forward process with a ``post`` (the file runner's) gets each batch's published states with
         its vectors and returns its output as the sink's bytes (``BatchResult.encoded``): the records
@@ -436,7 +423,9 @@ class Pipeline:
         if not self._can_prepare():
             raise TypeError(f"{type(self.store).__name__} cannot encode a batch before writing it; use run()")
         started = time.perf_counter()
-        live = pending.graphs if pending is not None else None
+        live: dict[str, UserGraph] = {}
+        for staged in pending:
+            live.update(staged.graphs)  # a user of two staged batches: the same graph object in both
         with self.dropping_cache_on_failure():
             result, to_publish, deltas = self._apply(records, live)
             embed_started = time.perf_counter()

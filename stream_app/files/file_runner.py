@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -44,6 +44,9 @@ from stream_app.files.exports import EmbeddingSink, is_parquet, jsonl_lines, ope
 from stream_app.files.readers import count_lines, read_events
 
 PROGRESS_PREFIX = "file-progress:"
+STAGED_AHEAD = 2
+"""Batches staged ahead of the one being finished, with a forward process (1 waited on the process
+for its slower batches: 0.25 s per 100,000 generated events, docs/benchmarks.md)."""
 
 
 @dataclass
@@ -143,20 +146,22 @@ def replay(
                 summary.published += len(published)
                 bar.update(chunk[-1].offset + 1 - bar.n)
 
-            # With a forward process, batch k+1 is staged (decoded, applied, its forward handed over)
-            # before batch k is finished (its vectors collected, published, its state written).
-            staged: tuple[Staged, list[RawRecord]] | None = None
+            # With a forward process, batches k+1 and k+2 are staged (decoded, applied, their forwards
+            # handed over) before batch k is finished (its vectors collected, published, its state written):
+            # two batches in the process absorb its slower ones.
+            staged: deque[tuple[Staged, list[RawRecord]]] = deque()
             for chunk in batched(read_events(events_path, fmt, start_line), settings.batch_size):
                 meta = {progress_key: str(chunk[-1].offset + 1).encode()}
                 if forward is None:
                     count(pipeline.run(chunk, output, meta), chunk)
                     continue
-                following = pipeline.stage(chunk, meta, forward, staged[0] if staged else None)
-                if staged is not None:
-                    count(pipeline.finish(staged[0], output), staged[1])
-                staged = (following, chunk)
-            if staged is not None:
-                count(pipeline.finish(staged[0], output), staged[1])
+                staged.append((pipeline.stage(chunk, meta, forward, [s for s, _ in staged]), chunk))
+                if len(staged) > STAGED_AHEAD:
+                    done, done_chunk = staged.popleft()
+                    count(pipeline.finish(done, output), done_chunk)
+            while staged:
+                done, done_chunk = staged.popleft()
+                count(pipeline.finish(done, output), done_chunk)
             out.finish()
         summary.seconds = time.perf_counter() - started
         return summary
