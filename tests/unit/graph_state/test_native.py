@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -304,3 +305,57 @@ def test_an_item_id_that_is_not_a_string_drops_the_memo_instead_of_failing():
     assert isinstance(g.ids_memo, bytearray)
     change = g.apply(Ev("2", 7, ts=BASE_TS + 1))  # type: ignore[arg-type]
     assert change.nodes == {0, 1} and g.ids_memo is None and g.item_ids == ["a", 7]
+
+
+class Rec(NamedTuple):
+    """A record as apply_events reads it: only its timestamp."""
+
+    timestamp: float | None
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.integers(0, 4),  # user
+            st.integers(0, 12),  # item
+            st.sampled_from(["view", "cart", "teleport"]),  # teleport: not among the known actions
+            st.floats(-300, 600),  # gap (negative: late where lateness allows less)
+            st.integers(0, 6),  # 0: an earlier event id again; 1: the existing state's latest (a redelivery)
+            st.one_of(st.none(), st.floats(0, 1e6)),  # the record's timestamp
+        ),
+        max_size=80,
+    ),
+    existing=st.sets(st.integers(0, 4), max_size=3),
+    lateness=st.sampled_from([float("inf"), 100.0]),
+)
+def test_apply_events_in_c_equals_the_python_loop(events, existing, lateness):
+    """One micro-batch through ``apply_events`` (C) and ``py_apply_events``: the same counts and
+    late events, every dict with the same entries in the same order, the same graphs after."""
+    cfg = GraphConfig(max_nodes=6, max_lateness_s=lateness)
+    pairs, ts = [], BASE_TS
+    for n, (user, item, action, gap, repeat, stamp) in enumerate(events):
+        ts += gap
+        event_id = f"e{n // 2}" if repeat == 0 else "old" if repeat == 1 else f"e{n}"
+        ev = Ev(event_id, f"i{item}", action, ts, None, f"u{user}")
+        pairs.append((Rec(stamp), ev))
+    outcomes = []
+    for run in (ug._native.apply_events, ug.py_apply_events):
+        graphs = {}
+        for user in sorted(existing):  # users with state from earlier batches
+            graphs[f"u{user}"] = g = UserGraph(cfg)
+            g.apply(Ev("old", "i0", "view", BASE_TS - 50, None, f"u{user}"))
+        dicts: list[dict] = [{}, {}, {}, {}, {}]  # publish, applied, restore, changed, earliest
+        counts = run(list(pairs), graphs, lambda: UserGraph(cfg), frozenset(cfg.actions), *dicts)
+        ids = {id(g): uid for uid, g in graphs.items()}
+        shown = [[(k, ids[id(v)] if isinstance(v, UserGraph) else v) for k, v in d.items()] for d in dicts]
+        outcomes.append((counts, shown, [(uid, state(g)) for uid, g in graphs.items()]))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_apply_events_refuses_what_is_not_a_batch():
+    g = {"u0": UserGraph(GraphConfig())}
+    with pytest.raises(TypeError, match="pairs"):
+        ug._native.apply_events([Ev("e1", "i1")], g, UserGraph, frozenset(), {}, {}, {}, {}, {})
+    with pytest.raises(TypeError, match="dicts"):
+        ug._native.apply_events([], g, UserGraph, frozenset(), {}, {}, {}, {}, [])
