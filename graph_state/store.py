@@ -143,8 +143,9 @@ class CachedStore:
     def _remember(self, graphs: Mapping[str, UserGraph]) -> None:
         lru, sizes, budget = self._lru, self._sizes, self.max_bytes
         for uid, graph in graphs.items():
-            lru[uid] = graph
-            lru.move_to_end(uid)
+            if lru.get(uid) is not graph:  # a graph read through get_many was made the most recent there
+                lru[uid] = graph
+                lru.move_to_end(uid)
             if budget:
                 size = graph.footprint()
                 self.nbytes += size - sizes.get(uid, 0)

@@ -148,6 +148,8 @@ def _scalars(block: np.ndarray) -> Any:
 
 def _held(nodes: np.ndarray, edges: np.ndarray) -> int:
     """Bytes two blocks keep alive: their own, or all of the record they view (a decoded graph's)."""
+    if nodes.base is None and edges.base is None:  # a written graph's own blocks
+        return nodes.nbytes + edges.nbytes
     held, seen = 0, None
     for block in (nodes, edges):
         base = block
