@@ -10,8 +10,11 @@ so its vectors are the bits the runner would compute itself.
 
 What goes there is the incremental engine's *full* forward of each batch (its incremental part
 needs the graphs' layer caches and stays in the runner); the layer caches the engine keeps from a
-full forward come back with the vectors. If the child dies, the runner logs it once and computes
-in-process from then on: nothing is lost.
+full forward come back with the vectors. A process made with a ``post`` function also runs it
+on each batch's whole vector matrix and the ``extra`` the batch came with (the file runner: its
+output records and JSON lines, as much work as the forward of small graphs). Answers are read by
+a thread as they arrive, so the child never waits to send one. If the child dies, the runner logs
+it once and computes (and posts) in-process from then on: nothing is lost.
 
 >>> from graph_state import GraphConfig, UserGraph, gather
 >>> from types import SimpleNamespace as Ev

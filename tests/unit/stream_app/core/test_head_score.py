@@ -49,14 +49,18 @@ def _replay(root, events, model, name, **env):
     return out.read_bytes().splitlines()
 
 
-def test_replay_publishes_the_heads_score_of_each_vector(setup):
+@pytest.mark.parametrize("forward", ["on", "off"])
+def test_replay_publishes_the_heads_score_of_each_vector(setup, forward):
+    """In one process and with the forward process (which then scores and formats the records)."""
     root, events, model, head = setup
-    lines = _replay(root, events, model, "with", RIPPLE_HEAD_PATH=str(root / "head.pt"))
+    lines = _replay(
+        root, events, model, f"with-{forward}", RIPPLE_HEAD_PATH=str(root / "head.pt"), RIPPLE_FORWARD_PROCESS=forward
+    )
     records = [msgspec.json.decode(line, type=UserEmbedding) for line in lines]
     vectors = np.asarray([r.embedding for r in records], dtype=np.float32)
     np.testing.assert_allclose([r.head_score for r in records], head.score_many(vectors), atol=1e-6)
     assert {r.head_version for r in records} == {head.head_version}
-    plain = _replay(root, events, model, "without")
+    plain = _replay(root, events, model, f"without-{forward}", RIPPLE_FORWARD_PROCESS=forward)
     assert b"head_score" not in b"".join(plain) and b"head_version" not in b"".join(plain)
     decoded = [msgspec.json.decode(line, type=UserEmbedding) for line in plain]
     assert [r.embedding for r in decoded] == [r.embedding for r in records]  # the vectors are untouched

@@ -244,3 +244,21 @@ def test_stage_refuses_a_store_that_cannot_encode_before_writing():
     with pytest.raises(TypeError, match="cannot encode a batch before writing"):
         pipeline.stage([record])
     assert pipeline.run([record], type("Quiet", (), {"publish": lambda self, result: None})()).graphs
+
+
+def test_the_process_writes_the_compact_encoding_as_the_runner_would(tmp_path):
+    """RIPPLE_EMBEDDING_ENCODING=f32: the lines the process makes decode to the same records."""
+    from stream_app.core.embedding_format import decode_embedding
+
+    path = write_jsonl(tmp_path / "ev.jsonl", list(generate_events(GeneratorSpec(users=40, items=90, events=900))))
+    seen = {}
+    for mode in ("off", "on"):
+        s = Settings.from_env(
+            {"RIPPLE_EMBEDDING_ENCODING": "f32"}, state_dir=str(tmp_path / mode), batch_size=40, forward_process=mode
+        )
+        replay(path, "jsonl", str(tmp_path / f"{mode}.out"), s, progress=False)
+        with open(tmp_path / f"{mode}.out", "rb") as f:
+            lines = f.read().splitlines()
+        assert all(isinstance(msgspec.json.decode(line)["embedding"], str) for line in lines)  # packed, not a list
+        seen[mode] = [msgspec.structs.replace(decode_embedding(line), computed_at=0.0) for line in lines]
+    assert seen["on"] == seen["off"] and len(seen["on"]) > 500
