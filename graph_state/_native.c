@@ -19,7 +19,7 @@
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
 /* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
-#define NATIVE_API 6
+#define NATIVE_API 7
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -144,6 +144,7 @@ static PyObject *GraphChange;    /* graph_state.user_graph.GraphChange */
 static PyObject *DUPLICATE;      /* GraphChange(duplicate=True) */
 static PyObject *EMPTY_FROZEN;   /* frozenset() */
 static PyObject *ZERO_FLOAT;     /* 0.0 */
+static PyObject *AppliedEvents;  /* graph_state.user_graph.AppliedEvents */
 static Py_ssize_t TAIL_LIMIT = 0;
 
 #define NAMES(X)                                                                                  \
@@ -925,25 +926,27 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     if (!ready()) return NULL;
-    PyObject *pairs = args[0], *graphs = args[1], *factory = args[2], *known = args[3], *publish = args[4];
+    PyObject *graphs = args[1], *factory = args[2], *known = args[3], *publish = args[4];
     PyObject *applied = args[5], *restore = args[6], *changed = args[7], *earliest = args[8];
-    if (!PyList_CheckExact(pairs) || !PyDict_CheckExact(graphs) || !PyDict_CheckExact(publish) ||
-        !PyDict_CheckExact(applied) || !PyDict_CheckExact(restore) || !PyDict_CheckExact(changed) ||
-        !PyDict_CheckExact(earliest)) {
-        PyErr_SetString(PyExc_TypeError, "apply_events takes a list of (record, event) and dicts");
+    if (!PyDict_CheckExact(graphs) || !PyDict_CheckExact(publish) || !PyDict_CheckExact(applied) ||
+        !PyDict_CheckExact(restore) || !PyDict_CheckExact(changed) || !PyDict_CheckExact(earliest)) {
+        PyErr_SetString(PyExc_TypeError, "apply_events takes a sequence of (record, event) pairs and dicts");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(pairs);
+    PyObject *pairs = PySequence_Fast(args[0], "apply_events takes a sequence of (record, event) pairs");
+    if (pairs == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(pairs);
     PyObject *late = PyList_New(0);
     /* Each event's graph where it has one already (borrowed: the dict holds them), for prefetching. */
     PyObject **ahead = late ? PyMem_Calloc(n ? n : 1, sizeof(PyObject *)) : NULL;
     if (ahead == NULL) {
+        Py_DECREF(pairs);
         Py_XDECREF(late);
         return late ? PyErr_NoMemory() : NULL;
     }
     int prefetching = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        PyObject *pair = PySequence_Fast_GET_ITEM(pairs, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) break; /* the loop below refuses it */
         PyObject *uid = PyObject_GetAttr(PyTuple_GET_ITEM(pair, 1), s_user_id);
         if (uid == NULL) {
@@ -962,7 +965,7 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
             if (i + 2 < n && ahead[i + 2] != NULL) ahead_fields(ahead[i + 2]);
             if (i + 1 < n && ahead[i + 1] != NULL) ahead_buffers(ahead[i + 1]);
         }
-        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        PyObject *pair = PySequence_Fast_GET_ITEM(pairs, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "apply_events takes a list of (record, event) pairs");
             goto fail;
@@ -1046,9 +1049,11 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
         if (rc < 0) goto fail;
     }
     PyMem_Free(ahead);
-    return Py_BuildValue("(nnnnN)", n_applied, n_duplicate, n_unknown, n_new, late);
+    Py_DECREF(pairs);
+    return PyObject_CallFunction(AppliedEvents, "nnnnN", n_applied, n_duplicate, n_unknown, n_new, late);
 fail:
     PyMem_Free(ahead);
+    Py_DECREF(pairs);
     Py_DECREF(late);
     return NULL;
 }
@@ -1570,9 +1575,9 @@ static PyObject *take_rows(PyObject *self, PyObject *const *args, Py_ssize_t nar
 static PyObject *put_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return rows_op(args, nargs, 1); }
 
 static PyObject *setup(PyObject *self, PyObject *args) {
-    PyObject *change_type;
+    PyObject *change_type, *applied_type;
     Py_ssize_t tail_limit;
-    if (!PyArg_ParseTuple(args, "On", &change_type, &tail_limit)) return NULL;
+    if (!PyArg_ParseTuple(args, "OnO", &change_type, &tail_limit, &applied_type)) return NULL;
     PyObject *empty = PyTuple_New(0);
     PyObject *kwargs = empty ? Py_BuildValue("{s:O}", "duplicate", Py_True) : NULL;
     PyObject *dup = kwargs ? PyObject_Call(change_type, empty, kwargs) : NULL;
@@ -1591,6 +1596,7 @@ static PyObject *setup(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_XSETREF(GraphChange, Py_NewRef(change_type));
+    Py_XSETREF(AppliedEvents, Py_NewRef(applied_type));
     Py_XSETREF(DUPLICATE, dup);
     TAIL_LIMIT = tail_limit;
     Py_RETURN_NONE;
@@ -1601,7 +1607,7 @@ static PyMethodDef methods[] = {
      "apply(graph, event, replay) -> GraphChange | None: UserGraph._apply in C; None: take the Python path."},
     {"apply_events", (PyCFunction)(void (*)(void))apply_events, METH_FASTCALL,
      "apply_events(pairs, graphs, factory, known, publish, applied, restore, changed, earliest) -> "
-     "(applied, duplicates, unknown, new, late): user_graph.py_apply_events in C."},
+     "AppliedEvents: user_graph.py_apply_events in C."},
     {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL,
      "gather(graphs, owner, lookup) -> 7 bytearrays | None: user_graph.gather's columns; None: take the Python path."},
     {"take_rows", (PyCFunction)(void (*)(void))take_rows, METH_FASTCALL,

@@ -21,7 +21,7 @@ import numpy as np
 from graph_state.behavior import Behavior, UserBehavior
 from graph_state.config import GraphConfig
 
-_NATIVE_API = 6
+_NATIVE_API = 7
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):
@@ -754,10 +754,11 @@ def py_apply_events(
     restore: dict[str, UserGraph],
     changed: dict[str, frozenset[int]],
     earliest: dict[str, float],
-) -> tuple[int, int, int, int, list[tuple[int, float]]]:
-    """A micro-batch's events applied in order to their users' graphs (:func:`apply_events`); the
-    reference ``graph_state/_native.c`` matches. ``pairs`` are (record, event): a record with a
-    ``timestamp`` sets ``earliest``. Per user, into the given dicts, in first-seen order:
+) -> AppliedEvents:
+    """A micro-batch's events applied in order to their users' graphs (:data:`apply_events` runs it
+    in one C call where the native core is built; this is the reference it matches). ``pairs`` are
+    (record, event): a record with a ``timestamp`` sets ``earliest``. Per user, into the given
+    dicts, in first-seen order:
     ``graphs`` (a new user gets ``factory()``), ``changed`` (the slots its applied and duplicate
     events changed), ``applied`` (users with an applied event), ``restore`` (users whose duplicate is
     their latest applied event: a redelivery) and ``publish`` (either)."""
@@ -791,27 +792,12 @@ def py_apply_events(
             first = earliest.get(uid)
             if first is None or ts < first:
                 earliest[uid] = ts
-    return n_applied, n_duplicate, n_unknown, n_new, late
+    return AppliedEvents(n_applied, n_duplicate, n_unknown, n_new, late)
 
 
-def apply_events(
-    pairs: Sequence[tuple[Any, UserBehavior]],
-    graphs: dict[str, UserGraph],
-    factory: Callable[[], UserGraph],
-    known: Container[str],
-    publish: dict[str, UserGraph],
-    applied: dict[str, UserGraph],
-    restore: dict[str, UserGraph],
-    changed: dict[str, frozenset[int]],
-    earliest: dict[str, float],
-) -> AppliedEvents:
-    """:func:`py_apply_events` in one C call per micro-batch when the native core is built (the
-    per-event Python loop of the pipeline cost about as much as ``apply`` itself)."""
-    args = (pairs, graphs, factory, known, publish, applied, restore, changed, earliest)
-    if _native is not None and type(pairs) is list:  # the C loop indexes a list
-        return AppliedEvents(*_native.apply_events(*args))
-    return AppliedEvents(*py_apply_events(*args))
-
-
+apply_events = py_apply_events
+""":func:`py_apply_events`, in C when the native core is built (it prefetches the graphs of the next
+events, which a batch finds out of every cache)."""
 if _native is not None:
-    _native.setup(GraphChange, TAIL_LIMIT)
+    apply_events = _native.apply_events
+    _native.setup(GraphChange, TAIL_LIMIT, AppliedEvents)

@@ -359,3 +359,6 @@ def test_apply_events_refuses_what_is_not_a_batch():
         ug._native.apply_events([Ev("e1", "i1")], g, UserGraph, frozenset(), {}, {}, {}, {}, {})
     with pytest.raises(TypeError, match="dicts"):
         ug._native.apply_events([], g, UserGraph, frozenset(), {}, {}, {}, {}, [])
+    with pytest.raises(TypeError, match="sequence"):
+        ug._native.apply_events(None, g, UserGraph, frozenset(), {}, {}, {}, {}, {})
+    assert ug._native.apply_events((), g, UserGraph, frozenset(), {}, {}, {}, {}, {}) == (0, 0, 0, 0, [])
