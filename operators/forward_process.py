@@ -294,7 +294,7 @@ class ForwardProcess:
         return _answer(self.checkpoint.encoder, self.post, pending.job)
 
     def _died(self, exc: BaseException) -> None:
-        log.warning(W_DIED, exc or type(exc).__name__)
+        log.warning(W_DIED, str(exc) or type(exc).__name__)
         self.alive = False
 
     def close(self) -> None:

@@ -262,3 +262,33 @@ def test_the_process_writes_the_compact_encoding_as_the_runner_would(tmp_path):
         assert all(isinstance(msgspec.json.decode(line)["embedding"], str) for line in lines)  # packed, not a list
         seen[mode] = [msgspec.structs.replace(decode_embedding(line), computed_at=0.0) for line in lines]
     assert seen["on"] == seen["off"] and len(seen["on"]) > 500
+
+
+def test_a_child_killed_mid_run_loses_nothing(tmp_path, monkeypatch, caplog):
+    """The child exits while batches are in flight (two staged ahead): the runner computes and
+    formats those batches itself and writes the same records as a run without the process."""
+    import os
+
+    from stream_app.files import file_runner
+
+    path = write_jsonl(tmp_path / "ev.jsonl", list(generate_events(GeneratorSpec(users=30, items=80, events=1200))))
+    runner = os.getpid()
+    made = []
+    original = file_runner.OutputLines.__call__
+
+    def dies_on_the_fourth_batch(self, vectors, published):
+        made.append(1)
+        if os.getpid() != runner and len(made) == 4:
+            os._exit(3)  # as a kill would: no answer for this batch, nor for the ones behind it
+        return original(self, vectors, published)
+
+    monkeypatch.setattr(file_runner.OutputLines, "__call__", dies_on_the_fourth_batch)
+    runs = {}
+    for mode in ("off", "on"):
+        s = Settings.from_env({}, state_dir=str(tmp_path / mode), batch_size=50, forward_process=mode)
+        with caplog.at_level(logging.WARNING, logger="ripple.forward"):
+            runs[mode] = replay(path, "jsonl", str(tmp_path / f"{mode}.out"), s, progress=False)
+    stopped = [r.getMessage() for r in caplog.records if "forward process stopped" in r.getMessage()]
+    assert len(stopped) == 1 and "EOFError" in stopped[0]  # named, even when the error has no message
+    assert outputs(tmp_path / "on.out") == outputs(tmp_path / "off.out")
+    assert runs["on"].published == runs["off"].published > 500
