@@ -12,7 +12,7 @@ in this order:
 
 The file runner with a forward process (``operators.ForwardProcess``) runs the same steps through
 :meth:`Pipeline.stage` (1-3, the full forward handed to the process, the state encoded) and
-:meth:`Pipeline.finish` (the vectors collected, 4-6), staging batch k+1 before finishing batch k.
+:meth:`Pipeline.finish` (the vectors collected, 4-6), staging batches k+1 and k+2 before finishing batch k.
 
 A failure anywhere in 1-5 drops the cached graphs (the batch changed them in place) and
 propagates: nothing of the batch is stored, and the runner redelivers it. Deleting users

@@ -7,9 +7,10 @@ started again with the same arguments and continues where it stopped; at worst
 the last batch's embeddings are written twice with the same state_version.
 
 Where two CPUs or more are usable (``RIPPLE_FORWARD_PROCESS``), the batched GCN forward runs in a
-second process (:class:`operators.ForwardProcess`) and two batches overlap: batch k+1 is decoded,
-applied and its state encoded while the process computes batch k's vectors; then batch k is
-published and only then its state written — the same order per batch, so the same resume.
+second process (:class:`operators.ForwardProcess`, which also makes JSON-lines output) and batches
+overlap: batches k+1 and k+2 are decoded, applied and their state encoded while the process computes
+batch k's vectors; then batch k is published and only then its state written — the same order per
+batch, so the same resume.
 
 The output file holds what this run published (``stream_app/files/exports.py``): every record
 as JSON lines (default), as Parquet rows (``--out FILE.parquet``), or one final record per
