@@ -259,7 +259,6 @@ class Pipeline:
         self.recommender = recommender or Recommender()
         """``RIPPLE_RECOMMEND_TOP``: the top items of each published vector (see :meth:`embed`)."""
         self.recommender.check(embedder.checkpoint)
-        self.head_version = head.head_version if head is not None else None
         if metrics is not None:
             metrics.set_model(embedder.model_version)
 
@@ -282,7 +281,9 @@ class Pipeline:
         self.embedder = embedder
         self.output = OutputRecords(embedder.checkpoint, self.head)
         if self.head is not None and self.head.encoder_version != embedder.checkpoint.encoder_version:
-            log.warning(W_HEAD_STALE, self.head_version, self.head.encoder_version, embedder.checkpoint.encoder_version)
+            log.warning(
+                W_HEAD_STALE, self.head.head_version, self.head.encoder_version, embedder.checkpoint.encoder_version
+            )
         if self.metrics is not None:
             self.metrics.set_model(embedder.model_version)
         return old
@@ -532,7 +533,7 @@ class Pipeline:
         now = time.time() if now is None else now
         for ts in result.earliest_ts.values():
             self.metrics.latency.observe(max(0.0, now - ts))
-        self.metrics.published.inc(len(result.encoded_users) if result.encoded is not None else len(result.embeddings))
+        self.metrics.published.inc(len(result.published_users))
 
     def _observe(self, result: BatchResult, n: int, batch_seconds: float, embed_seconds: float) -> None:
         m = self.metrics

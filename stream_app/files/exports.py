@@ -203,15 +203,26 @@ class LatestSink(EmbeddingSink):
         self.latest.clear()
 
 
+def sink_type(path: str, latest_only: bool = False) -> type[EmbeddingSink]:
+    """Which sink ``--out path`` gets: Parquet by the ``.parquet`` suffix, one row per user with
+    ``--latest-only``, else every record as JSON lines."""
+    if latest_only:
+        return LatestSink
+    if is_parquet(path):
+        return ParquetSink
+    return JsonlSink
+
+
 def open_sink(
     path: str, latest_only: bool = False, append: bool = False, encode: Encode = json_encoder.encode
 ) -> EmbeddingSink:
-    """The sink for ``--out path`` (Parquet by the ``.parquet`` suffix; JSON lines written by ``encode``)."""
+    """The sink for ``--out path`` (:func:`sink_type`; JSON lines written by ``encode``)."""
     if append and (latest_only or is_parquet(path)):
         raise ValueError(E_APPEND.format(what="--latest-only" if latest_only else "a Parquet --out"))
-    if latest_only:
+    kind = sink_type(path, latest_only)
+    if kind is LatestSink:
         return LatestSink(path, encode)
-    if is_parquet(path):
+    if kind is ParquetSink:
         return ParquetSink(path)
     return JsonlSink(path, append, encode)
 

@@ -41,7 +41,7 @@ from stream_app.core.pipeline import APPLIED, DUPLICATE, REJECTED, BatchResult, 
 from stream_app.core.records import RawRecord, json_encoder
 from stream_app.core.serving import ServedModel, build_pipeline, load_model
 from stream_app.core.settings import Settings
-from stream_app.files.exports import EmbeddingSink, is_parquet, jsonl_lines, open_sink
+from stream_app.files.exports import EmbeddingSink, jsonl_lines, open_sink, sink_type
 from stream_app.files.readers import count_lines, read_events
 
 PROGRESS_PREFIX = "file-progress:"
@@ -118,7 +118,7 @@ def replay(
     model = load_model(settings)  # refused before the state directory is opened
     total = count_lines(events_path, fmt)
     # Started before anything opens files or threads (it forks): the child needs only the model.
-    forward = forward_process(settings, model, total, jsonl=not (latest_only or is_parquet(out_path)))
+    forward = forward_process(settings, model, total, jsonl=sink_type(out_path, latest_only).lines)
     store = None
     try:
         store = RocksStore(settings.state_dir, settings.graph_config(), settings.rocks_options())
