@@ -313,7 +313,7 @@ def main() -> None:
             f"{median(speedups):.1f}x",
         ],
         [
-            "file runner, forward in its own process (RIPPLE_FORWARD_PROCESS=off)",
+            "file runner, one process (RIPPLE_FORWARD_PROCESS=off)",
             f"{median(one_eps):,.0f}",
             spread(one_eps),
             f"{median(one_ratios):.2f}",
