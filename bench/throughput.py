@@ -19,6 +19,9 @@ Measured side by side in one run, each repeated ``--repeats`` times (medians):
    the rest of the file built — the fair comparison (the prefix flatters naive: its
    graphs are the smallest of the stream).
 
+Every engine (2-5) is timed in a fresh process of its own, as ``ripple replay`` runs (:func:`fresh`);
+``--in-process`` also times the file runner in this process, after it built the limit's tensors.
+
     python bench/throughput.py --dataset generated --events 1000000
     python bench/throughput.py --dataset ml-100k --data ../shared/data/ml-100k/ml-100k.inter
 """
@@ -27,12 +30,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from multiprocessing.connection import Connection
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -91,11 +97,48 @@ def compute_limit(batches: list, settings: Settings, threads: int | None = None)
         set_threads(before)
 
 
+def fresh(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a new interpreter (spawned, not forked), as ``ripple replay`` runs: each engine
+    is timed in a process of its own, none in this one after it built the limit's tensors. In this
+    process, after :func:`capture_batches` and :func:`compute_limit`, the same runner took 15-35 %
+    longer (user CPU, not page faults: 1.56 → 1.92-2.07 s; ``--in-process`` shows it) —
+    its graphs were allocated into a fragmented heap instead of fresh memory, and the main process
+    is bound by memory latency (docs/benchmarks.md, thirteenth round)."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_fresh_child, args=(send, fn, args), name="bench-fresh")
+    child.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        status, value = "error", f"the process running {fn.__name__} died (exit code {child.exitcode})"
+    child.join()
+    if status != "ok":
+        raise RuntimeError(value)
+    return value
+
+
+def _fresh_child(send: Connection, fn: Callable[..., Any], args: tuple) -> None:
+    import traceback
+
+    try:
+        send.send(("ok", fn(*args)))
+    except BaseException:
+        send.send(("error", traceback.format_exc()))
+
+
 def run_replay(path: str, fmt: str, settings: Settings) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         s = settings.with_overrides(state_dir=os.path.join(tmp, "state"))
         summary = replay(path, fmt, os.path.join(tmp, "out.jsonl"), s, progress=False)
     return summary.seconds
+
+
+def run_without_forward(path: str, fmt: str, settings: Settings) -> float:
+    """:func:`run_replay` with the GCN left out (:func:`without_forward`)."""
+    with without_forward():
+        return run_replay(path, fmt, settings)
 
 
 @contextlib.contextmanager
@@ -253,6 +296,11 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=5_000)
     parser.add_argument("--tail-events", type=int, default=5_000, help="Events both engines run from the same state.")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="Also time the file runner in this benchmark's own process (after it built the limit's tensors).",
+    )
     args = parser.parse_args()
 
     settings = Settings.from_env(batch_size=args.batch_size)
@@ -266,20 +314,21 @@ def main() -> None:
 
     batches, n_events = capture_batches(path, fmt, settings)
     limit_s, runner_s, floor_s, formats_s, naive_s, tail_runner_s, tail_naive_s = [], [], [], [], [], [], []
-    limit2_s, one_process_s = [], []
+    limit2_s, one_process_s, here_s = [], [], []
     naive_n = tail_n = 0
     in_process = settings.with_overrides(forward_process="off")
     for _ in range(args.repeats):
         limit_s.append(compute_limit(batches, settings))
         limit2_s.append(compute_limit(batches, settings, threads=2))
-        runner_s.append(run_replay(path, fmt, settings))
-        one_process_s.append(run_replay(path, fmt, in_process))
-        with without_forward():
-            floor_s.append(run_replay(path, fmt, in_process))
-        formats_s.append(formats_floor(path, fmt, in_process))
-        seconds, naive_n = run_naive(path, fmt, settings, args.naive_events)
+        runner_s.append(fresh(run_replay, path, fmt, settings))
+        if args.in_process:
+            here_s.append(run_replay(path, fmt, settings))
+        one_process_s.append(fresh(run_replay, path, fmt, in_process))
+        floor_s.append(fresh(run_without_forward, path, fmt, in_process))
+        formats_s.append(fresh(formats_floor, path, fmt, in_process))
+        seconds, naive_n = fresh(run_naive, path, fmt, settings, args.naive_events)
         naive_s.append(seconds)
-        r_s, n_s, tail_n = same_state_comparison(path, fmt, settings, args.tail_events)
+        r_s, n_s, tail_n = fresh(same_state_comparison, path, fmt, settings, args.tail_events)
         tail_runner_s.append(r_s)
         tail_naive_s.append(n_s)
     limit_eps = [n_events / s for s in limit_s]
@@ -312,6 +361,19 @@ def main() -> None:
             f"{median(ratios):.2f}",
             f"{median(speedups):.1f}x",
         ],
+        *(
+            [
+                [
+                    "file runner, in this benchmark's process (after the limit's tensors were built)",
+                    f"{median([n_events / x for x in here_s]):,.0f}",
+                    spread([n_events / x for x in here_s]),
+                    f"{median([n_events / x / lim for x, lim in zip(here_s, limit_eps, strict=True)]):.2f}",
+                    "",
+                ]
+            ]
+            if here_s
+            else []
+        ),
         [
             "file runner, one process (RIPPLE_FORWARD_PROCESS=off)",
             f"{median(one_eps):,.0f}",
@@ -359,7 +421,8 @@ def main() -> None:
     show(title, header, rows)
     if not args.no_record:
         note = (
-            f"{args.repeats} repeats, side by side; ratios are medians of per-repeat ratios. "
+            f"{args.repeats} repeats, side by side; ratios are medians of per-repeat ratios. Every engine but "
+            "the limit runs in a fresh process of its own, as `ripple replay` does (`fresh`). "
             "'With a full forward in-process' is limit / (limit + the runner without the GCN): the best "
             "'vs limit' a runner doing that same per-event work and the limit's full forward one after the "
             "other could show; 'beside it' is limit / the runner without the GCN, the best with the forward "
