@@ -100,10 +100,11 @@ def compute_limit(batches: list, settings: Settings, threads: int | None = None)
 def fresh(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in a new interpreter (spawned, not forked), as ``ripple replay`` runs: each engine
     is timed in a process of its own, none in this one after it built the limit's tensors. In this
-    process, after :func:`capture_batches` and :func:`compute_limit`, the same runner took 15-35 %
-    longer (user CPU, not page faults: 1.56 → 1.92-2.07 s; ``--in-process`` shows it) —
-    its graphs were allocated into a fragmented heap instead of fresh memory, and the main process
-    is bound by memory latency (docs/benchmarks.md, thirteenth round)."""
+    process, after :func:`capture_batches` and :func:`compute_limit`, the same runner took 3-40 %
+    longer (1.87-2.51 s against 1.78-1.83 s in three probes, 7 % in a recorded run; user CPU, not
+    page faults; ``--in-process`` shows it): its graphs were allocated into a fragmented heap
+    instead of fresh memory, and the main process is bound by memory latency
+    (docs/benchmarks.md, thirteenth round)."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_fresh_child, args=(send, fn, args), name="bench-fresh")
