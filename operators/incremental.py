@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from graph_state import Gathered, UserGraph, gather
+from graph_state import Gathered, UserGraph
 from graph_state.rows import put_rows, take_rows
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
 from operators.encoder import GraphEncoder, GraphLayer, sparse_csr, stable_order
-from operators.tensors import GraphBatch, columns_to_batch, recency_buckets, recency_moved
+from operators.tensors import GraphBatch, columns_to_batch, gather_columns, recency_buckets, recency_moved
 
 if TYPE_CHECKING:
     from operators.forward_process import Answer, ForwardProcess, Pending
@@ -321,8 +321,7 @@ class IncrementalEncoder:
         self, graphs: list[UserGraph], layers: list[np.ndarray], deltas: Sequence[UserDelta]
     ) -> tuple[_Batch, list[int]]:
         """The users as one :class:`_Batch`, and those whose ``A_L`` exceeds the policy's share."""
-        index = self.checkpoint.index
-        columns = gather(graphs, index, index.row, index.resolved)
+        columns = gather_columns(graphs, self.checkpoint.index)
         sizes = columns.sizes
         ptr = np.zeros(len(graphs) + 1, dtype=np.int64)
         np.cumsum(sizes, out=ptr[1:])
@@ -367,9 +366,7 @@ class IncrementalEncoder:
                 graph.cache_key, graph.cache = "", b""  # not to be recomputed incrementally next time
         self.stats["recomputed_nodes"] += n_nodes
         self.stats["total_nodes"] += n_nodes
-        index = self.checkpoint.index
-        listed = graphs if isinstance(graphs, list) else list(graphs)
-        columns = gather(listed, index, index.row, index.resolved) if listed else None
+        columns = gather_columns(graphs, self.checkpoint.index) if graphs else None
         kept = [(graphs[i], graphs[i].state_version) for i in keep]
         if forward is not None and self._hands_to(forward):
             remote = _Remote(self, forward.submit(columns, keep, out, rows, extra), kept)

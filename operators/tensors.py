@@ -65,8 +65,14 @@ def recency_moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch:
     """Concatenate graphs' node and edge blocks, offsetting node ids (:func:`graph_state.gather`)."""
+    return columns_to_batch(gather_columns(graphs, index))
+
+
+def gather_columns(graphs: Sequence[UserGraph], index: ItemIndex) -> Gathered:
+    """:func:`graph_state.gather` of ``graphs`` with ``index``'s item rows (its resolved rows read
+    without a call per item)."""
     listed = graphs if isinstance(graphs, list) else list(graphs)
-    return columns_to_batch(gather(listed, index, index.row, index.resolved))
+    return gather(listed, index, index.row, index.resolved)
 
 
 def columns_to_batch(g: Gathered) -> GraphBatch:

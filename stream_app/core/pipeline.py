@@ -129,7 +129,7 @@ class OutputRecords:
         self.model_version = checkpoint.model_version
         matches = head is not None and head.encoder_version == checkpoint.encoder_version
         self.head = head if matches else None
-        self.head_version = head.head_version if self.head is not None and head is not None else None
+        self.head_version = self.head.head_version if self.head is not None else None
 
     def make(
         self,
