@@ -36,9 +36,17 @@ if [ ! -f "$venv/.ripple-complete" ]; then
   "$venv/bin/python" -m pip install -q "${dep_list[@]}"
   touch "$venv/.ripple-complete"
 fi
-# Editable, no deps: seconds. Points the shared environment at this checkout.
-if ! log=$("$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1); then
-  echo "$log" >&2
-  exit 1
-fi
+# Editable, no deps: seconds. Points the shared environment at this checkout. Tried up to three
+# times: setuptools 84 now and then refuses the same pyproject.toml ("`project.license` must be
+# valid exactly by one definition (2 matches found)") and takes it on the next try.
+for attempt in 1 2 3; do
+  if log=$("$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1); then
+    break
+  fi
+  if [ "$attempt" = 3 ]; then
+    echo "$log" >&2
+    exit 1
+  fi
+  echo "bootstrap: the editable install failed (attempt $attempt), trying again" >&2
+done
 echo "$venv"
