@@ -92,6 +92,9 @@ class RocksOptions:
         table = BlockBasedOptions()
         table.set_block_cache(Cache(self.block_cache_mb << 20))
         table.set_cache_index_and_filter_blocks(True)
+        # A user's first event reads a key no file holds: without a filter every such read searches
+        # each level's index and a data block (4.6 µs each over 10,000 new users, bench/throughput.py).
+        table.set_bloom_filter(10, False)
         opts.set_block_based_table_factory(table)
         return opts
 
