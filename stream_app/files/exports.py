@@ -145,6 +145,10 @@ class JsonlSink(EmbeddingSink):
         self.file.flush()
         self.end += len(data)
 
+    def share(self) -> None:
+        """Another process may append batches to the file from now on (:meth:`appended`)."""
+        self.shared = True
+
     def appended(self, end: int) -> None:
         """A batch's lines were appended by another process; the file now ends at ``end``."""
         self.shared = True

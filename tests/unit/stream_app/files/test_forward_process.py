@@ -323,7 +323,8 @@ def test_a_child_killed_while_appending_leaves_no_torn_line(tmp_path, monkeypatc
     assert outputs(tmp_path / "on.out") == outputs(tmp_path / "off.out")
 
 
-def test_a_run_that_stops_early_keeps_only_the_batches_it_published(tmp_path, monkeypatch):
+@pytest.mark.parametrize("published_before", [0, 4])
+def test_a_run_that_stops_early_keeps_only_the_batches_it_published(tmp_path, monkeypatch, published_before):
     """Batches staged ahead were handed to the process, which may have appended their lines; the
     run fails before publishing them: the output ends with the last published batch, whole lines."""
     from stream_app.core.pipeline import Pipeline
@@ -334,16 +335,17 @@ def test_a_run_that_stops_early_keeps_only_the_batches_it_published(tmp_path, mo
     published: list[int] = []
     finish = Pipeline.finish
 
-    def fails_on_the_fifth(self, staged, sink):
-        if len(published) == 4:
+    def fails_after(self, staged, sink):
+        if len(published) == published_before:
             raise RuntimeError("stopped")
         result = finish(self, staged, sink)
         published.append(len(result.published_users))
         return result
 
-    monkeypatch.setattr(Pipeline, "finish", fails_on_the_fifth)
+    monkeypatch.setattr(Pipeline, "finish", fails_after)
     s = Settings.from_env({}, state_dir=str(tmp_path / "on"), batch_size=50, forward_process="on")
     with pytest.raises(RuntimeError, match="stopped"):
         replay(path, "jsonl", str(tmp_path / "on.out"), s, progress=False)
     on = outputs(tmp_path / "on.out")
-    assert len(on) == sum(published) > 0 and on == outputs(tmp_path / "off.out")[: len(on)]
+    assert len(on) == sum(published) and on == outputs(tmp_path / "off.out")[: len(on)]
+    assert (len(on) > 0) == (published_before > 0)
