@@ -369,6 +369,8 @@ class IncrementalEncoder:
         columns = gather_columns(graphs, self.checkpoint.index) if graphs else None
         kept = [(graphs[i], graphs[i].state_version) for i in keep]
         if forward is not None and self._hands_to(forward):
+            if out is not None and rows is not None and len(rows) == len(out):
+                out = rows = None  # every row is the forward's (in order): the answer's vectors are the batch's
             remote = _Remote(self, forward.submit(columns, keep, out, rows, extra), kept)
             if kept:
                 self._in_flight.append(remote)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
+from collections.abc import Callable
 
 import msgspec
 import numpy as np
@@ -11,7 +14,7 @@ import torch
 
 from graph_state import GraphConfig, RocksStore, UserGraph, encode, gather
 from operators import Checkpoint, ForwardProcess
-from operators.forward_process import Pending, usable_cpus
+from operators.forward_process import SHARED_SLOTS, Pending, usable_cpus
 from operators.incremental import forward_with_caches
 from operators.tensors import columns_to_batch
 from stream_app.core.serving import load_model
@@ -106,6 +109,37 @@ def test_the_process_answers_in_order_with_the_bits_computed_here():
         assert user.tobytes() == here.tobytes()
         assert [c.tobytes() for c in caches] == [c.tobytes() for c in here_caches]
         assert [c.shape[1] for c in caches] == [b[i].n_nodes for i in keep]
+
+
+def wait_for(flag: str) -> Callable[[np.ndarray, object], None]:
+    def post(vectors: np.ndarray, extra: object) -> None:
+        while not os.path.exists(flag):  # the process holds the first batch until the test says go
+            time.sleep(0.01)
+
+    return post
+
+
+def test_columns_pass_through_shared_memory_and_a_busy_slot_is_not_overwritten(tmp_path):
+    """Ten batches handed over while the process holds the first: the first ones go through the
+    shared slots, the ones whose slot still holds an unanswered batch are pickled, and every answer
+    is the bits computed here (a slot overwritten early would give another batch's vectors)."""
+    checkpoint = Checkpoint.seeded(seed=3)
+    index, enc = checkpoint.index, checkpoint.encoder
+    batches = [graphs(10, 100 + seed) for seed in range(10)]
+    flag = str(tmp_path / "go")
+    with ForwardProcess(checkpoint, post=wait_for(flag)) as forward:
+        pending = [
+            forward.submit(gather(b, index, index.row), [], extra="hold" if n == 0 else None)
+            for n, b in enumerate(batches)
+        ]
+        open(flag, "w").close()
+        kinds = [type(p.job.columns).__name__ for p in pending]
+        answers = [p.result() for p in pending]
+    assert kinds[:SHARED_SLOTS] == ["_Shared"] * SHARED_SLOTS and set(kinds[SHARED_SLOTS:]) == {"Gathered"}
+    for b, answer in zip(batches, answers, strict=True):
+        with torch.inference_mode():
+            here, _ = forward_with_caches(enc.eval(), columns_to_batch(gather(b, index, index.row)), [])
+        assert answer.vectors.tobytes() == here.tobytes()
 
 
 def test_a_dead_process_costs_nothing_but_a_warning(caplog):
