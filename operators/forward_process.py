@@ -268,7 +268,7 @@ class ForwardProcess:
         # Memory both share (forked: the mapping is inherited), made before the child.
         self._memory = mmap.mmap(-1, SHARED_SLOTS * SHARED_SLOT_BYTES) if ctx.get_start_method() == "fork" else None
         self._submitted = 0
-        self._answered = 0  # answers the reader has taken: their slots are free again
+        self._answered = 0  # batches whose answers were taken (computed here, if the child failed): slots free
         # Two one-way pipes (not a socket pair): their buffers can be widened.
         child_jobs, self._jobs = ctx.Pipe(duplex=False)
         self._answers, child_answers = ctx.Pipe(duplex=False)
@@ -311,7 +311,7 @@ class ForwardProcess:
         :attr:`post` runs on them there."""
         shared: _Shared | None = None
         if columns is not None and self._memory is not None and self.alive:
-            slot_free = self._submitted - SHARED_SLOTS < self._answered  # the child is done with its last job
+            slot_free = self._submitted - SHARED_SLOTS < self._answered  # the slot's last batch is answered
             if slot_free:
                 shared = _to_shared(self._memory, self._submitted % SHARED_SLOTS, columns)
         job = _Job(shared or columns, keep, out, rows if rows is not None else [], extra)
@@ -335,7 +335,6 @@ class ForwardProcess:
             except (EOFError, OSError) as exc:
                 self._inbox.put(("gone", exc))
                 return
-            self._answered += 1
             self._inbox.put(answer)
 
     def _receive(self, pending: Pending) -> None:
@@ -345,6 +344,9 @@ class ForwardProcess:
         while self._queue:
             first = self._queue.pop(0)
             first.answer = self._next(first)
+            # Only now is the batch's slot free: a batch the child failed on was computed here (above),
+            # from its slot.
+            self._answered += 1
             if first is pending:
                 return
 

@@ -94,7 +94,7 @@ def graphs(n: int, seed: int) -> list[UserGraph]:
     return out
 
 
-def test_the_process_answers_in_order_with_the_bits_computed_here():
+def test_the_process_answers_in_order_with_the_bits_computed_here(one_thread):
     checkpoint = Checkpoint.seeded(seed=1)
     index, enc = checkpoint.index, checkpoint.encoder
     batches = [graphs(12, seed) for seed in range(4)]
@@ -111,6 +111,13 @@ def test_the_process_answers_in_order_with_the_bits_computed_here():
         assert [c.shape[1] for c in caches] == [b[i].n_nodes for i in keep]
 
 
+def vectors_here(enc, b: list[UserGraph], index) -> np.ndarray:
+    """The batch's vectors computed in this process (on one thread, :func:`one_thread`: two threads sum
+    in another order, other bits)."""
+    with torch.inference_mode():
+        return forward_with_caches(enc.eval(), columns_to_batch(gather(b, index, index.row)), [])[0]
+
+
 def wait_for(flag: str) -> Callable[[np.ndarray, object], None]:
     def post(vectors: np.ndarray, extra: object) -> None:
         while not os.path.exists(flag):  # the process holds the first batch until the test says go
@@ -119,7 +126,7 @@ def wait_for(flag: str) -> Callable[[np.ndarray, object], None]:
     return post
 
 
-def test_columns_pass_through_shared_memory_and_a_busy_slot_is_not_overwritten(tmp_path):
+def test_columns_pass_through_shared_memory_and_a_busy_slot_is_not_overwritten(tmp_path, one_thread):
     """Ten batches handed over while the process holds the first: the first ones go through the
     shared slots, the ones whose slot still holds an unanswered batch are pickled, and every answer
     is the bits computed here (a slot overwritten early would give another batch's vectors)."""
@@ -137,9 +144,48 @@ def test_columns_pass_through_shared_memory_and_a_busy_slot_is_not_overwritten(t
         answers = [p.result() for p in pending]
     assert kinds[:SHARED_SLOTS] == ["_Shared"] * SHARED_SLOTS and set(kinds[SHARED_SLOTS:]) == {"Gathered"}
     for b, answer in zip(batches, answers, strict=True):
-        with torch.inference_mode():
-            here, _ = forward_with_caches(enc.eval(), columns_to_batch(gather(b, index, index.row)), [])
-        assert answer.vectors.tobytes() == here.tobytes()
+        assert answer.vectors.tobytes() == vectors_here(enc, b, index).tobytes()
+
+
+def fails_there(runner: int) -> Callable[[np.ndarray, object], None]:
+    def post(vectors: np.ndarray, extra: object) -> None:
+        if os.getpid() != runner:
+            raise RuntimeError("a post that fails in the process")
+
+    return post
+
+
+@pytest.fixture
+def one_thread():
+    """This process on the forward process's one torch thread, as the runners set it (``set_threads``):
+    a batch it computes in the process's stead has the same bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_batch_the_child_failed_on_is_computed_here_from_its_own_slot(caplog, one_thread):
+    """The child fails on the first batch and answers the next three; only then are more batches
+    handed over. The failed batch is computed here from its slot when it is collected, so that slot
+    must not have gone to a later batch meanwhile."""
+    checkpoint = Checkpoint.seeded(seed=4)
+    index, enc = checkpoint.index, checkpoint.encoder
+    batches = [graphs(10, 200 + seed) for seed in range(9)]
+    with ForwardProcess(checkpoint, post=fails_there(os.getpid())) as forward:
+        pending = [
+            forward.submit(gather(b, index, index.row), [], extra="fail" if n == 0 else None)
+            for n, b in enumerate(batches[:SHARED_SLOTS])
+        ]
+        deadline = time.monotonic() + 30
+        while forward._inbox.qsize() < SHARED_SLOTS and time.monotonic() < deadline:
+            time.sleep(0.01)  # every answer of the first four is in (the first one an error)
+        pending += [forward.submit(gather(b, index, index.row), []) for b in batches[SHARED_SLOTS:]]
+        with caplog.at_level(logging.WARNING, logger="ripple.forward"):
+            answers = [p.result() for p in pending]
+    assert any("failed on a batch" in r.getMessage() for r in caplog.records)
+    for b, answer in zip(batches, answers, strict=True):
+        assert answer.vectors.tobytes() == vectors_here(enc, b, index).tobytes()
 
 
 def test_a_dead_process_costs_nothing_but_a_warning(caplog):
