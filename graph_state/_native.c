@@ -967,7 +967,7 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
         }
         PyObject *pair = PySequence_Fast_GET_ITEM(pairs, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "apply_events takes a list of (record, event) pairs");
+            PyErr_SetString(PyExc_TypeError, "apply_events takes a sequence of (record, event) pairs");
             goto fail;
         }
         PyObject *record = PyTuple_GET_ITEM(pair, 0), *event = PyTuple_GET_ITEM(pair, 1);

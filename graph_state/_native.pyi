@@ -2,7 +2,7 @@ from typing import Any
 
 def apply(graph: Any, event: Any, replay: bool) -> Any: ...
 def apply_events(
-    pairs: list[Any],
+    pairs: Any,
     graphs: Any,
     factory: Any,
     known: Any,
@@ -11,7 +11,7 @@ def apply_events(
     restore: Any,
     changed: Any,
     earliest: Any,
-) -> tuple[int, int, int, int, list[tuple[int, float]]]: ...
+) -> Any: ...  # graph_state.user_graph.AppliedEvents
 def encode(graph: Any, cache: bytes, cache_key: str) -> bytes | None: ...
 def event_key(event_id: str) -> int: ...
 def setup(change_type: type, tail_limit: int, applied_type: type) -> None: ...

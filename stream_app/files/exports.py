@@ -127,7 +127,6 @@ class JsonlSink(EmbeddingSink):
     lines = True
 
     def __init__(self, path: str, append: bool = False, encode: Encode = json_encoder.encode) -> None:
-        self.path = path
         self.file: IO[bytes] = open(path, "ab" if append else "wb")
         self.encode = encode
         self.end = self.file.seek(0, os.SEEK_END)

@@ -140,7 +140,7 @@ def replay(
             contextlib.closing(forward) if forward is not None else contextlib.nullcontext(),
         ):  # the forward process ends (it may append lines) before the output closes
             output = FileOutput(out, dlq)
-            if forward is not None and isinstance(forward.post, OutputLines) and forward.post.path is not None:
+            if forward is not None and forward.post is not None:  # it makes, and appends, the lines
                 cast(JsonlSink, out).share()  # from its first batch: what it leaves unpublished is cut off
 
             def count(result: BatchResult, chunk: list[RawRecord]) -> None:
@@ -210,12 +210,12 @@ class OutputLines:
 
     With ``path``, the forward process appends them to that file itself and answers where it then
     ends (:class:`Appended`): the runner's core neither receives nor writes the batch's ~350 KB
-    (0.1 s of its CPU per 100,000 generated events, docs/benchmarks.md item 59). Batches are answered, so appended, in
-    order, and the runner publishes a batch (and then writes its state) once its answer came: the
-    order publish → write per batch holds. Lines of batches the runner never published (it stopped
-    early, or the process died mid-write) are cut off by :class:`~stream_app.files.exports.JsonlSink`
-    after the process ended. In the runner's own process (no forward process, or it died) the lines
-    go back to the sink as bytes, as before.
+    (0.1 s of its CPU per 100,000 generated events, docs/benchmarks.md item 59). Batches are
+    answered, so appended, in order, and the runner publishes a batch (and then writes its state)
+    once its answer came: the order publish → write per batch holds. Lines of batches the runner
+    never published (it stopped early, or the process died mid-write) are cut off by
+    :class:`~stream_app.files.exports.JsonlSink` after the process ended. In the runner's own process
+    (no forward process, or it died) the lines go back to the sink as bytes, as before.
     """
 
     def __init__(self, output: OutputRecords, encoding: str, path: str | None = None) -> None:
