@@ -15,6 +15,10 @@
  * encoder do. gather builds a batch's columns from many graphs (graph_state.user_graph.gather);
  * take_rows / put_rows copy rows of many per-graph float32 arrays (graph_state.rows).
  *
+ * Attributes of __slots__ types and int64 numpy blocks are read where they lie (get_attr,
+ * nd_int64_2d: what PyObject_GetAttr and the buffer protocol would give, without their per-call
+ * cost); anything else takes those calls.
+ *
  * event_key is BLAKE2b with an 8-byte digest (RFC 7693), read as a signed little-endian int64:
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
@@ -158,6 +162,161 @@ static Py_ssize_t TAIL_LIMIT = 0;
 NAMES(DECLARE)
 #undef DECLARE
 
+/* ---- attributes by slot offset --------------------------------------------------------------
+ * PyObject_GetAttr on a __slots__ member goes getattro -> _PyType_Lookup -> the member descriptor ->
+ * PyMember_GetOne, and apply reads some thirty an event (11 % of the runner's main process with
+ * encode and gather, perf). For a type whose getattro (setattro) is the generic one and whose
+ * attribute is an object member (T_OBJECT_EX), the slot at the member's offset holds what
+ * PyObject_GetAttr would return: a data descriptor on the type comes before anything else. The
+ * offset is cached per (type, name) and trusted only while the type keeps the version tag it was
+ * read at (any change to the type drops the tag); everything else takes PyObject_GetAttr. */
+
+#define MEMBER_CACHE 256
+static struct {
+    PyTypeObject *type;
+    PyObject *name;
+    unsigned int tag;
+    Py_ssize_t get, set; /* the offset, or -1: the generic call */
+} MEMBERS[MEMBER_CACHE];
+
+static inline size_t member_at(PyTypeObject *tp, PyObject *name) {
+    return (((uintptr_t)tp >> 4) * 31 + ((uintptr_t)name >> 4)) & (MEMBER_CACHE - 1);
+}
+
+static size_t member_fill(PyTypeObject *tp, PyObject *name) {
+    size_t h = member_at(tp, name);
+    MEMBERS[h].type = NULL;
+    PyObject *descr = _PyType_Lookup(tp, name); /* borrowed; assigns the type a version tag */
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) return h; /* not cached: the generic call */
+    Py_ssize_t off = -1;
+    int settable = 0;
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type == T_OBJECT_EX) {
+            off = m->offset;
+            settable = !(m->flags & READONLY);
+        }
+    }
+    MEMBERS[h].get = off >= 0 && tp->tp_getattro == PyObject_GenericGetAttr ? off : -1;
+    MEMBERS[h].set = off >= 0 && settable && tp->tp_setattro == PyObject_GenericSetAttr ? off : -1;
+    MEMBERS[h].name = name;
+    MEMBERS[h].tag = tp->tp_version_tag;
+    MEMBERS[h].type = tp;
+    return h;
+}
+
+static inline size_t member(PyTypeObject *tp, PyObject *name) {
+    size_t h = member_at(tp, name);
+    if (MEMBERS[h].type == tp && MEMBERS[h].name == name && (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
+        MEMBERS[h].tag == tp->tp_version_tag)
+        return h;
+    return member_fill(tp, name);
+}
+
+/* PyObject_GetAttr(obj, name), read at the member's offset where that is the same. */
+static PyObject *get_attr(PyObject *obj, PyObject *name) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    size_t h = member(tp, name);
+    if (MEMBERS[h].type == tp && MEMBERS[h].get >= 0) {
+        PyObject *v = *(PyObject **)((char *)obj + MEMBERS[h].get);
+        if (v != NULL) return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* PyObject_SetAttr(obj, name, value) for a value (not a deletion), as PyMember_SetOne writes it. */
+static int set_attr(PyObject *obj, PyObject *name, PyObject *value) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    size_t h = member(tp, name);
+    if (MEMBERS[h].type == tp && MEMBERS[h].set >= 0) {
+        PyObject **slot = (PyObject **)((char *)obj + MEMBERS[h].set);
+        PyObject *old = *slot;
+        *slot = Py_NewRef(value);
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, name, value);
+}
+
+/* ---- numpy blocks without the buffer protocol ----------------------------------------------------
+ * numpy's buffer export builds and compares a description of the array on every call (~5 % of the
+ * main process: apply, encode and gather take ~6 an event). An exact ndarray of the builtin int64
+ * dtype is read from its object (numpy's public PyArrayObject_fields, stable since numpy 1.7 and in
+ * 2.x), after setup() checked that layout against the buffer protocol on arrays of its own;
+ * anything else, or a numpy whose arrays did not match, takes PyObject_GetBuffer. */
+
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    int nd;
+    Py_ssize_t *dimensions;
+    Py_ssize_t *strides;
+    PyObject *base;
+    PyObject *descr;
+    int flags;
+} NdFields;
+
+#define ND_C_CONTIGUOUS 0x0001
+#define ND_WRITEABLE 0x0400
+#define ND_WARN_ON_WRITE ((int)(1u << 31))
+static PyTypeObject *ND_TYPE = NULL; /* numpy.ndarray, once setup() checked its layout */
+static PyObject *ND_INT64 = NULL;    /* numpy.dtype("int64") */
+
+/* A 2-D C-contiguous int64 ndarray's data, rows and columns; 1, or 0 when it is not one this reads
+ * directly (the caller takes the buffer protocol). `writable`: only an array numpy lets one write. */
+static inline int nd_int64_2d(PyObject *array, int writable, int64_t **data, Py_ssize_t *rows, Py_ssize_t *cols) {
+    if (ND_TYPE == NULL || !Py_IS_TYPE(array, ND_TYPE)) return 0;
+    NdFields *a = (NdFields *)array;
+    if (a->descr != ND_INT64 || a->nd != 2 || !(a->flags & ND_C_CONTIGUOUS)) return 0;
+    if (writable && (!(a->flags & ND_WRITEABLE) || (a->flags & ND_WARN_ON_WRITE))) return 0;
+    *data = (int64_t *)a->data;
+    *rows = a->dimensions[0];
+    *cols = a->dimensions[1];
+    return 1;
+}
+
+/* setup()'s check: arrays of numpy's own, read both ways, agree; else the fast path stays off. */
+static void nd_check(void) {
+    PyObject *np = PyImport_ImportModule("numpy");
+    PyObject *ndarray = np ? PyObject_GetAttrString(np, "ndarray") : NULL;
+    PyObject *int64 = ndarray ? PyObject_CallMethod(np, "dtype", "s", "int64") : NULL;
+    PyObject *a = int64 ? PyObject_CallMethod(np, "zeros", "((nn)O)", (Py_ssize_t)7, (Py_ssize_t)5, int64) : NULL;
+    PyObject *ro = a ? PyObject_CallMethod(a, "view", NULL) : NULL;
+    PyObject *flags = ro ? PyObject_GetAttrString(ro, "flags") : NULL;
+    PyObject *all = flags ? PySlice_New(NULL, NULL, NULL) : NULL;
+    PyObject *key = all ? Py_BuildValue("(On)", all, (Py_ssize_t)0) : NULL;
+    PyObject *col = key ? PyObject_GetItem(a, key) : NULL; /* a[:, 0]: strided */
+    int ok = 0;
+    if (col != NULL && PyObject_SetAttrString(flags, "writeable", Py_False) == 0 &&
+        Py_IS_TYPE(a, (PyTypeObject *)ndarray) && Py_IS_TYPE(ro, (PyTypeObject *)ndarray) &&
+        Py_IS_TYPE(col, (PyTypeObject *)ndarray)) {
+        Py_buffer v;
+        if (PyObject_GetBuffer(a, &v, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) == 0) {
+            NdFields *f = (NdFields *)a, *r = (NdFields *)ro, *c = (NdFields *)col;
+            ok = f->data == v.buf && f->nd == 2 && v.ndim == 2 && f->dimensions[0] == 7 && f->dimensions[1] == 5 &&
+                 f->strides[0] == 40 && f->strides[1] == 8 && v.strides[0] == 40 && f->descr == int64 &&
+                 (f->flags & ND_C_CONTIGUOUS) && (f->flags & ND_WRITEABLE) && !(f->flags & ND_WARN_ON_WRITE) &&
+                 r->data == v.buf && r->descr == int64 && !(r->flags & ND_WRITEABLE) && c->nd == 1 &&
+                 c->strides[0] == 40 && !(c->flags & ND_C_CONTIGUOUS);
+            PyBuffer_Release(&v);
+        }
+    }
+    PyErr_Clear(); /* whatever failed: the buffer protocol, as before */
+    if (ok) {
+        Py_XSETREF(ND_TYPE, (PyTypeObject *)Py_NewRef(ndarray));
+        Py_XSETREF(ND_INT64, Py_NewRef(int64));
+    }
+    Py_XDECREF(col);
+    Py_XDECREF(key);
+    Py_XDECREF(all);
+    Py_XDECREF(flags);
+    Py_XDECREF(ro);
+    Py_XDECREF(a);
+    Py_XDECREF(int64);
+    Py_XDECREF(ndarray);
+    Py_XDECREF(np);
+}
+
 /* An int64 [rows, capacity] C-contiguous writable block (a numpy array) as a raw pointer. */
 typedef struct {
     Py_buffer view;
@@ -169,6 +328,8 @@ typedef struct {
 /* 1: got it; 0: not a block this code writes (the caller takes the Python path); -1: error. */
 static int block_get(PyObject *array, Py_ssize_t rows, Block *b) {
     b->held = 0;
+    Py_ssize_t n_rows;
+    if (nd_int64_2d(array, 1, &b->data, &n_rows, &b->capacity)) return n_rows == rows;
     if (PyObject_GetBuffer(array, &b->view, PyBUF_STRIDES | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
         if (PyErr_ExceptionMatches(PyExc_BufferError)) {
             PyErr_Clear();
@@ -206,7 +367,7 @@ static inline void set_f(int64_t *row, Py_ssize_t i, double d) { memcpy(row + i,
 
 /* getattr as a C value; each returns -1 / NAN with an exception on failure. */
 static Py_ssize_t attr_ssize(PyObject *obj, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(obj, name);
     if (v == NULL) return -1;
     Py_ssize_t r = PyLong_AsSsize_t(v);
     Py_DECREF(v);
@@ -214,7 +375,7 @@ static Py_ssize_t attr_ssize(PyObject *obj, PyObject *name) {
 }
 
 static double attr_double(PyObject *obj, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(obj, name);
     if (v == NULL) return -1.0;
     double r = PyFloat_AsDouble(v);
     Py_DECREF(v);
@@ -224,7 +385,7 @@ static double attr_double(PyObject *obj, PyObject *name) {
 static int set_ssize(PyObject *obj, PyObject *name, Py_ssize_t value) {
     PyObject *v = PyLong_FromSsize_t(value);
     if (v == NULL) return -1;
-    int r = PyObject_SetAttr(obj, name, v);
+    int r = set_attr(obj, name, v);
     Py_DECREF(v);
     return r;
 }
@@ -333,7 +494,7 @@ static Py_ssize_t str_span(const uint8_t *at, const uint8_t *end) {
  * the memo (a bytearray written by `encode`) changed in place; any other memo is dropped (None),
  * as the Python code drops it, and `encode` makes it again. 0, or -1 on error. */
 static int memo_update(PyObject *graph, Py_ssize_t slot, Py_ssize_t n_before, PyObject *item_id) {
-    PyObject *memo = PyObject_GetAttr(graph, s_ids_memo);
+    PyObject *memo = get_attr(graph, s_ids_memo);
     if (memo == NULL) return -1;
     int kept = 0;
     Py_ssize_t size;
@@ -380,14 +541,14 @@ static int memo_update(PyObject *graph, Py_ssize_t slot, Py_ssize_t n_before, Py
         }
     }
     Py_DECREF(memo);
-    return kept ? 0 : PyObject_SetAttr(graph, s_ids_memo, Py_None);
+    return kept ? 0 : set_attr(graph, s_ids_memo, Py_None);
 }
 
 /* ---- the dedupe ring ----------------------------------------------------------------------- */
 
 /* Whether the ring (an array of signed 64-bit keys) holds `key`: 1, 0, or -1 on error. */
 static int ring_scan(PyObject *graph, int64_t key) {
-    PyObject *ring = PyObject_GetAttr(graph, s_ring);
+    PyObject *ring = get_attr(graph, s_ring);
     if (ring == NULL) return -1;
     Py_buffer view;
     int rc = PyObject_GetBuffer(ring, &view, PyBUF_SIMPLE);
@@ -404,7 +565,7 @@ static int ring_scan(PyObject *graph, int64_t key) {
 /* UserGraph._remember: append the key while the ring has room, else overwrite the oldest (at
  * ring_pos) and advance; `ring_set` (None unless the Python path built it) follows. 0 or -1. */
 static int ring_remember(PyObject *graph, int64_t k, PyObject *key, Py_ssize_t size, PyObject *ring_set) {
-    PyObject *ring = PyObject_GetAttr(graph, s_ring);
+    PyObject *ring = get_attr(graph, s_ring);
     if (ring == NULL) return -1;
     Py_ssize_t len = PyObject_Size(ring);
     int r = len < 0 ? -1 : 0;
@@ -470,8 +631,8 @@ static int config_values(PyObject *cfg) {
     if (max_nodes == -1 && PyErr_Occurred()) return -1;
     Py_ssize_t ring_size = attr_ssize(cfg, s_dedupe_ring);
     if (ring_size == -1 && PyErr_Occurred()) return -1;
-    PyObject *index = PyObject_GetAttr(cfg, s__index);
-    PyObject *weights = index ? PyObject_GetAttr(cfg, s__weights) : NULL;
+    PyObject *index = get_attr(cfg, s__index);
+    PyObject *weights = index ? get_attr(cfg, s__weights) : NULL;
     if (weights == NULL) {
         Py_XDECREF(index);
         return -1;
@@ -495,7 +656,7 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     Block nb = {.held = 0}, eb = {.held = 0};
     int failed;
 
-    event_id = PyObject_GetAttr(event, s_event_id);
+    event_id = get_attr(event, s_event_id);
     if (event_id == NULL) goto done;
     if (!PyUnicode_Check(event_id)) {
         PyErr_SetString(PyExc_TypeError, "event_id must be a str");
@@ -507,7 +668,7 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     if (key == NULL) goto done;
     /* Seen: in the ring's set when the Python path built one, else a scan of the ring itself (2 KiB
      * of contiguous keys: no set of 256 int objects per graph, a sixth of a small graph's memory). */
-    ring_set = PyObject_GetAttr(graph, s__ring_set);
+    ring_set = get_attr(graph, s__ring_set);
     if (ring_set == NULL) goto done;
     int seen = ring_set == Py_None ? ring_scan(graph, k) : PySet_Contains(ring_set, key);
     if (seen < 0) goto done;
@@ -515,9 +676,9 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
         result = Py_NewRef(DUPLICATE);
         goto done;
     }
-    cfg = PyObject_GetAttr(graph, s_config);
+    cfg = get_attr(graph, s_config);
     if (cfg == NULL || config_values(cfg) < 0) goto done;
-    PyObject *ts_obj = PyObject_GetAttr(event, s_ts);
+    PyObject *ts_obj = get_attr(event, s_ts);
     PyObject *ts_float = ts_obj ? PyNumber_Float(ts_obj) : NULL; /* float(event.ts) */
     Py_XDECREF(ts_obj);
     if (ts_float == NULL) goto done;
@@ -542,8 +703,8 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     Py_ssize_t n = attr_ssize(graph, s__n), ne = attr_ssize(graph, s__ne);
     if ((n == -1 || ne == -1) && PyErr_Occurred()) goto done;
     Py_ssize_t max_nodes = CFG.max_nodes;
-    item_id = PyObject_GetAttr(event, s_item_id);
-    slot_of = item_id ? PyObject_GetAttr(graph, s__slot_of) : NULL;
+    item_id = get_attr(event, s_item_id);
+    slot_of = item_id ? get_attr(graph, s__slot_of) : NULL;
     if (slot_of == NULL) goto done;
     if (!PyDict_CheckExact(slot_of)) {
         result = Py_NewRef(Py_None);
@@ -553,15 +714,15 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     if (slot_obj == NULL && PyErr_Occurred()) goto done;
     Py_XINCREF(slot_obj);
     int writable = 0;
-    PyObject *w = PyObject_GetAttr(graph, s__writable);
+    PyObject *w = get_attr(graph, s__writable);
     if (w == NULL) goto done;
     writable = PyObject_IsTrue(w);
     Py_DECREF(w);
     if (writable < 0) goto done;
-    edge_at = PyObject_GetAttr(graph, s__edge_at);
+    edge_at = get_attr(graph, s__edge_at);
     if (edge_at == NULL) goto done;
-    nodes_arr = PyObject_GetAttr(graph, s__nodes);
-    edges_arr = nodes_arr ? PyObject_GetAttr(graph, s__edges) : NULL;
+    nodes_arr = get_attr(graph, s__nodes);
+    edges_arr = nodes_arr ? get_attr(graph, s__edges) : NULL;
     if (edges_arr == NULL) goto done;
     /* Room for a new node and (whether or not the event adds one) an edge, blocks of the graph's own
      * and its edge lookup: UserGraph._reserve makes them, as the Python path would on its way. */
@@ -575,9 +736,9 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
         PyObject *res = PyObject_CallMethod(graph, "_reserve", "nn", need, ne + 1);
         if (res == NULL) goto done;
         Py_DECREF(res);
-        Py_SETREF(edge_at, PyObject_GetAttr(graph, s__edge_at));
-        Py_SETREF(nodes_arr, PyObject_GetAttr(graph, s__nodes));
-        Py_SETREF(edges_arr, nodes_arr ? PyObject_GetAttr(graph, s__edges) : NULL);
+        Py_SETREF(edge_at, get_attr(graph, s__edge_at));
+        Py_SETREF(nodes_arr, get_attr(graph, s__nodes));
+        Py_SETREF(edges_arr, nodes_arr ? get_attr(graph, s__edges) : NULL);
         if (edge_at == NULL || edges_arr == NULL) goto done;
         got = block_get(nodes_arr, N_NODE_ROWS, &nb);
         if (got == 1) got = block_get(edges_arr, 3, &eb);
@@ -591,7 +752,7 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     /* The action's index and weight (GraphConfig.action_index / action_weight). */
     index = Py_NewRef(CFG.index);
     weights = Py_NewRef(CFG.weights);
-    action_name = PyObject_GetAttr(event, s_action);
+    action_name = get_attr(event, s_action);
     if (action_name == NULL) goto done;
     if (!PyDict_CheckExact(index) || !PyList_CheckExact(weights)) {
         result = Py_NewRef(Py_None);
@@ -614,7 +775,7 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     }
     double weight = PyFloat_AsDouble(PyList_GET_ITEM(weights, action));
     if (weight == -1.0 && PyErr_Occurred()) goto done;
-    weight_obj = PyObject_GetAttr(event, s_weight);
+    weight_obj = get_attr(event, s_weight);
     if (weight_obj == NULL) goto done;
     if (weight_obj != Py_None) {
         PyObject *given = PyNumber_Float(weight_obj); /* float(event.weight) */
@@ -628,8 +789,8 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     Py_ssize_t ring_size = CFG.ring_size;
     Py_ssize_t last_slot = attr_ssize(graph, s_last_slot);
     if (last_slot == -1 && PyErr_Occurred()) goto done;
-    item_ids = PyObject_GetAttr(graph, s_item_ids);
-    rows_owner = item_ids ? PyObject_GetAttr(graph, s__rows_owner) : NULL;
+    item_ids = get_attr(graph, s_item_ids);
+    rows_owner = item_ids ? get_attr(graph, s__rows_owner) : NULL;
     if (rows_owner == NULL) goto done;
     if (!PyList_CheckExact(item_ids)) {
         result = Py_NewRef(Py_None);
@@ -685,9 +846,9 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
         fresh_slot = 2;
     }
     if (fresh_slot && rows_owner != Py_None) {
-        PyObject *rows = PyObject_GetAttr(graph, s__rows);
+        PyObject *rows = get_attr(graph, s__rows);
         if (rows == NULL) goto done;
-        PyObject *stale = PyObject_GetAttr(graph, s__stale_rows);
+        PyObject *stale = get_attr(graph, s__stale_rows);
         PyObject *minus = PyLong_FromLong(-1);
         PyObject *v = PyLong_FromSsize_t(slot);
         int r = -1;
@@ -761,9 +922,9 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     if (set_ssize(graph, s_last_slot, slot) < 0) goto done;
     PyObject *ts_value = PyFloat_FromDouble(ts);
     if (ts_value == NULL) goto done;
-    int r = PyObject_SetAttr(graph, s_last_ts, ts_value);
+    int r = set_attr(graph, s_last_ts, ts_value);
     Py_DECREF(ts_value);
-    if (r < 0 || PyObject_SetAttr(graph, s_last_event_id, event_id) < 0) goto done;
+    if (r < 0 || set_attr(graph, s_last_event_id, event_id) < 0) goto done;
     if (set_ssize(graph, s_state_version, version + 1) < 0) goto done;
 
     /* UserGraph._remember (and its set, when the Python path built one) */
@@ -771,10 +932,10 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
     if (r < 0) goto done;
 
     /* The store's tail (UserGraph.saved.unsaved). */
-    PyObject *saved = PyObject_GetAttr(graph, s_saved);
+    PyObject *saved = get_attr(graph, s_saved);
     if (saved == NULL) goto done;
     if (saved != Py_None) {
-        PyObject *unsaved = PyObject_GetAttr(saved, s_unsaved);
+        PyObject *unsaved = get_attr(saved, s_unsaved);
         r = unsaved ? 0 : -1;
         if (unsaved != NULL && unsaved != Py_None) {
             if (!PyList_Check(unsaved)) {
@@ -785,7 +946,7 @@ static PyObject *apply_one(PyObject *graph, PyObject *event, int replay) {
                 r = row ? PyList_Append(unsaved, row) : -1;
                 Py_XDECREF(row);
             } else {
-                r = PyObject_SetAttr(saved, s_unsaved, Py_None);
+                r = set_attr(saved, s_unsaved, Py_None);
             }
         }
         Py_XDECREF(unsaved);
@@ -948,7 +1109,7 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(pairs, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) break; /* the loop below refuses it */
-        PyObject *uid = PyObject_GetAttr(PyTuple_GET_ITEM(pair, 1), s_user_id);
+        PyObject *uid = get_attr(PyTuple_GET_ITEM(pair, 1), s_user_id);
         if (uid == NULL) {
             PyErr_Clear(); /* the loop below raises it */
             break;
@@ -971,7 +1132,7 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
             goto fail;
         }
         PyObject *record = PyTuple_GET_ITEM(pair, 0), *event = PyTuple_GET_ITEM(pair, 1);
-        PyObject *uid = PyObject_GetAttr(event, s_user_id);
+        PyObject *uid = get_attr(event, s_user_id);
         if (uid == NULL) goto fail;
         PyObject *graph = PyDict_GetItemWithError(graphs, uid); /* borrowed */
         if (graph == NULL) {
@@ -1015,8 +1176,8 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
                 }
                 if (rc == 0 && duplicate) {
                     n_duplicate++;
-                    PyObject *event_id = PyObject_GetAttr(event, s_event_id);
-                    PyObject *last = event_id ? PyObject_GetAttr(graph, s_last_event_id) : NULL;
+                    PyObject *event_id = get_attr(event, s_event_id);
+                    PyObject *last = event_id ? get_attr(graph, s_last_event_id) : NULL;
                     int same = last ? PyObject_RichCompareBool(event_id, last, Py_EQ) : -1;
                     Py_XDECREF(event_id);
                     Py_XDECREF(last);
@@ -1025,13 +1186,13 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
                         rc = -1;
                 } else if (rc == 0) {
                     n_applied++;
-                    PyObject *action = PyObject_GetAttr(event, s_action);
+                    PyObject *action = get_attr(event, s_action);
                     int is_known = action ? PySequence_Contains(known, action) : -1;
                     Py_XDECREF(action);
                     if (is_known == 0) n_unknown++;
                     if (is_known < 0 || PyDict_SetItem(applied, uid, graph) < 0 || PyDict_SetItem(publish, uid, graph) < 0)
                         rc = -1;
-                    PyObject *ts = rc == 0 ? PyObject_GetAttr(record, s_timestamp) : NULL;
+                    PyObject *ts = rc == 0 ? get_attr(record, s_timestamp) : NULL;
                     if (ts == NULL) {
                         rc = -1;
                     } else if (ts != Py_None) {
@@ -1144,7 +1305,7 @@ static int mp_array_header(Out *o, Py_ssize_t n) {
 }
 
 static int attr_int(PyObject *obj, PyObject *name, long long *out) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(obj, name);
     if (v == NULL) return -1;
     *out = PyLong_AsLongLong(v);
     Py_DECREF(v);
@@ -1152,7 +1313,7 @@ static int attr_int(PyObject *obj, PyObject *name, long long *out) {
 }
 
 static int attr_str(Out *o, PyObject *obj, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(obj, name);
     if (v == NULL) return -1;
     int rc = mp_str(o, v);
     Py_DECREF(v);
@@ -1162,6 +1323,16 @@ static int attr_str(Out *o, PyObject *obj, PyObject *name) {
 /* A block's first `used` columns, row after row (ndarray.tobytes of block[:, :used]), written at
  * *at; the block must be C-contiguous 8-byte rows. 1: written; 0: an unexpected layout; -1: error. */
 static int write_block(char **at, PyObject *array, Py_ssize_t rows, Py_ssize_t used) {
+    int64_t *data;
+    Py_ssize_t n_rows, cols;
+    if (nd_int64_2d(array, 0, &data, &n_rows, &cols)) {
+        if (n_rows != rows || cols < used) return 0;
+        for (Py_ssize_t r = 0; r < rows && used; r++) {
+            memcpy(*at, data + r * cols, (size_t)used * 8);
+            *at += used * 8;
+        }
+        return 1;
+    }
     Py_buffer view;
     if (PyObject_GetBuffer(array, &view, PyBUF_STRIDES) < 0) return -1;
     int ok = view.itemsize == 8 && view.ndim == 2 && view.shape[0] == rows && view.shape[1] >= used &&
@@ -1190,10 +1361,10 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int rc;
 
     if (PyObject_GetBuffer(cache, &cache_view, PyBUF_SIMPLE) < 0) goto done;
-    ids = PyObject_GetAttr(graph, s_ids_memo);
+    ids = get_attr(graph, s_ids_memo);
     if (ids == NULL) goto done;
     if (ids == Py_None) { /* the ids changed since the graph was last encoded */
-        PyObject *item_ids = PyObject_GetAttr(graph, s_item_ids);
+        PyObject *item_ids = get_attr(graph, s_item_ids);
         if (item_ids == NULL) goto done;
         if (!PyList_Check(item_ids)) {
             Py_DECREF(item_ids);
@@ -1208,7 +1379,7 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         /* A bytearray: apply keeps it up to date in place (memo_update) instead of dropping it. */
         Py_SETREF(ids, rc == 0 ? PyByteArray_FromStringAndSize(enc.buf ? enc.buf : "", enc.len) : NULL);
         PyMem_Free(enc.buf);
-        if (ids == NULL || PyObject_SetAttr(graph, s_ids_memo, ids) < 0) goto done;
+        if (ids == NULL || set_attr(graph, s_ids_memo, ids) < 0) goto done;
     }
     if (PyObject_GetBuffer(ids, &ids_view, PyBUF_SIMPLE) < 0) goto done;
     if (attr_int(graph, s_state_version, &version) < 0 || attr_int(graph, s_last_slot, &last_slot) < 0 ||
@@ -1216,7 +1387,7 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     double last_ts = attr_double(graph, s_last_ts);
     if (last_ts == -1.0 && PyErr_Occurred()) goto done;
-    ring = PyObject_GetAttr(graph, s_ring);
+    ring = get_attr(graph, s_ring);
     if (ring == NULL || PyObject_GetBuffer(ring, &ring_view, PyBUF_FORMAT) < 0) goto done;
     if (ring_view.itemsize != 8) {
         result = Py_NewRef(Py_None);
@@ -1231,8 +1402,8 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     /* The record: version, header length, header, node block, edge block, ring, cache — written
      * into the bytes object itself (one allocation, no second copy). */
-    nodes = PyObject_GetAttr(graph, s__nodes);
-    edges = nodes ? PyObject_GetAttr(graph, s__edges) : NULL;
+    nodes = get_attr(graph, s__nodes);
+    edges = nodes ? get_attr(graph, s__edges) : NULL;
     if (edges == NULL) goto done;
     Py_ssize_t size = 5 + head.len + (N_NODE_ROWS * (Py_ssize_t)n + 3 * (Py_ssize_t)ne) * 8 + ring_view.len +
                       cache_view.len;
@@ -1271,16 +1442,23 @@ done:
 
 /* ---- gather: many graphs' blocks as one batch (graph_state.user_graph.gather) ---------------- */
 
-/* Readable view of a block: base pointer and row stride in elements; 1, 0 (other layout) or -1. */
-static int block_view(PyObject *array, Py_ssize_t rows, Py_ssize_t used, Py_buffer *view, Py_ssize_t *stride) {
-    if (PyObject_GetBuffer(array, view, PyBUF_STRIDES) < 0) return -1;
+/* A block to read: its data and row stride in elements; 1, 0 (other layout) or -1 (release it with
+ * block_release). */
+static int block_view(PyObject *array, Py_ssize_t rows, Py_ssize_t used, Block *b) {
+    Py_ssize_t n_rows;
+    b->held = 0;
+    if (nd_int64_2d(array, 0, &b->data, &n_rows, &b->capacity)) return n_rows == rows && b->capacity >= used;
+    if (PyObject_GetBuffer(array, &b->view, PyBUF_STRIDES) < 0) return -1;
+    b->held = 1;
+    Py_buffer *view = &b->view;
     int ok = view->itemsize == 8 && view->ndim == 2 && view->shape[0] == rows && view->shape[1] >= used &&
              (view->shape[1] == 0 || (view->strides[1] == 8 && view->strides[0] == 8 * view->shape[1]));
     if (!ok) {
-        PyBuffer_Release(view);
+        block_release(b);
         return 0;
     }
-    *stride = view->shape[1];
+    b->data = view->buf;
+    b->capacity = view->shape[1];
     return 1;
 }
 
@@ -1289,8 +1467,8 @@ static int block_view(PyObject *array, Py_ssize_t rows, Py_ssize_t used, Py_buff
  * then the stale list emptied. 1: done; 0: not the expected types (the caller calls slot_rows);
  * -1: error. */
 static int refresh_stale(PyObject *g, PyObject *stale, PyObject *known, PyObject *lookup) {
-    PyObject *memo = PyObject_GetAttr(g, s__rows);
-    PyObject *items = memo ? PyObject_GetAttr(g, s_item_ids) : NULL;
+    PyObject *memo = get_attr(g, s__rows);
+    PyObject *items = memo ? get_attr(g, s_item_ids) : NULL;
     if (items == NULL) {
         Py_XDECREF(memo);
         return -1;
@@ -1386,27 +1564,26 @@ static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (attr_int(g, s_state_version, &version) < 0 || attr_int(g, s_last_slot, &last_slot) < 0) goto done;
         versions[i] = version;
         last[i] = last_slot;
-        PyObject *nb = PyObject_GetAttr(g, s__nodes);
-        PyObject *eb = nb ? PyObject_GetAttr(g, s__edges) : NULL;
+        PyObject *nb = get_attr(g, s__nodes);
+        PyObject *eb = nb ? get_attr(g, s__edges) : NULL;
         if (eb == NULL) {
             Py_XDECREF(nb);
             goto done;
         }
-        Py_buffer nv, ev;
-        Py_ssize_t ns = 0, es = 0;
-        int rc = block_view(nb, N_NODE_ROWS, n, &nv, &ns);
+        Block nv = {.held = 0}, ev = {.held = 0};
+        int rc = block_view(nb, N_NODE_ROWS, n, &nv);
         if (rc == 1) {
-            rc = block_view(eb, 3, ne, &ev, &es);
-            if (rc != 1) PyBuffer_Release(&nv);
+            rc = block_view(eb, 3, ne, &ev);
+            if (rc != 1) block_release(&nv);
         }
-        Py_DECREF(nb);
-        Py_DECREF(eb);
-        if (rc < 0) goto done;
-        if (rc == 0) {
-            result = Py_NewRef(Py_None); /* a block of another layout: the Python path */
+        if (rc != 1) {
+            Py_DECREF(nb);
+            Py_DECREF(eb);
+            if (rc == 0) result = Py_NewRef(Py_None); /* a block of another layout: the Python path */
             goto done;
         }
-        const int64_t *src_n = nv.buf, *src_e = ev.buf;
+        const int64_t *src_n = nv.data, *src_e = ev.data;
+        Py_ssize_t ns = nv.capacity, es = ev.capacity;
         for (int r = 0; r < N_NODE_ROWS; r++)
             if (n) memcpy(nodes + r * total_n + at_n, src_n + r * ns, (size_t)n * 8);
         for (Py_ssize_t j = 0; j < ne; j++) {
@@ -1414,12 +1591,14 @@ static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             edges[total_e + at_e + j] = src_e[es + j] + at_n;
             edges[2 * total_e + at_e + j] = src_e[2 * es + j]; /* the weight's bits */
         }
-        PyBuffer_Release(&nv);
-        PyBuffer_Release(&ev);
+        block_release(&nv);
+        block_release(&ev);
+        Py_DECREF(nb); /* held until here: a block read without the buffer protocol holds no reference */
+        Py_DECREF(eb);
         /* The item rows: the graph's memo when it is current for `owner` (UserGraph.slot_rows'
          * common case, read here without the call), else what slot_rows refreshes. */
-        PyObject *memo = NULL, *memo_owner = PyObject_GetAttr(g, s__rows_owner);
-        PyObject *stale = memo_owner ? PyObject_GetAttr(g, s__stale_rows) : NULL;
+        PyObject *memo = NULL, *memo_owner = get_attr(g, s__rows_owner);
+        PyObject *stale = memo_owner ? get_attr(g, s__stale_rows) : NULL;
         if (stale == NULL) {
             Py_XDECREF(memo_owner);
             goto done;
@@ -1435,7 +1614,7 @@ static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             fresh = refreshed;
         }
         if (fresh)
-            memo = PyObject_GetAttr(g, s__rows);
+            memo = get_attr(g, s__rows);
         else
             memo = PyObject_CallMethod(g, "slot_rows", "OO", owner, lookup);
         Py_DECREF(memo_owner);
@@ -1599,6 +1778,7 @@ static PyObject *setup(PyObject *self, PyObject *args) {
     Py_XSETREF(AppliedEvents, Py_NewRef(applied_type));
     Py_XSETREF(DUPLICATE, dup);
     TAIL_LIMIT = tail_limit;
+    nd_check();
     Py_RETURN_NONE;
 }
 

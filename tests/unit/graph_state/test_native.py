@@ -124,6 +124,46 @@ def test_the_native_path_takes_every_event_of_an_ordinary_graph():
     assert stored.seen("x") and stored.seen("0") and not stored.seen("y")
 
 
+def test_a_block_of_rows_of_a_wider_array_is_not_read_as_its_own():
+    """The C code reads numpy's int64 blocks from the array object (not through the buffer protocol)
+    only when they are C-contiguous: a block that is a slice of a wider array's rows is declined by
+    apply and encode (the Python paths take it) and gathered by its strides."""
+    cfg = GraphConfig(max_nodes=40)
+    g = UserGraph(cfg)
+    for n in range(5):
+        g.apply(Ev(str(n), f"i{n}", ts=BASE_TS + n))
+    wide = np.zeros((g._nodes.shape[0], 64), dtype=np.int64)
+    wide[:, : g._nodes.shape[1]] = g._nodes
+    g._set_nodes(wide[:, :32])  # room for 32 nodes, rows 64 apart
+    assert not g._nodes.flags.c_contiguous
+    assert ug._native.encode(g, b"", "") is None
+    native = ug.gather([g], object(), len)
+    python = ug.py_gather([g], object(), len)
+    for field, a, b in zip(ug.Gathered._fields, native, python, strict=True):
+        assert (a == b).all(), field
+    assert ug._native.apply(g, Ev("x", "i9", ts=BASE_TS + 50), False) is None
+    assert g.state_version == 5 and (wide[:, 32:] == 0).all()
+
+
+def test_the_c_code_reads_attributes_as_the_type_says_after_it_changed():
+    """The C code reads a slot at its offset, cached per type, only while the type is unchanged: a
+    property put over a slot of the type (after the C code read that slot) is what it then reads."""
+
+    class Probe(UserGraph):  # a type of this test's own: changing it touches nothing else
+        __slots__ = ()
+
+    g = Probe(GraphConfig(max_lateness_s=60.0))
+    for n in range(3):
+        assert ug._native.apply(g, Ev(str(n), f"i{n}", ts=BASE_TS + n), False).late_by == 0.0
+    Probe.last_ts = property(lambda self: BASE_TS + 10**6)  # type: ignore[assignment,method-assign]
+    try:
+        change = ug._native.apply(g, Ev("late", "i9", ts=BASE_TS + 10), False)
+    finally:
+        del Probe.last_ts
+    assert change.late_by == pytest.approx(10**6 - 10)
+    assert ug._native.apply(g, Ev("3", "i3", ts=BASE_TS + 3), False).late_by == 0.0 and g.state_version == 4
+
+
 def assert_same_record(graph: UserGraph, cache: bytes, cache_key: str) -> None:
     """Both encoders, each making its own ids memo (a memo one made would hide the other's ids)."""
     graph.ids_memo = None
