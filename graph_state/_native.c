@@ -23,7 +23,7 @@
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
 /* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
-#define NATIVE_API 7
+#define NATIVE_API 8
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -156,7 +156,8 @@ static Py_ssize_t TAIL_LIMIT = 0;
     X(_edges) X(_ne) X(item_ids) X(ids_memo) X(_rows_owner) X(_rows) X(_stale_rows) X(_edge_at)  \
     X(last_slot) X(last_event_id) X(ring) X(ring_pos) X(saved) X(unsaved) X(max_lateness_s)      \
     X(_index) X(_weights) X(max_nodes) X(decay_seconds) X(dedupe_ring) X(event_id) X(item_id)    \
-    X(action) X(ts) X(weight) X(other) X(append) X(discard) X(late_by) X(user_id) X(_apply) X(timestamp)
+    X(action) X(ts) X(weight) X(other) X(append) X(discard) X(late_by) X(user_id) X(_apply) X(timestamp) \
+    X(_cache_array) X(_cache_bytes) X(_node_views) X(_edge_views) X(nbytes)
 
 #define DECLARE(name) static PyObject *s_##name;
 NAMES(DECLARE)
@@ -1753,10 +1754,96 @@ done:
 static PyObject *take_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return rows_op(args, nargs, 0); }
 static PyObject *put_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return rows_op(args, nargs, 1); }
 
+/* ---- footprint: UserGraph.py_footprint's bytes (what the graph cache budgets by) --------------- */
+
+static Py_ssize_t FP_GRAPH = -1, FP_ITEM, FP_RING_ENTRY, FP_RING_KEY, FP_EDGE_LOOKUP, FP_VIEWS;
+
+/* An int64 block's bytes (ndarray.nbytes), or -1 when it is not one this reads. */
+static Py_ssize_t nd_int64_nbytes(PyObject *a) {
+    if (ND_TYPE == NULL || !Py_IS_TYPE(a, ND_TYPE)) return -1;
+    NdFields *f = (NdFields *)a;
+    if (f->descr != ND_INT64 || f->nd != 2) return -1;
+    return f->dimensions[0] * f->dimensions[1] * 8;
+}
+
+/* user_graph._held: the blocks' own bytes, or all of the record (bytes) they view; -1: not known here. */
+static Py_ssize_t held(PyObject *nodes, PyObject *edges) {
+    Py_ssize_t n_bytes = nd_int64_nbytes(nodes), e_bytes = nd_int64_nbytes(edges);
+    if (n_bytes < 0 || e_bytes < 0) return -1;
+    if (((NdFields *)nodes)->base == NULL && ((NdFields *)edges)->base == NULL) return n_bytes + e_bytes;
+    Py_ssize_t total = 0;
+    PyObject *seen = NULL, *blocks[2] = {nodes, edges};
+    Py_ssize_t sizes[2] = {n_bytes, e_bytes};
+    for (int k = 0; k < 2; k++) {
+        PyObject *base = blocks[k];
+        while (PyObject_TypeCheck(base, ND_TYPE) && ((NdFields *)base)->base != NULL) base = ((NdFields *)base)->base;
+        if (!PyBytes_Check(base)) {
+            total += sizes[k];
+        } else if (base != seen) {
+            total += PyBytes_GET_SIZE(base);
+            seen = base;
+        }
+    }
+    return total;
+}
+
+static Py_ssize_t size_of(PyObject *obj, PyObject *name) {
+    PyObject *v = get_attr(obj, name);
+    if (v == NULL) return -1;
+    Py_ssize_t r = v == Py_None ? 0 : PyObject_Size(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int is_set(PyObject *obj, PyObject *name) {
+    PyObject *v = get_attr(obj, name);
+    if (v == NULL) return -1;
+    int r = v != Py_None;
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *footprint(PyObject *self, PyObject *graph) {
+    if (FP_GRAPH < 0) Py_RETURN_NONE;
+    PyObject *nodes = get_attr(graph, s__nodes), *edges = nodes ? get_attr(graph, s__edges) : NULL;
+    PyObject *cache = edges ? get_attr(graph, s__cache_array) : NULL;
+    PyObject *result = NULL;
+    if (cache == NULL) goto done;
+    Py_ssize_t blocks = held(nodes, edges);
+    if (blocks < 0) {
+        result = Py_NewRef(Py_None); /* blocks of another kind: the Python path */
+        goto done;
+    }
+    Py_ssize_t cache_bytes;
+    if (cache != Py_None) {
+        PyObject *nb = get_attr(cache, s_nbytes);
+        cache_bytes = nb ? PyLong_AsSsize_t(nb) : -1;
+        Py_XDECREF(nb);
+    } else {
+        cache_bytes = size_of(graph, s__cache_bytes);
+    }
+    Py_ssize_t lookup = cache_bytes < 0 ? -1 : size_of(graph, s__edge_at);
+    Py_ssize_t ring = lookup < 0 ? -1 : size_of(graph, s_ring);
+    int ring_set = ring < 0 ? -1 : is_set(graph, s__ring_set);
+    int node_views = ring_set < 0 ? -1 : is_set(graph, s__node_views);
+    int edge_views = node_views < 0 ? -1 : is_set(graph, s__edge_views);
+    Py_ssize_t n = edge_views < 0 ? -1 : attr_ssize(graph, s__n);
+    if (n < 0 && PyErr_Occurred()) goto done;
+    result = PyLong_FromSsize_t(FP_GRAPH + blocks + cache_bytes + FP_EDGE_LOOKUP * lookup + FP_ITEM * n +
+                                (FP_RING_ENTRY + (ring_set ? FP_RING_KEY : 0)) * ring + FP_VIEWS * (node_views + edge_views));
+done:
+    Py_XDECREF(nodes);
+    Py_XDECREF(edges);
+    Py_XDECREF(cache);
+    return result;
+}
+
 static PyObject *setup(PyObject *self, PyObject *args) {
     PyObject *change_type, *applied_type;
-    Py_ssize_t tail_limit;
-    if (!PyArg_ParseTuple(args, "OnO", &change_type, &tail_limit, &applied_type)) return NULL;
+    Py_ssize_t tail_limit, fp[6];
+    if (!PyArg_ParseTuple(args, "OnO(nnnnnn)", &change_type, &tail_limit, &applied_type, &fp[0], &fp[1], &fp[2],
+                          &fp[3], &fp[4], &fp[5]))
+        return NULL;
     PyObject *empty = PyTuple_New(0);
     PyObject *kwargs = empty ? Py_BuildValue("{s:O}", "duplicate", Py_True) : NULL;
     PyObject *dup = kwargs ? PyObject_Call(change_type, empty, kwargs) : NULL;
@@ -1779,6 +1866,7 @@ static PyObject *setup(PyObject *self, PyObject *args) {
     Py_XSETREF(DUPLICATE, dup);
     TAIL_LIMIT = tail_limit;
     nd_check();
+    FP_GRAPH = fp[0], FP_ITEM = fp[1], FP_RING_ENTRY = fp[2], FP_RING_KEY = fp[3], FP_EDGE_LOOKUP = fp[4], FP_VIEWS = fp[5];
     Py_RETURN_NONE;
 }
 
@@ -1797,7 +1885,9 @@ static PyMethodDef methods[] = {
     {"event_key", event_key, METH_O, "event_key(event_id) -> int: the signed 64-bit BLAKE2b-64 digest."},
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(graph, cache, cache_key) -> bytes | None: codec.encode's version-2 record; None: take the Python path."},
-    {"setup", setup, METH_VARARGS, "setup(GraphChange, TAIL_LIMIT): the type and constant apply uses."},
+    {"footprint", footprint, METH_O, "footprint(graph) -> int | None: UserGraph.py_footprint; None: take the Python path."},
+    {"setup", setup, METH_VARARGS,
+     "setup(GraphChange, TAIL_LIMIT, AppliedEvents, footprint's six byte counts): the types and constants used here."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,7 +21,7 @@ import numpy as np
 from graph_state.behavior import Behavior, UserBehavior
 from graph_state.config import GraphConfig
 
-_NATIVE_API = 7
+_NATIVE_API = 8
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):
@@ -58,7 +58,7 @@ _MIN_CAPACITY = 8
 # the object and its containers; an item id with its slot lookup; a ring key in the array, and in
 # the ring's set once the Python path built one; an edge lookup entry (int key and value); the
 # scalar memoryviews of a block the Python path wrote to.
-_BYTES_PER_GRAPH = 1500
+_BYTES_PER_GRAPH = 1100  # 1500 while each block kept float and uint views of itself (~400 bytes)
 _BYTES_PER_ITEM = 95
 _BYTES_PER_RING_ENTRY = 8
 _BYTES_PER_RING_KEY = 90
@@ -206,8 +206,6 @@ class UserGraph:
         "_edge_at",
         "_edge_views",
         "_edges",
-        "_fedges",
-        "_fnodes",
         "_n",
         "_ne",
         "_node_views",
@@ -217,7 +215,6 @@ class UserGraph:
         "_rows_owner",
         "_slot_of",
         "_stale_rows",
-        "_unodes",
         "_writable",
         "cache_key",
         "config",
@@ -300,24 +297,21 @@ class UserGraph:
 
     def _set_nodes(self, block: np.ndarray) -> None:
         self._nodes = block
-        self._fnodes = block.view(np.float64)
-        self._unodes = block.view(np.uint64)
         self._node_views: tuple[Any, Any] | None = None  # made on the first scalar write (see _nodes_mv)
 
     def _set_edges(self, block: np.ndarray) -> None:
         self._edges = block
-        self._fedges = block.view(np.float64)
         self._edge_views: tuple[Any, Any] | None = None
 
     def _nodes_mv(self) -> tuple[Any, Any]:
         """(int, float) 2-d memoryviews of the node block: scalar writes ~2x faster than numpy indexing."""
         if self._node_views is None:
-            self._node_views = (_scalars(self._nodes), _scalars(self._fnodes))
+            self._node_views = (_scalars(self._nodes), _scalars(self._nodes.view(np.float64)))
         return self._node_views
 
     def _edges_mv(self) -> tuple[Any, Any]:
         if self._edge_views is None:
-            self._edge_views = (_scalars(self._edges), _scalars(self._fedges))
+            self._edge_views = (_scalars(self._edges), _scalars(self._edges.view(np.float64)))
         return self._edge_views
 
     # ---- the per-node layer cache (owned by ``operators``) ------------------------
@@ -374,7 +368,7 @@ class UserGraph:
 
     @property
     def last_seen(self) -> np.ndarray:
-        return self._fnodes[LAST_SEEN, : self._n]
+        return self._nodes[LAST_SEEN, : self._n].view(np.float64)
 
     @property
     def last_seq(self) -> np.ndarray:
@@ -386,11 +380,11 @@ class UserGraph:
 
     @property
     def action_mask(self) -> np.ndarray:
-        return self._unodes[ACTION_MASK, : self._n]
+        return self._nodes[ACTION_MASK, : self._n].view(np.uint64)
 
     @property
     def weight_sum(self) -> np.ndarray:
-        return self._fnodes[WEIGHT_SUM, : self._n]
+        return self._nodes[WEIGHT_SUM, : self._n].view(np.float64)
 
     @property
     def edge_src(self) -> np.ndarray:
@@ -402,7 +396,7 @@ class UserGraph:
 
     @property
     def edge_weight(self) -> np.ndarray:
-        return self._fedges[2, : self._ne]
+        return self._edges[2, : self._ne].view(np.float64)
 
     def slot_rows(self, owner: object, lookup: Callable[[str], int]) -> array[int]:
         """``lookup(item_id)`` of every slot, memoised for ``owner`` and refreshed only for changed slots.
@@ -424,6 +418,15 @@ class UserGraph:
         return list(self.item_ids)
 
     def footprint(self) -> int:
+        """:meth:`py_footprint`, in C when the native core is built (a graph cache measures every graph
+        it is handed, each batch)."""
+        if _native is not None:
+            size: int | None = _native.footprint(self)
+            if size is not None:
+                return size
+        return self.py_footprint()
+
+    def py_footprint(self) -> int:
         """About how many bytes this graph holds in memory: its blocks (capacity included; a decoded
         graph's views hold its whole record), layer cache, item ids and their lookup, dedupe ring,
         edge lookup once built. What a graph cache budgets by; within 0.85-1.25x of ``tracemalloc``
@@ -800,4 +803,16 @@ apply_events = py_apply_events
 events, which a batch finds out of every cache)."""
 if _native is not None:
     apply_events = _native.apply_events
-    _native.setup(GraphChange, TAIL_LIMIT, AppliedEvents)
+    _native.setup(
+        GraphChange,
+        TAIL_LIMIT,
+        AppliedEvents,
+        (
+            _BYTES_PER_GRAPH,
+            _BYTES_PER_ITEM,
+            _BYTES_PER_RING_ENTRY,
+            _BYTES_PER_RING_KEY,
+            _BYTES_PER_EDGE_LOOKUP,
+            _BYTES_PER_SCALAR_VIEWS,
+        ),
+    )

@@ -164,6 +164,31 @@ def test_the_c_code_reads_attributes_as_the_type_says_after_it_changed():
     assert ug._native.apply(g, Ev("3", "i3", ts=BASE_TS + 3), False).late_by == 0.0 and g.state_version == 4
 
 
+@pytest.mark.parametrize("kind", ["new", "written", "decoded", "decoded then written", "python path", "cached"])
+def test_native_footprint_equals_the_python_reference(kind):
+    """The graph cache's measure of a graph, in C, is the Python one's: own blocks or the record a
+    decoded graph's views hold, its layer cache (bytes or an array), the edge lookup, the ring and the
+    set of its keys (only the Python path builds that), the scalar views."""
+    cfg = GraphConfig(max_nodes=12)
+    g = UserGraph(cfg)
+    if kind != "new":
+        for n in range(20):  # past the first capacity, and evicting
+            g.apply(Ev(str(n), f"i{n % 15}", ts=BASE_TS + n, weight=n % 2 or None))
+    if kind.startswith("decoded"):
+        g = decode(encode(g), cfg)
+    if kind == "decoded then written":
+        g.apply(Ev("w", "i3", ts=BASE_TS + 99))
+    if kind == "python path":
+        g._apply(Ev("p", "i4", ts=BASE_TS + 100), False)  # builds the ring's set and the scalar views
+        assert g._ring_set is not None and g._node_views is not None
+    if kind == "cached":
+        g.cache = np.ones((3, g.n_nodes, 8), dtype=np.float32)
+    size = ug._native.footprint(g)
+    assert size is not None and size == g.py_footprint() == g.footprint()
+    if kind == "decoded":
+        assert g._nodes.base is not None  # the record's bytes counted once for both blocks
+
+
 def assert_same_record(graph: UserGraph, cache: bytes, cache_key: str) -> None:
     """Both encoders, each making its own ids memo (a memo one made would hide the other's ids)."""
     graph.ids_memo = None
