@@ -1463,11 +1463,88 @@ static int block_view(PyObject *array, Py_ssize_t rows, Py_ssize_t used, Block *
     return 1;
 }
 
+/* How the lookup rows an item `known` lacks, when it hashes it (operators.item_index.ItemIndex.row:
+ * base + BLAKE2b-64(UTF-8) % buckets, remembered in `known` while it holds at most `limit` items);
+ * on = 0: the lookup is called. */
+typedef struct {
+    long long base, buckets;
+    Py_ssize_t limit;
+    int on;
+} Hashed;
+
+/* An item's row (a new reference): from `known`, else hashed here, else `lookup(item)`. */
+static PyObject *row_of(PyObject *item, PyObject *known, PyObject *lookup, const Hashed *hashed) {
+    PyObject *row = PyDict_GetItemWithError(known, item); /* borrowed */
+    if (row != NULL) return Py_NewRef(row);
+    if (PyErr_Occurred()) return NULL;
+    if (hashed->on && PyUnicode_CheckExact(item) && PyDict_GET_SIZE(known) <= hashed->limit) {
+        Py_ssize_t size;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(item, &size);
+        if (utf8 == NULL) {
+            PyErr_Clear(); /* not UTF-8 (a lone surrogate): the lookup says what it says */
+            return PyObject_CallOneArg(lookup, item);
+        }
+        uint64_t h = (uint64_t)blake2b_64((const uint8_t *)utf8, size);
+        row = PyLong_FromLongLong(hashed->base + (long long)(h % (uint64_t)hashed->buckets));
+        if (row != NULL && PyDict_SetItem(known, item, row) < 0) Py_CLEAR(row);
+        return row;
+    }
+    return PyObject_CallOneArg(lookup, item);
+}
+
+static PyObject *ARRAY_TYPE = NULL; /* array.array */
+
+/* UserGraph.slot_rows for a graph whose rows memo is another owner's (or none): every slot's row, in
+ * slot order, as the graph's new memo for `owner`. 1: done; 0: not the expected types (the caller
+ * calls slot_rows); -1: error. */
+static int fresh_rows(PyObject *g, PyObject *owner, PyObject *known, PyObject *lookup, const Hashed *hashed) {
+    if (ARRAY_TYPE == NULL) {
+        PyObject *mod = PyImport_ImportModule("array");
+        ARRAY_TYPE = mod ? PyObject_GetAttrString(mod, "array") : NULL;
+        Py_XDECREF(mod);
+        if (ARRAY_TYPE == NULL) return -1;
+    }
+    PyObject *items = get_attr(g, s_item_ids);
+    if (items == NULL) return -1;
+    if (!PyList_CheckExact(items)) {
+        Py_DECREF(items);
+        return 0;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, n * 8), *memo = NULL, *stale = NULL;
+    int rc = raw ? 0 : -1;
+    for (Py_ssize_t i = 0; i < n && rc == 0 && i < PyList_GET_SIZE(items); i++) {
+        PyObject *row = row_of(PyList_GET_ITEM(items, i), known, lookup, hashed);
+        long long value = row ? PyLong_AsLongLong(row) : -1;
+        Py_XDECREF(row);
+        if (row == NULL || (value == -1 && PyErr_Occurred())) rc = -1;
+        else ((int64_t *)PyBytes_AS_STRING(raw))[i] = value;
+    }
+    if (rc == 0 && PyList_GET_SIZE(items) != n) { /* a lookup changed the graph's items: slot_rows decides */
+        rc = 0;
+        goto out;
+    }
+    if (rc == 0) {
+        memo = PyObject_CallFunction(ARRAY_TYPE, "sO", "q", raw);
+        stale = memo ? PyList_New(0) : NULL;
+        rc = stale && set_attr(g, s__rows, memo) == 0 && set_attr(g, s__rows_owner, owner) == 0 &&
+                     set_attr(g, s__stale_rows, stale) == 0
+                 ? 1
+                 : -1;
+    }
+out:
+    Py_XDECREF(raw);
+    Py_XDECREF(memo);
+    Py_XDECREF(stale);
+    Py_DECREF(items);
+    return rc;
+}
+
 /* UserGraph.slot_rows' refresh of stale slots, in C: each stale slot's row from `known` (a dict
  * item id -> row, the lookup's own memo) or else `lookup(item)`, written into the `_rows` array;
  * then the stale list emptied. 1: done; 0: not the expected types (the caller calls slot_rows);
  * -1: error. */
-static int refresh_stale(PyObject *g, PyObject *stale, PyObject *known, PyObject *lookup) {
+static int refresh_stale(PyObject *g, PyObject *stale, PyObject *known, PyObject *lookup, const Hashed *hashed) {
     PyObject *memo = get_attr(g, s__rows);
     PyObject *items = memo ? get_attr(g, s_item_ids) : NULL;
     if (items == NULL) {
@@ -1494,10 +1571,8 @@ static int refresh_stale(PyObject *g, PyObject *stale, PyObject *known, PyObject
             rc = -1;
             goto release;
         }
-        PyObject *item = PyList_GET_ITEM(items, slot);
-        PyObject *row = PyDict_GetItemWithError(known, item); /* borrowed */
-        if (row != NULL) Py_INCREF(row);
-        else if (PyErr_Occurred() || (row = PyObject_CallOneArg(lookup, item)) == NULL) {
+        PyObject *row = row_of(PyList_GET_ITEM(items, slot), known, lookup, hashed);
+        if (row == NULL) {
             rc = -1;
             goto release;
         }
@@ -1519,13 +1594,23 @@ out:
 }
 
 static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if ((nargs != 3 && nargs != 4) || !PyList_CheckExact(args[0]) ||
-        (nargs == 4 && args[3] != Py_None && !PyDict_CheckExact(args[3]))) {
-        PyErr_SetString(PyExc_TypeError, "gather(graphs: list, owner, lookup, known: dict | None = None)");
+    if (nargs < 3 || nargs > 5 || !PyList_CheckExact(args[0]) ||
+        (nargs >= 4 && args[3] != Py_None && !PyDict_CheckExact(args[3]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "gather(graphs: list, owner, lookup, known: dict | None = None, hashed: tuple | None = None)");
         return NULL;
     }
     PyObject *graphs = args[0], *owner = args[1], *lookup = args[2];
-    PyObject *known = nargs == 4 && args[3] != Py_None ? args[3] : NULL;
+    PyObject *known = nargs >= 4 && args[3] != Py_None ? args[3] : NULL;
+    Hashed hashed = {.on = 0};
+    if (nargs == 5 && args[4] != Py_None) {
+        if (!PyArg_ParseTuple(args[4], "LLn", &hashed.base, &hashed.buckets, &hashed.limit)) return NULL;
+        if (hashed.buckets < 1) {
+            PyErr_SetString(PyExc_ValueError, "hashed rows need at least one bucket");
+            return NULL;
+        }
+        hashed.on = 1;
+    }
     Py_ssize_t b = PyList_GET_SIZE(graphs), total_n = 0, total_e = 0;
     PyObject *out[7] = {NULL}; /* nodes, edges, sizes, n_edges, versions, last, rows */
     PyObject *result = NULL;
@@ -1605,8 +1690,16 @@ static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         int fresh = memo_owner == owner && PyList_CheckExact(stale) && PyList_GET_SIZE(stale) == 0;
-        if (!fresh && known != NULL && memo_owner == owner && PyList_CheckExact(stale)) {
-            int refreshed = refresh_stale(g, stale, known, lookup);
+        if (!fresh && known != NULL && memo_owner != owner) { /* a new graph, or another owner's memo */
+            int made = fresh_rows(g, owner, known, lookup, &hashed);
+            if (made < 0) {
+                Py_DECREF(memo_owner);
+                Py_DECREF(stale);
+                goto done;
+            }
+            fresh = made;
+        } else if (!fresh && known != NULL && PyList_CheckExact(stale)) {
+            int refreshed = refresh_stale(g, stale, known, lookup, &hashed);
             if (refreshed < 0) {
                 Py_DECREF(memo_owner);
                 Py_DECREF(stale);
@@ -1877,7 +1970,8 @@ static PyMethodDef methods[] = {
      "apply_events(pairs, graphs, factory, known, publish, applied, restore, changed, earliest) -> "
      "AppliedEvents: user_graph.py_apply_events in C."},
     {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL,
-     "gather(graphs, owner, lookup) -> 7 bytearrays | None: user_graph.gather's columns; None: take the Python path."},
+     "gather(graphs, owner, lookup, known=None, hashed=None) -> 7 bytearrays | None: user_graph.gather's columns; "
+     "None: take the Python path."},
     {"take_rows", (PyCFunction)(void (*)(void))take_rows, METH_FASTCALL,
      "take_rows(arrays, lo, hi, at, slots) -> bytearray: graph_state.rows.take_rows' float32 rows."},
     {"put_rows", (PyCFunction)(void (*)(void))put_rows, METH_FASTCALL,

@@ -689,15 +689,22 @@ class Gathered(NamedTuple):
 
 
 def gather(
-    graphs: Sequence[UserGraph], owner: object, lookup: Callable[[str], int], known: dict[str, int] | None = None
+    graphs: Sequence[UserGraph],
+    owner: object,
+    lookup: Callable[[str], int],
+    known: dict[str, int] | None = None,
+    hashed: tuple[int, int, int] | None = None,
 ) -> Gathered:
     """The columns a batch of ``graphs`` is built from, in one pass (in C when the native core is
     built: ~0.5 instead of ~3 µs a graph; :func:`py_gather` otherwise, the same arrays).
 
     ``known``: rows ``lookup`` has resolved before (item id -> row; ``ItemIndex.resolved``): the
-    native core reads a graph's new items' rows there and calls ``lookup`` only for the others."""
+    native core reads a graph's new items' rows there and calls ``lookup`` only for the others.
+    ``hashed``: ``(base, buckets, limit)`` when ``lookup`` rows every item ``known`` lacks as
+    ``base + BLAKE2b-64(item) % buckets`` and remembers it there while ``known`` holds at most
+    ``limit`` items (``ItemIndex.hashed_rows``): the native core then does that itself, no call."""
     if _native is not None and type(graphs) is list:
-        columns = _native.gather(graphs, owner, lookup, known if type(known) is dict else None)
+        columns = _native.gather(graphs, owner, lookup, known if type(known) is dict else None, hashed)
         if columns is not None:
             nodes, edges, sizes, n_edges, versions, last, rows = (np.frombuffer(c, dtype=np.int64) for c in columns)
             return Gathered(

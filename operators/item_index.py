@@ -44,6 +44,14 @@ class ItemIndex:
         return self._cache
 
     @property
+    def hashed_rows(self) -> tuple[int, int, int]:
+        """How :meth:`row` rows an item :attr:`resolved` lacks (it holds the whole vocabulary, so such an
+        item is not in it): ``len(vocab) + stable_hash(item) % hash_buckets``, remembered in
+        :attr:`resolved` while it holds at most the last number of items. ``graph_state.gather``
+        hashes new items itself with it (``(base, buckets, limit)``), no call per item."""
+        return len(self.vocab), self.hash_buckets, 1_000_000 + len(self._rows)
+
+    @property
     def n_rows(self) -> int:
         return len(self.vocab) + self.hash_buckets
 

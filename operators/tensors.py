@@ -69,10 +69,10 @@ def graphs_to_batch(graphs: Sequence[UserGraph], index: ItemIndex) -> GraphBatch
 
 
 def gather_columns(graphs: Sequence[UserGraph], index: ItemIndex) -> Gathered:
-    """:func:`graph_state.gather` of ``graphs`` with ``index``'s item rows (its resolved rows read
-    without a call per item)."""
+    """:func:`graph_state.gather` of ``graphs`` with ``index``'s item rows (its resolved rows read,
+    and new items hashed, without a call per item)."""
     listed = graphs if isinstance(graphs, list) else list(graphs)
-    return gather(listed, index, index.row, index.resolved)
+    return gather(listed, index, index.row, index.resolved, index.hashed_rows)
 
 
 def columns_to_batch(g: Gathered) -> GraphBatch:
