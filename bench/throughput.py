@@ -337,9 +337,12 @@ def main() -> None:
     naive_n = tail_n = 0
     in_process = settings.with_overrides(forward_process="off")
     for _ in range(args.repeats):
-        limit_s.append(compute_limit(batches, settings))
+        before = compute_limit(batches, settings)
         limit2_s.append(compute_limit(batches, settings, threads=2))
         runner_s.append(fresh(run_replay, path, fmt, settings))
+        # The limit just before and just after the runner: their mean is the runner's pair (this
+        # machine's speed drifts by 15-30 % within minutes; one side alone lets the drift into the ratio).
+        limit_s.append((before + compute_limit(batches, settings)) / 2)
         if args.in_process:
             here_s.append(run_replay(path, fmt, settings))
         one_process_s.append(fresh(run_replay, path, fmt, in_process))
@@ -440,7 +443,8 @@ def main() -> None:
     show(title, header, rows)
     if not args.no_record:
         note = (
-            f"{args.repeats} repeats, side by side; ratios are medians of per-repeat ratios. Every engine but "
+            f"{args.repeats} repeats, side by side; ratios are medians of per-repeat ratios, the limit of a "
+            "repeat the mean of its runs just before and just after the file runner's. Every engine but "
             "the limit runs in a fresh process of its own, as `ripple replay` does (`fresh`). "
             "'With a full forward in-process' is limit / (limit + the runner without the GCN): the best "
             "'vs limit' a runner doing that same per-event work and the limit's full forward one after the "
