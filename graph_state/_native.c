@@ -1690,22 +1690,15 @@ static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         int fresh = memo_owner == owner && PyList_CheckExact(stale) && PyList_GET_SIZE(stale) == 0;
-        if (!fresh && known != NULL && memo_owner != owner) { /* a new graph, or another owner's memo */
-            int made = fresh_rows(g, owner, known, lookup, &hashed);
-            if (made < 0) {
+        if (!fresh && known != NULL && (memo_owner != owner || PyList_CheckExact(stale))) {
+            /* a new graph or another owner's memo: made anew; else its stale slots refreshed */
+            fresh = memo_owner != owner ? fresh_rows(g, owner, known, lookup, &hashed)
+                                        : refresh_stale(g, stale, known, lookup, &hashed);
+            if (fresh < 0) {
                 Py_DECREF(memo_owner);
                 Py_DECREF(stale);
                 goto done;
             }
-            fresh = made;
-        } else if (!fresh && known != NULL && PyList_CheckExact(stale)) {
-            int refreshed = refresh_stale(g, stale, known, lookup, &hashed);
-            if (refreshed < 0) {
-                Py_DECREF(memo_owner);
-                Py_DECREF(stale);
-                goto done;
-            }
-            fresh = refreshed;
         }
         if (fresh)
             memo = get_attr(g, s__rows);
