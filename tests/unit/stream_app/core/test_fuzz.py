@@ -309,6 +309,71 @@ def test_each_breakage_is_rejected_with_its_named_reason(bad):
     assert result.detail
 
 
+STRICT = EventLimits(require_key=True, unknown_action="reject", min_ts=1.7e9, max_ts=1.8e9, max_weight=5.0)
+
+
+def _around(limit_chars: int) -> st.SearchStrategy[str]:
+    """Strings at and past a field's byte limit (4-byte characters), and any text."""
+    return st.one_of(
+        st.sampled_from(["x", "🙂" * (limit_chars // 4), "🙂" * (limit_chars // 4 + 1), "x" * (limit_chars + 1)]),
+        utf8_text(1, limit_chars + 8),
+    )
+
+
+@st.composite
+def near_strict_limits(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """Events keyed by their user, each field drawn on both sides of ``STRICT``'s limits and the byte limits."""
+    event: dict[str, Any] = {
+        "event_id": draw(_around(E.MAX_BYTES["event_id"])),
+        "user_id": draw(_around(E.MAX_BYTES["user_id"])),
+        "item_id": draw(_around(E.MAX_BYTES["item_id"])),
+        "action": draw(st.sampled_from(["view", "teleport", ""])),
+        "ts": draw(st.one_of(st.sampled_from([1.7e9, 1.8e9, 1.7e9 - 1, 1.8e9 + 0.5]), st.floats(1.69e9, 1.81e9))),
+    }
+    weight = draw(st.one_of(st.none(), st.sampled_from([0, 5, 5.5, -0.5]), st.floats(-1, 6)))
+    if weight is not None:
+        event["weight"] = weight
+    return _enc(event), event["user_id"].encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(
+    st.one_of(
+        st.builds(lambda b: (b.value, b.key), broken_event()),
+        st.tuples(good_event(0).map(_enc), keys),
+        st.tuples(junk, keys),
+        near_strict_limits(),
+    ),
+    st.sampled_from([LIMITS, KAFKA, STRICT, STRICT, STRICT]),
+)
+@example((_enc(BASE), None), STRICT)  # a key the limits want is missing: not the fast path's to accept
+@example((_enc({**BASE, "action": "teleport"}), b"u"), STRICT)
+@example((_enc({**BASE, "ts": 1_767_225_600}), b"u"), STRICT)  # an int timestamp, as a float
+@example((_enc({**BASE, "weight": 0}), b"u"), STRICT)
+@example((_enc({**BASE, "weight": 5.5}), b"u"), STRICT)  # each check of the fast path, just failed
+@example((_enc({**BASE, "ts": 1.8e9 + 0.5}), b"u"), STRICT)
+@example((_enc({**BASE, "ts": 1.7e9 - 1}), b"u"), STRICT)
+@example((_enc({**BASE, "event_id": "🙂" * 33}), b"u"), STRICT)
+@example((_enc({**BASE, "user_id": "🙂" * 65}), ("🙂" * 65).encode()), STRICT)
+@example((_enc({**BASE, "item_id": "🙂" * 65}), b"u"), STRICT)
+@example((_enc({**BASE, "action": "🙂" * 17}), b"u"), LIMITS)
+@example((_enc({**BASE, "features": {"k": "🙂" * 2000}}), b"u"), STRICT)
+@example((_enc({**BASE, "item_id": ""}), b"u"), STRICT)
+@example((_enc(BASE), b"v"), STRICT)
+def test_the_fast_path_decides_as_every_check_does(message, limits):
+    """``decode_event`` takes the common event straight as a ``BehaviorEvent`` when cheap tests say
+    ``_check`` would: whatever the message, key and limits, it returns what the fully checked path
+    returns (the same event, or the same rejection)."""
+    value, key = message
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        assume(False)  # rejected before either path (as too large is)
+    assume(len(value) <= limits.max_message_bytes)
+    decoded, checked = decode_event(value, key, limits), E._decode_checked(value, key, limits)
+    assert type(decoded) is type(checked) and decoded == checked
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(st.data(), st.integers(1, 12), st.integers(1, 32))
 def test_bad_messages_between_good_ones_change_nothing_but_the_dead_letters(data, n_good, batch_size):
