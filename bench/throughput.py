@@ -129,6 +129,23 @@ def _fresh_child(send: Connection, fn: Callable[..., Any], args: tuple) -> None:
         send.send(("error", traceback.format_exc()))
 
 
+def stolen_ticks() -> int | None:
+    """The CPUs' time their host took (``steal`` in ``/proc/stat``, in clock ticks); ``None`` off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: int | None, after: int | None, seconds: float) -> float | None:
+    """The share of all CPUs' time the host took between two :func:`stolen_ticks` readings."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    return (after - before) / os.sysconf("SC_CLK_TCK") / (seconds * (os.cpu_count() or 1))
+
+
 def run_replay(path: str, fmt: str, settings: Settings) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         s = settings.with_overrides(state_dir=os.path.join(tmp, "state"))
@@ -334,12 +351,15 @@ def main() -> None:
     batches, n_events = capture_batches(path, fmt, settings)
     limit_s, runner_s, floor_s, formats_s, naive_s, tail_runner_s, tail_naive_s = [], [], [], [], [], [], []
     limit2_s, one_process_s, here_s = [], [], []
+    steal: list[float | None] = []
     naive_n = tail_n = 0
     in_process = settings.with_overrides(forward_process="off")
     for _ in range(args.repeats):
         before = compute_limit(batches, settings)
         limit2_s.append(compute_limit(batches, settings, threads=2))
+        ticks, started = stolen_ticks(), time.perf_counter()
         runner_s.append(fresh(run_replay, path, fmt, settings))
+        steal.append(steal_share(ticks, stolen_ticks(), time.perf_counter() - started))
         # The limit just before and just after the runner: their mean is the runner's pair (this
         # machine's speed drifts by 15-30 % within minutes; one side alone lets the drift into the ratio).
         limit_s.append((before + compute_limit(batches, settings)) / 2)
@@ -441,6 +461,8 @@ def main() -> None:
     ]
     title = f"Throughput on {label}"
     show(title, header, rows)
+    if any(x is not None for x in steal):
+        print("host steal during the file runner's runs:", ", ".join(f"{x:.1%}" for x in steal if x is not None))
     if not args.no_record:
         note = (
             f"{args.repeats} repeats, side by side; ratios are medians of per-repeat ratios, the limit of a "
@@ -457,6 +479,13 @@ def main() -> None:
             "encoding the same output records, with no logic between them — what the frameworks leave. "
             f"{sum(b.num_graphs for b in batches):,} user recomputes in {len(batches):,} micro-batches."
         )
+        shares = [x for x in steal if x is not None]
+        if shares:
+            note += (
+                f" The host took {', '.join(f'{x:.1%}' for x in shares)} of the CPUs' time during the file "
+                "runner's runs (`steal` in /proc/stat): the runner needs both CPUs and loses whenever either "
+                "is taken, the one-thread limit does not, so the ratio falls with it."
+            )
         record(f"throughput-{args.dataset}", title, markdown(header, rows) + "\n\n" + note)
 
 
