@@ -109,9 +109,13 @@ runner: its output lines, so that the runner's own core does not format them).""
 
 class Answer(NamedTuple):
     """A batch's vectors (its ``out`` with the forward's rows filled in), the layer caches of the graphs
-    ``keep`` named, and what the process's ``post`` made of them (``None`` without one)."""
+    ``keep`` named, and what the process's ``post`` made of them (``None`` without one).
 
-    vectors: np.ndarray
+    From the process, a batch its ``post`` made something of comes without its vectors: the caller
+    takes the posted output instead (the file runner: where its lines end), and the vectors' 64 KB a
+    batch are neither pickled there nor read here."""
+
+    vectors: np.ndarray | None
     caches: list[np.ndarray]
     posted: Any = None
 
@@ -210,7 +214,8 @@ def _serve(
         if message is None:
             return
         try:
-            answer: tuple[str, object] = ("ok", _answer(encoder, post, message, memory))
+            done = _answer(encoder, post, message, memory)
+            answer: tuple[str, object] = ("ok", done if done.posted is None else done._replace(vectors=None))
         except Exception:
             answer = ("error", traceback.format_exc())
         try:

@@ -127,12 +127,13 @@ class Deferred:
     """A batch's vectors, which may still be computing in the forward process (:meth:`result`)."""
 
     def __init__(self, out: np.ndarray, remote: _Remote | None) -> None:
-        self._out = out
+        self._out: np.ndarray | None = out
         self._remote: _Remote | None = remote
         self.posted: object = None
         """What the forward process's ``post`` made of the vectors (after :meth:`result`; ``None``: nothing)."""
 
-    def result(self) -> np.ndarray:
+    def result(self) -> np.ndarray | None:
+        """The vectors; ``None`` when the forward process posted them (:attr:`posted`, see ``Answer``)."""
         if self._remote is not None:
             answer = self._remote.result()
             self._out, self.posted = answer.vectors, answer.posted

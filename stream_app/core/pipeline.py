@@ -501,6 +501,7 @@ class Pipeline:
                     result.encoded = staged.deferred.posted
                     result.encoded_users = staged.published.user_ids
                 else:
+                    assert vectors is not None  # only a posted batch comes without them
                     result.embeddings = self._records(staged.published, vectors, None)
             if self.metrics is not None:
                 # The batch's own time: its staging, then waiting for its vectors (not the next batch's staging).

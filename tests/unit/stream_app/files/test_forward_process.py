@@ -147,6 +147,27 @@ def test_columns_pass_through_shared_memory_and_a_busy_slot_is_not_overwritten(t
         assert answer.vectors.tobytes() == vectors_here(enc, b, index).tobytes()
 
 
+def digest(vectors: np.ndarray, extra: object) -> bytes | None:
+    return vectors.tobytes() if extra == "post" else None
+
+
+def test_a_posted_batch_comes_back_without_its_vectors(one_thread):
+    """What the process's post made of a batch is what the caller takes, so the vectors stay there
+    (64 KB a batch of 256 not pickled and read back); a batch without an ``extra`` is not posted and
+    brings its vectors."""
+    checkpoint = Checkpoint.seeded(seed=5)
+    index, enc = checkpoint.index, checkpoint.encoder
+    batches = [graphs(6, 300 + seed) for seed in range(2)]
+    with ForwardProcess(checkpoint, post=digest) as forward:
+        posted, plain = (
+            forward.submit(gather(b, index, index.row), [], extra=extra).result()
+            for b, extra in zip(batches, ("post", None), strict=True)
+        )
+    assert posted.vectors is None and posted.posted == vectors_here(enc, batches[0], index).tobytes()
+    assert plain.posted is None and plain.vectors is not None
+    assert plain.vectors.tobytes() == vectors_here(enc, batches[1], index).tobytes()
+
+
 def fails_there(runner: int) -> Callable[[np.ndarray, object], None]:
     def post(vectors: np.ndarray, extra: object) -> None:
         if os.getpid() != runner:
