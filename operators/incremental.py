@@ -220,7 +220,9 @@ class IncrementalEncoder:
 
     def embed_many(self, graphs: Sequence[UserGraph], deltas: Sequence[UserDelta | None]) -> np.ndarray:
         """One vector per graph; refreshes every graph's cache as a side effect."""
-        return self.embed_deferred(graphs, deltas, None).result()
+        vectors = self.embed_deferred(graphs, deltas, None).result()
+        assert vectors is not None  # computed here: nothing was posted
+        return vectors
 
     def embed_deferred(
         self,
