@@ -5,7 +5,16 @@ from graph_state.codec import CODEC_VERSION, apply_tail, decode, encode, encode_
 from graph_state.config import DEFAULT_ACTION_WEIGHTS, DEFAULT_ACTIONS, GraphConfig
 from graph_state.rocks_store import RocksOptions, RocksStore
 from graph_state.store import CachedStore, GraphStore, MemoryStore
-from graph_state.user_graph import AppliedEvents, Gathered, GraphChange, UserGraph, apply_events, event_key, gather
+from graph_state.user_graph import (
+    AppliedEvents,
+    Gathered,
+    GraphChange,
+    UserDelta,
+    UserGraph,
+    apply_events,
+    event_key,
+    gather,
+)
 
 __all__ = [
     "AppliedEvents",
@@ -21,6 +30,7 @@ __all__ = [
     "MemoryStore",
     "RocksOptions",
     "RocksStore",
+    "UserDelta",
     "UserGraph",
     "apply_events",
     "apply_tail",

@@ -23,7 +23,7 @@
  * what `hashlib.blake2b(data, digest_size=8)` gives.
  */
 /* What graph_state.user_graph expects (its _NATIVE_API): a build of other sources is not used. */
-#define NATIVE_API 8
+#define NATIVE_API 9
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -149,6 +149,7 @@ static PyObject *DUPLICATE;      /* GraphChange(duplicate=True) */
 static PyObject *EMPTY_FROZEN;   /* frozenset() */
 static PyObject *ZERO_FLOAT;     /* 0.0 */
 static PyObject *AppliedEvents;  /* graph_state.user_graph.AppliedEvents */
+static PyObject *UserDelta;      /* graph_state.user_graph.UserDelta */
 static Py_ssize_t TAIL_LIMIT = 0;
 
 #define NAMES(X)                                                                                  \
@@ -611,6 +612,16 @@ static PyObject *make_change(PyObject *nodes, PyObject *edges, PyObject *evicted
     PyTuple_SET_ITEM(t, 2, Py_NewRef(evicted));
     PyTuple_SET_ITEM(t, 3, Py_NewRef(Py_False));
     PyTuple_SET_ITEM(t, 4, Py_NewRef(ZERO_FLOAT));
+    return t;
+}
+
+/* UserDelta(base_version, slots) made as its tuple directly (setup() checked the fields' order). */
+static PyObject *make_delta(PyObject *base_version, PyObject *slots) {
+    PyTypeObject *tp = (PyTypeObject *)UserDelta;
+    PyObject *t = tp->tp_alloc(tp, 2);
+    if (t == NULL) return NULL;
+    PyTuple_SET_ITEM(t, 0, Py_NewRef(base_version));
+    PyTuple_SET_ITEM(t, 1, Py_NewRef(slots));
     return t;
 }
 
@@ -1150,6 +1161,22 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
             n_new++;
         }
         Py_INCREF(graph);
+        /* The user's delta so far; at its first event in the batch, the version the delta starts from. */
+        PyObject *before = PyDict_GetItemWithError(changed, uid);
+        PyObject *base = NULL;
+        if (before != NULL && Py_TYPE(before) != (PyTypeObject *)UserDelta) {
+            PyErr_SetString(PyExc_TypeError, "apply_events keeps UserDelta values in its changed dict");
+            before = NULL;
+        } else if (before != NULL) {
+            Py_INCREF(before);
+        } else if (!PyErr_Occurred()) {
+            base = get_attr(graph, s_state_version);
+        }
+        if (before == NULL && base == NULL) {
+            Py_DECREF(graph);
+            Py_DECREF(uid);
+            goto fail;
+        }
         PyObject *change = apply_one(graph, event, 0);
         if (change == Py_None) {
             Py_DECREF(change);
@@ -1167,14 +1194,11 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
                 Py_XDECREF(entry);
             } else if (is_late == 0 && duplicate >= 0) {
                 PyObject *nodes = PyTuple_GET_ITEM(change, 0);
-                PyObject *before = PyDict_GetItemWithError(changed, uid); /* borrowed */
-                if (before == NULL) {
-                    rc = PyErr_Occurred() ? -1 : PyDict_SetItem(changed, uid, nodes);
-                } else {
-                    PyObject *merged = PyNumber_Or(before, nodes);
-                    rc = merged ? PyDict_SetItem(changed, uid, merged) : -1;
-                    Py_XDECREF(merged);
-                }
+                PyObject *merged = before == NULL ? Py_NewRef(nodes) : PyNumber_Or(PyTuple_GET_ITEM(before, 1), nodes);
+                PyObject *delta = merged ? make_delta(before == NULL ? base : PyTuple_GET_ITEM(before, 0), merged) : NULL;
+                rc = delta ? PyDict_SetItem(changed, uid, delta) : -1;
+                Py_XDECREF(merged);
+                Py_XDECREF(delta);
                 if (rc == 0 && duplicate) {
                     n_duplicate++;
                     PyObject *event_id = get_attr(event, s_event_id);
@@ -1206,6 +1230,8 @@ static PyObject *apply_events(PyObject *self, PyObject *const *args, Py_ssize_t 
             }
         }
         Py_XDECREF(change);
+        Py_XDECREF(before);
+        Py_XDECREF(base);
         Py_DECREF(graph);
         Py_DECREF(uid);
         if (rc < 0) goto fail;
@@ -1925,11 +1951,21 @@ done:
 }
 
 static PyObject *setup(PyObject *self, PyObject *args) {
-    PyObject *change_type, *applied_type;
+    PyObject *change_type, *applied_type, *delta_type;
     Py_ssize_t tail_limit, fp[6];
-    if (!PyArg_ParseTuple(args, "OnO(nnnnnn)", &change_type, &tail_limit, &applied_type, &fp[0], &fp[1], &fp[2],
-                          &fp[3], &fp[4], &fp[5]))
+    if (!PyArg_ParseTuple(args, "OnO(nnnnnn)O", &change_type, &tail_limit, &applied_type, &fp[0], &fp[1], &fp[2],
+                          &fp[3], &fp[4], &fp[5], &delta_type))
         return NULL;
+    /* make_delta() fills the tuple by position too. */
+    PyObject *delta_fields = PyObject_GetAttrString(delta_type, "_fields");
+    PyObject *delta_expected = Py_BuildValue("(ss)", "base_version", "slots");
+    int delta_same = delta_fields && delta_expected ? PyObject_RichCompareBool(delta_fields, delta_expected, Py_EQ) : -1;
+    Py_XDECREF(delta_fields);
+    Py_XDECREF(delta_expected);
+    if (delta_same <= 0 || !PyType_Check(delta_type) || !PyType_IsSubtype((PyTypeObject *)delta_type, &PyTuple_Type)) {
+        if (delta_same >= 0) PyErr_SetString(PyExc_TypeError, "setup() needs UserDelta(base_version, slots)");
+        return NULL;
+    }
     PyObject *empty = PyTuple_New(0);
     PyObject *kwargs = empty ? Py_BuildValue("{s:O}", "duplicate", Py_True) : NULL;
     PyObject *dup = kwargs ? PyObject_Call(change_type, empty, kwargs) : NULL;
@@ -1949,6 +1985,7 @@ static PyObject *setup(PyObject *self, PyObject *args) {
     }
     Py_XSETREF(GraphChange, Py_NewRef(change_type));
     Py_XSETREF(AppliedEvents, Py_NewRef(applied_type));
+    Py_XSETREF(UserDelta, Py_NewRef(delta_type));
     Py_XSETREF(DUPLICATE, dup);
     TAIL_LIMIT = tail_limit;
     nd_check();
@@ -1974,7 +2011,7 @@ static PyMethodDef methods[] = {
      "encode(graph, cache, cache_key) -> bytes | None: codec.encode's version-2 record; None: take the Python path."},
     {"footprint", footprint, METH_O, "footprint(graph) -> int | None: UserGraph.py_footprint; None: take the Python path."},
     {"setup", setup, METH_VARARGS,
-     "setup(GraphChange, TAIL_LIMIT, AppliedEvents, footprint's six byte counts): the types and constants used here."},
+     "setup(GraphChange, TAIL_LIMIT, AppliedEvents, footprint's six byte counts, UserDelta): the types and constants used here."},
     {NULL, NULL, 0, NULL},
 };
 

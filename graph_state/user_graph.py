@@ -21,7 +21,7 @@ import numpy as np
 from graph_state.behavior import Behavior, UserBehavior
 from graph_state.config import GraphConfig
 
-_NATIVE_API = 8
+_NATIVE_API = 9
 _native: Any
 try:
     if os.environ.get("RIPPLE_PURE_PYTHON"):
@@ -754,6 +754,16 @@ class AppliedEvents(NamedTuple):
     late: list[tuple[int, float]]
 
 
+class UserDelta(NamedTuple):
+    """What a batch changed in one user's graph (:func:`apply_events`; a tuple: one per user per batch):
+    the incremental engine (``operators``) refreshes a layer cache of ``base_version`` from it."""
+
+    base_version: int
+    """``state_version`` of the graph before the batch's events: the version a cache must belong to."""
+    slots: frozenset[int]
+    """Changed slots (nodes and endpoints of changed edges)."""
+
+
 def py_apply_events(
     pairs: Sequence[tuple[Any, UserBehavior]],
     graphs: dict[str, UserGraph],
@@ -762,16 +772,17 @@ def py_apply_events(
     publish: dict[str, UserGraph],
     applied: dict[str, UserGraph],
     restore: dict[str, UserGraph],
-    changed: dict[str, frozenset[int]],
+    changed: dict[str, UserDelta],
     earliest: dict[str, float],
 ) -> AppliedEvents:
     """A micro-batch's events applied in order to their users' graphs (:data:`apply_events` runs it
     in one C call where the native core is built; this is the reference it matches). ``pairs`` are
     (record, event): a record with a ``timestamp`` sets ``earliest``. Per user, into the given
     dicts, in first-seen order:
-    ``graphs`` (a new user gets ``factory()``), ``changed`` (the slots its applied and duplicate
-    events changed), ``applied`` (users with an applied event), ``restore`` (users whose duplicate is
-    their latest applied event: a redelivery) and ``publish`` (either)."""
+    ``graphs`` (a new user gets ``factory()``), ``changed`` (a :class:`UserDelta`: the slots its
+    applied and duplicate events changed, and the version the graph had before them), ``applied``
+    (users with an applied event), ``restore`` (users whose duplicate is their latest applied event:
+    a redelivery) and ``publish`` (either)."""
     n_applied = n_duplicate = n_unknown = n_new = 0
     late: list[tuple[int, float]] = []
     for i, (record, event) in enumerate(pairs):
@@ -780,12 +791,13 @@ def py_apply_events(
         if graph is None:
             graph = graphs[uid] = factory()
             n_new += 1
+        before = changed.get(uid)
+        base = graph.state_version if before is None else before.base_version
         change = graph.apply(event)
         if change.late_by:
             late.append((i, change.late_by))
             continue
-        before = changed.get(uid)
-        changed[uid] = change.nodes if before is None else before | change.nodes
+        changed[uid] = UserDelta(base, change.nodes if before is None else before.slots | change.nodes)
         if change.duplicate:
             n_duplicate += 1
             if event.event_id == graph.last_event_id:
@@ -822,4 +834,5 @@ if _native is not None:
             _BYTES_PER_EDGE_LOOKUP,
             _BYTES_PER_SCALAR_VIEWS,
         ),
+        UserDelta,
     )

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from graph_state import Gathered, UserGraph
+from graph_state import Gathered, UserDelta, UserGraph
 from graph_state.rows import put_rows, take_rows
 from graph_state.user_graph import COUNTS, LAST_ACTION, LAST_SEQ
 from operators.checkpoint import Checkpoint
@@ -54,15 +54,6 @@ if TYPE_CHECKING:
 CACHE_LAYOUT = 3
 """1: ``[L, N, d]`` layer outputs; 2: ``[L + 1, N, d]``, the last row block ``att_node(H^L)``;
 3: the last row block the readout terms (:meth:`GraphEncoder.readout_terms`, recency included)."""
-
-
-class UserDelta(NamedTuple):
-    """What changed in one user's graph since its cache was written (a tuple: one per user per batch)."""
-
-    base_version: int
-    """``state_version`` of the graph the cache must belong to."""
-    slots: frozenset[int]
-    """Changed slots (nodes and endpoints of changed edges)."""
 
 
 @dataclass(frozen=True)

@@ -373,8 +373,7 @@ class Pipeline:
             graphs = self.store.get_many(users)
         config = self.store.config
         to_publish: dict[str, UserGraph] = {}
-        base = {uid: g.state_version for uid, g in graphs.items()}
-        changed: dict[str, frozenset[int]] = {}
+        deltas: dict[str, UserDelta] = {}
         done = apply_events(
             valid,
             graphs,
@@ -383,7 +382,7 @@ class Pipeline:
             to_publish,
             result.graphs,
             result.restore,
-            changed,
+            deltas,  # a new user's (from version 0) finds no layer cache: a full forward, as without one
             result.earliest_ts,
         )
         for i, late_by in done.late:
@@ -400,7 +399,6 @@ class Pipeline:
             result.outcomes[APPLIED] += done.applied
         result.unknown_actions += done.unknown_actions
         result.new_users += done.new_graphs
-        deltas = {uid: UserDelta(base[uid], changed[uid]) for uid in to_publish if uid in base}
         return result, to_publish, deltas
 
     def embed(
