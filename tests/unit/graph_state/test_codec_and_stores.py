@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graph_state import CODEC_VERSION, GraphConfig, MemoryStore, RocksStore, UserGraph, decode, encode
+from graph_state import CODEC_VERSION, GraphConfig, MemoryStore, RocksStore, UserGraph, decode, encode, encode_stored
 from tests.conftest import BASE_TS, Ev
 
 item_ids = st.text(min_size=1, max_size=20)
@@ -36,6 +36,9 @@ def test_codec_round_trip(steps, max_nodes, cache):
     g.cache_key, g.cache = "m1", cache
     back = decode(encode(g), cfg)
     assert encode(back) == encode(g)
+    # What a store writes: the cache at versions that are multiples of its setting only.
+    assert encode_stored(g, 0) == encode(g, include_cache=False)
+    assert encode_stored(g, 1) == encode(g)
     for name in (
         "state_version",
         "last_slot",
