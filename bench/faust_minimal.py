@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -24,10 +25,11 @@ import msgspec
 
 
 def build(args: argparse.Namespace) -> faust.App:
+    datadir = tempfile.mkdtemp(prefix="faust-minimal-")
     app = faust.App(
         args.app_id,
         broker=f"kafka://{args.broker}",
-        datadir=tempfile.mkdtemp(prefix="faust-minimal-"),
+        datadir=datadir,
         autodiscover=False,
         topic_partitions=args.partitions,
         topic_disable_leader=True,
@@ -57,6 +59,7 @@ def build(args: argparse.Namespace) -> faust.App:
                 seconds = time.perf_counter() - state["first"]
                 sys.stdout.write(msgspec.json.encode({"events": state["n"], "seconds": seconds}).decode() + "\n")
                 sys.stdout.flush()
+                shutil.rmtree(datadir, ignore_errors=True)  # os._exit runs no cleanup: /tmp kept one per run
                 os._exit(0)  # the measurement is taken; no graceful leave needed
 
     return app
