@@ -161,13 +161,7 @@ def encode_stored(graph: UserGraph, cache_every: int) -> bytes:
     ``cache_every`` (0 = never). The cache is derived data, often the largest part of the
     record; between persisted versions it lives in the decoded-graph cache, and a graph read
     back without a current one is recomputed in full once."""
-    if cache_every > 0 and graph.state_version % cache_every == 0:
-        return encode(graph, include_cache=True)
-    if _native is not None:  # encode() without its cache: every graph of every batch comes this way
-        record = _native.encode(graph, b"", "")
-        if record is not None:
-            return record
-    return py_encode(graph, b"", "")
+    return encode(graph, include_cache=cache_every > 0 and graph.state_version % cache_every == 0)
 
 
 def encode_tail(graph: UserGraph) -> bytes:
